@@ -1,0 +1,132 @@
+"""Atomic file and directory output, content fingerprints and provenance.
+
+Nothing lowbit writes can look complete unless it is: files are written to a temporary name in
+the same directory and renamed; directories are built under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lowbit.errors import OutputExistsError
+
+
+def check_new_output(path: Path, *, overwrite: bool = False) -> None:
+    """Refuse an existing output path unless ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {path} already exists; choose another path or pass --overwrite"
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; rename it to ``path`` only on success."""
+    path = Path(path)
+    check_new_output(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        _public(tmp, directory=True)
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, overwrite: bool = False, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it to ``path`` only on success."""
+    path = Path(path)
+    check_new_output(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _public(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _public(path: Path, *, directory: bool) -> None:
+    """Give a temporary file or directory the modes a plain open()/mkdir() would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
+    with atomic_file(path, overwrite=overwrite) as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose arithmetic a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "safetensors", "numpy", "accelerate", "gguf"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on (no heavy imports)."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpus": os.cpu_count(),
+    }
+    with contextlib.suppress(ImportError):
+        import psutil
+
+        info["memory_bytes"] = psutil.virtual_memory().total
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

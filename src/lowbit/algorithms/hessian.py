@@ -1,0 +1,45 @@
+"""Streaming second-moment statistics of a linear layer's inputs (the GPTQ Hessian).
+
+``HessianAccumulator.add_batch(X)`` takes inputs X (..., in) and keeps Σ xᵀx over all tokens;
+``hessian()`` returns the mean H = Σ xᵀx / n (in, in). Only the upper block triangle is
+computed (the matrix is symmetric), which saves about a third of the arithmetic for wide inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BLOCK = 384  # column block for the upper-triangular product; plain GEMM below 2 blocks
+
+
+class HessianAccumulator:
+    """Σ xᵀx over every token seen, in fp32 (accumulated per block of columns)."""
+
+    def __init__(self, in_features: int) -> None:
+        self.in_features = in_features
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.count = 0
+        bounds = list(range(0, in_features, _BLOCK)) + [in_features]
+        self._blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def add_batch(self, X: torch.Tensor) -> None:
+        X = X.detach().reshape(-1, X.shape[-1]).float()
+        if X.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got {X.shape[-1]}")
+        self.count += X.shape[0]
+        if len(self._blocks) < 2:
+            self.sum.addmm_(X.T, X)
+            return
+        for i, (a0, a1) in enumerate(self._blocks):
+            Xa = X[:, a0:a1].T
+            for b0, b1 in self._blocks[i:]:
+                self.sum[a0:a1, b0:b1].addmm_(Xa, X[:, b0:b1])
+
+    def hessian(self) -> torch.Tensor:
+        """The mean second moment (in, in), symmetric."""
+        if self.count == 0:
+            raise ValueError("no inputs were accumulated")
+        H = self.sum / self.count
+        if len(self._blocks) >= 2:
+            H = torch.triu(H) + torch.triu(H, diagonal=1).T
+        return H

@@ -1,0 +1,222 @@
+"""The public Python API: load a model, quantize it under a plan, evaluate, save, compare.
+
+Every function returns plain data and writes JSON results with provenance (lowbit version,
+model and data fingerprints, the full configuration, seed, timings, machine).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbit import __version__
+from lowbit._io import check_new_output, library_versions, machine_info, peak_rss_bytes, write_json
+from lowbit.errors import ArtefactError, ConfigError, DataError
+from lowbit.plan import LayerSpec, Plan, uniform_plan
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """A text source spec (path, ``builtin:NAME`` or ``NAME:CONFIG:SPLIT``) cut into windows."""
+
+    source: str = "builtin:python-docs"
+    ctx: int = 512
+    windows: int | None = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ctx < 2:
+            raise ConfigError(f"ctx must be at least 2 tokens, got {self.ctx}")
+        if self.windows is not None and self.windows <= 0:
+            raise ConfigError(f"the number of windows must be positive, got {self.windows}")
+
+
+DEFAULT_EVAL = TextConfig()
+DEFAULT_CALIB = TextConfig(windows=128)
+
+
+@dataclass
+class Windows:
+    ids: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load(model: str, *, allow_pickle: bool = False) -> Any:
+    """Resolve a model source (HF directory, GGUF file, built-in name) to a handle."""
+    from lowbit.models.sources import resolve_model
+
+    return resolve_model(model, allow_pickle=allow_pickle)
+
+
+def text_windows(handle: Any, cfg: TextConfig, *, calibration: bool) -> Windows:
+    """Tokenize ``cfg.source`` once and cut evaluation (consecutive) or calibration (seeded
+    random) windows; records the source's fingerprint and the selection."""
+    from lowbit.evaluation import text as T
+
+    limit = getattr(handle.config, "max_position_embeddings", None)
+    if limit is not None and cfg.ctx > limit:
+        raise DataError(
+            f"ctx {cfg.ctx} is longer than {handle.source} supports ({limit} positions); "
+            f"use --ctx {limit} or less"
+        )
+    source = T.parse_text_source(cfg.source, part="calib" if calibration else "eval")
+    raw = T.load_text(source)
+    ids = T.tokenize(handle.load_tokenizer(), raw)
+    what = f"text {source.describe()}"
+    if calibration:
+        windows = T.calibration_windows(ids, cfg.ctx, cfg.windows or 128, cfg.seed, what)
+    else:
+        windows = T.eval_windows(ids, cfg.ctx, cfg.windows, what)
+    info = {
+        "source": source.describe(),
+        "fingerprint": T.text_fingerprint(raw),
+        "tokens": int(ids.numel()),
+        "windows": int(windows.shape[0]),
+        "ctx": cfg.ctx,
+        "selection": f"seeded random offsets, seed {cfg.seed}"
+        if calibration
+        else "consecutive non-overlapping windows from the start",
+    }
+    return Windows(windows, info)
+
+
+def check_distinct_texts(evaluation: Windows, calibration: Windows) -> None:
+    """Calibration must not see the evaluation text."""
+    if evaluation.info["fingerprint"] == calibration.info["fingerprint"]:
+        raise ConfigError(
+            f"the calibration text {calibration.info['source']} is the evaluation text "
+            f"{evaluation.info['source']}; calibrate on another text (e.g. a validation split)"
+        )
+
+
+def quantize(
+    handle: Any,
+    plan: Plan,
+    calib: Windows | None,
+    *,
+    propagation: str = "true-sequential",
+    progress: Any = None,
+) -> Any:
+    """Quantize ``handle`` under ``plan`` (block by block); returns a QuantizedModel.
+
+    ``propagation``: ``true-sequential`` (one pass, fastest) or ``two-pass`` (least memory)."""
+    from lowbit.models.quantize import PipelineConfig, quantize_model
+
+    ids = None if calib is None else calib.ids
+    pipeline = PipelineConfig(propagation)
+    return quantize_model(handle, plan, ids, pipeline=pipeline, progress=progress)
+
+
+def save(qm: Any, out: Path, provenance: dict[str, Any], *, overwrite: bool = False) -> Path:
+    from lowbit.models.saving import save_quantized
+
+    return save_quantized(qm, out, provenance, overwrite=overwrite)
+
+
+def fake_quant_model(handle: Any, qm: Any) -> Any:
+    """A dense model with ``qm``'s dequantized weights."""
+    from lowbit.models.fakequant import apply_weights
+
+    return apply_weights(handle.load_model(), qm.weights)
+
+
+def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any, dict | None]:
+    """(model, handle of the original, manifest) for a model source or a saved quantized dir."""
+    from lowbit.models.saving import is_quantized_dir, load_quantized
+
+    if is_quantized_dir(Path(source)):
+        model, _, manifest = load_quantized(Path(source))
+        origin = manifest["source"]
+        handle = load(origin["path"] if Path(origin["path"]).is_dir() else origin["source"])
+        return model, handle, manifest
+    handle = load(source, allow_pickle=allow_pickle)
+    return handle.load_model(), handle, None
+
+
+def check_origin(source: str, handle: Any, manifest: dict[str, Any]) -> None:
+    """A saved quantized model must be compared with the very model it was made from."""
+    origin = manifest["source"]
+    if handle.fingerprint != origin["fingerprint"]:
+        raise ArtefactError(
+            f"{source} was quantized from a model with fingerprint {origin['fingerprint']}, "
+            f"but {origin['source']} now has {handle.fingerprint}; pass --reference "
+            "explicitly if you mean to compare against it"
+        )
+
+
+def evaluate(
+    reference: Any, candidates: dict[str, Any], windows: Windows, *, progress: Any = None
+) -> dict[str, Any]:
+    from lowbit.evaluation.metrics import evaluate_models
+
+    return evaluate_models(reference, candidates, windows.ids, progress=progress)
+
+
+def footprint(handle: Any, qm: Any | None) -> Any:
+    """Stored size and honest bits per weight (linear layers, whole model)."""
+    from lowbit.models.footprint import footprint as _footprint
+
+    return _footprint(handle, qm)
+
+
+def provenance(
+    command: str,
+    handle: Any,
+    config: dict[str, Any],
+    data: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "lowbit_version": __version__,
+        "command": command,
+        "model": handle.describe(),
+        "data": data,
+        "config": config,
+        "timings_s": timings,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "machine": machine_info(),
+        "libraries": library_versions(),
+        "created_unix": time.time(),
+    }
+
+
+def write_result(path: Path, result: dict[str, Any], *, overwrite: bool = False) -> None:
+    write_json(path, result, overwrite=overwrite)
+
+
+def spec_from_options(
+    bits: int,
+    group_size: int,
+    symmetric: bool,
+    algorithm: str,
+    act_order: str = "static",
+    damp: float = 0.01,
+    block_size: int = 128,
+    granularity: str = "group",
+) -> LayerSpec:
+    """A LayerSpec from typed command-line options; unknown names get suggestions."""
+    from lowbit.algorithms import ALGORITHMS, GPTQConfig
+    from lowbit.formats import IntFormat, PerChannel, PerGroup, PerTensor
+
+    grans = {"group": lambda: PerGroup(group_size), "channel": PerChannel, "tensor": PerTensor}
+    if granularity not in grans:
+        raise ConfigError(f"unknown granularity {granularity!r}; use group, channel or tensor")
+    config_type = ALGORITHMS.get(algorithm)
+    if config_type is GPTQConfig:
+        algo: Any = GPTQConfig(damp=damp, block_size=block_size, act_order=act_order)
+    else:
+        algo = config_type()
+    return LayerSpec(IntFormat(bits, symmetric), grans[granularity](), algo)
+
+
+def plan_from_options(spec: LayerSpec) -> Plan:
+    return uniform_plan(spec)
+
+
+def check_outputs(*paths: Path | None, overwrite: bool = False) -> None:
+    """Refuse existing outputs before any work is done."""
+    for path in paths:
+        if path is not None:
+            check_new_output(Path(path), overwrite=overwrite)

@@ -1,0 +1,34 @@
+"""What lowbit knows, for ``lowbit ls``: read from the registries, never written twice."""
+
+from __future__ import annotations
+
+
+def catalog(what: str) -> list[tuple[str, str]]:
+    if what == "formats":
+        from lowbit.formats import FORMATS
+
+        return [(name, _first_line(cls)) for name, cls in FORMATS]
+    if what == "algorithms":
+        from lowbit.algorithms import ALGORITHMS
+
+        return [(name, _first_line(cls)) for name, cls in ALGORITHMS]
+    if what == "architectures":
+        from lowbit.models.arch import ARCHITECTURES
+
+        return [(name, ", ".join(spec.model_types)) for name, spec in ARCHITECTURES]
+    if what == "models":
+        from lowbit.models.builtin import BUILTIN_MODELS
+
+        return [(name, m.description) for name, m in BUILTIN_MODELS]
+    from lowbit.evaluation.builtin_text import __doc__ as text_doc
+    from lowbit.evaluation.text import BUILTIN_TEXTS
+
+    return [(f"builtin:{t}", _first_line_of(text_doc or "")) for t in BUILTIN_TEXTS]
+
+
+def _first_line(obj: object) -> str:
+    return _first_line_of(obj.__doc__ or "")
+
+
+def _first_line_of(doc: str) -> str:
+    return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -1,0 +1,52 @@
+"""``lowbit``: the typer application. Importing this module imports neither torch nor
+transformers; each command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lowbit.cli import eval as eval_cmd
+from lowbit.cli import ls as ls_cmd
+from lowbit.cli import quantize as quantize_cmd
+from lowbit.cli import run as run_cmd
+
+app = typer.Typer(
+    name="lowbit",
+    help="A lab for low-bit and mixed-precision quantization of large language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run_cmd.run)
+app.command("quantize")(quantize_cmd.quantize)
+app.command("eval")(eval_cmd.evaluate)
+app.command("ls")(ls_cmd.ls)
+
+
+def main() -> None:
+    """Entry point that turns lowbit's own errors into one clear line and exit code 2."""
+    from lowbit.errors import LowbitError
+
+    try:
+        app(standalone_mode=False)
+    except LowbitError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except OSError as exc:  # unwritable output, full disk, ...: the message names the file
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``lowbit quantize``: quantize a model and save it (lowbit's own safetensors layout)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.options import AllowPickle, CalibText, CalibWindows, Ctx, Model, Overwrite, Seed
+from lowbit.models.pipeline import Propagation
+
+
+class Granularity(str, Enum):
+    group = "group"
+    channel = "channel"
+    tensor = "tensor"
+
+
+def quantize(
+    model: Model,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to create.")],
+    bits: Annotated[int, typer.Option(help="Bits per code, 2 to 8.")] = 4,
+    granularity: Annotated[
+        Granularity, typer.Option(help="One scale per group of columns, channel, or tensor.")
+    ] = Granularity.group,
+    group_size: Annotated[int, typer.Option(help="Columns per group (any positive size).")] = 64,
+    symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
+    algorithm: Annotated[str, typer.Option(help="gptq or rtn.")] = "gptq",
+    act_order: Annotated[str, typer.Option(help="GPTQ order: off, static, group.")] = "static",
+    damp: Annotated[float, typer.Option(help="GPTQ dampening (relative).")] = 0.01,
+    plan: Annotated[
+        Path | None, typer.Option(help="A plan file (JSON/YAML); overrides the options above.")
+    ] = None,
+    propagation: Annotated[
+        Propagation,
+        typer.Option(help="true-sequential: one pass, fastest; two-pass: least memory."),
+    ] = Propagation.TRUE_SEQUENTIAL,
+    calib_text: CalibText = "builtin:python-docs",
+    calib_windows: CalibWindows = 128,
+    ctx: Ctx = 512,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Quantize MODEL and save codes, scales, zero points and the plan to OUTPUT.
+
+    Example: lowbit quantize smollm2-135m -o smol-w4 --bits 4 --group-size 64
+    """
+    from lowbit import api
+    from lowbit.plan import Plan
+    from lowbit.workflows import quantize_job
+
+    the_plan = (
+        Plan.load(plan)
+        if plan
+        else api.plan_from_options(
+            api.spec_from_options(
+                bits,
+                group_size,
+                symmetric,
+                algorithm,
+                act_order,
+                damp,
+                granularity=granularity.value,
+            )
+        )
+    )
+    quantize_job(
+        model,
+        the_plan,
+        api.TextConfig(calib_text, ctx, calib_windows, seed),
+        output,
+        propagation=propagation.value,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+    )

@@ -1,0 +1,49 @@
+"""``lowbit run``: the demo job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.options import (
+    CalibText,
+    CalibWindows,
+    Ctx,
+    EvalText,
+    EvalWindows,
+    Output,
+    Overwrite,
+    Seed,
+)
+
+
+def run(
+    model: Annotated[
+        str, typer.Argument(help="A model source (default: the built-in smollm2-135m).")
+    ] = "smollm2-135m",
+    eval_text: EvalText = "builtin:python-docs",
+    calib_text: CalibText = "builtin:python-docs",
+    ctx: Ctx = 512,
+    windows: EvalWindows = 40,
+    calib_windows: CalibWindows = 32,
+    seed: Seed = 0,
+    output: Output = Path("lowbit-run.json"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Compare the original model with RTN W4, GPTQ W4 and GPTQ W3 (group 64, symmetric):
+    bits per weight, size, perplexity, KL divergence, top-1 agreement, time.
+
+    Example: lowbit run --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw
+    """
+    from lowbit.api import TextConfig
+    from lowbit.workflows import run_job
+
+    run_job(
+        model,
+        TextConfig(eval_text, ctx, windows, seed),
+        TextConfig(calib_text, ctx, calib_windows, seed),
+        output,
+        overwrite=overwrite,
+    )

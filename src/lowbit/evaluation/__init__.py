@@ -1,0 +1,1 @@
+"""Evaluation: text sources, token windows, perplexity, KL divergence and agreement."""

@@ -1,0 +1,130 @@
+"""Perplexity, KL divergence to a reference, top-1 agreement and Δp, streamed window by window.
+
+Protocol: each window of ``ctx`` tokens predicts its tokens 1..ctx-1 from the tokens before them
+(no BOS is inserted: the text is tokenized once without special tokens, as the windows are cut
+from it); perplexity is exp of the mean negative log-likelihood over every predicted token.
+KL(P_ref ‖ P_model) is computed per token over the full vocabulary from the two models' logits
+on the same window; no more than one window of logits per model is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lowbit.errors import DataError
+
+
+@dataclass
+class Accumulator:
+    nll: list[torch.Tensor] = field(default_factory=list)
+    kl: list[torch.Tensor] = field(default_factory=list)
+    agree: list[torch.Tensor] = field(default_factory=list)
+    dp: list[torch.Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Figures for one model; KL fields are None for the reference itself."""
+
+    perplexity: float
+    nll: float
+    tokens: int
+    seconds: float
+    kl: dict[str, float] | None = None
+    top1_agreement: float | None = None
+    delta_p: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def evaluate_models(
+    reference: Any,
+    candidates: dict[str, Any],
+    windows: torch.Tensor,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, EvalResult]:
+    """Evaluate ``reference`` (may be None) and each candidate on ``windows`` (n, ctx).
+
+    Returns results keyed ``"reference"`` and by candidate name.
+    """
+    if "reference" in candidates:
+        raise DataError("a candidate model may not be named 'reference'; rename it")
+    models = ({"reference": reference} if reference is not None else {}) | candidates
+    _check_ctx(models, windows)
+    acc = {name: Accumulator() for name in models}
+    with torch.inference_mode():
+        for w in range(windows.shape[0]):
+            x = windows[w : w + 1]
+            target = x[:, 1:].reshape(-1)
+            ref_logp = None
+            if reference is not None:
+                ref_logp = _log_probs(reference, x, acc["reference"])
+                acc["reference"].nll.append(-ref_logp.gather(1, target[:, None])[:, 0])
+            for name, model in candidates.items():
+                logp = _log_probs(model, x, acc[name])
+                _score(logp, ref_logp, target, acc[name])
+                del logp
+            if progress:
+                progress(w + 1, windows.shape[0])
+    return {name: _finish(a) for name, a in acc.items()}
+
+
+def _log_probs(model: Any, x: torch.Tensor, acc: Accumulator) -> torch.Tensor:
+    t0 = time.perf_counter()
+    logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+    out = torch.log_softmax(logits, dim=-1)
+    acc.seconds += time.perf_counter() - t0
+    return out
+
+
+def _score(
+    logp: torch.Tensor, ref_logp: torch.Tensor | None, target: torch.Tensor, acc: Accumulator
+) -> None:
+    lp_target = logp.gather(1, target[:, None])[:, 0]
+    acc.nll.append(-lp_target)
+    if ref_logp is None:
+        return
+    ref_p = ref_logp.exp()
+    acc.kl.append((ref_p * (ref_logp - logp)).sum(-1).clamp_min_(0.0))
+    acc.agree.append(ref_logp.argmax(-1) == logp.argmax(-1))
+    ref_target = ref_logp.gather(1, target[:, None])[:, 0]
+    acc.dp.append(lp_target.exp() - ref_target.exp())
+
+
+def _finish(acc: Accumulator) -> EvalResult:
+    nll = torch.cat(acc.nll).double()
+    mean = float(nll.mean())
+    result = dict(perplexity=math.exp(mean), nll=mean, tokens=int(nll.numel()), seconds=acc.seconds)
+    if acc.kl:
+        kl = torch.cat(acc.kl).double()
+        dp = torch.cat(acc.dp).double()
+        result["kl"] = {
+            "mean": float(kl.mean()),
+            "median": float(kl.median()),
+            "p90": float(torch.quantile(kl, 0.90)),
+            "p99": float(torch.quantile(kl, 0.99)),
+            "max": float(kl.max()),
+        }
+        result["top1_agreement"] = float(torch.cat(acc.agree).double().mean())
+        result["delta_p"] = {"mean": float(dp.mean()), "rms": float(dp.pow(2).mean().sqrt())}
+    return EvalResult(**result)
+
+
+def _check_ctx(models: dict[str, Any], windows: torch.Tensor) -> None:
+    ctx = int(windows.shape[1])
+    for name, model in models.items():
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if limit is not None and ctx > limit:
+            raise DataError(
+                f"ctx {ctx} is longer than {name} supports ({limit} positions); use --ctx {limit} "
+                "or less"
+            )

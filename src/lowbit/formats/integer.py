@@ -1,0 +1,133 @@
+"""Integer formats: ``bits`` ∈ [2, 8], symmetric (signed codes) or asymmetric (unsigned codes
+with an integer zero point), scales stored in a float dtype (fp16 by default, as serving kernels
+read them).
+
+Conventions (the ones compressed-tensors and GPTQ use):
+- symmetric: codes q ∈ [-2^(b-1), 2^(b-1) - 1], scale s = absmax / ((2^b - 1) / 2), x̂ = q·s;
+- asymmetric: codes q ∈ [0, 2^b - 1], the range [min(x, 0), max(x, 0)] mapped onto it,
+  s = (max - min) / (2^b - 1), zero z = round(-min / s) ∈ [0, 2^b - 1], x̂ = (q - z)·s.
+Scales are rounded to their storage dtype *before* codes are chosen, so what is saved
+dequantizes exactly to what was evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.formats.granularity import Granularity, PerTensor, group_reduce
+
+_SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class IntFormat:
+    """Integer codes of 2 to 8 bits, symmetric or with an integer zero point; float scales."""
+
+    bits: int
+    symmetric: bool = True
+    scale_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
+            raise ConfigError(
+                f"integer format bits must be an integer from 2 to 8, got {self.bits!r}"
+            )
+        if self.scale_dtype not in _SCALE_DTYPES:
+            raise ConfigError(
+                f"scale dtype {self.scale_dtype!r} is not one of {sorted(_SCALE_DTYPES)}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        """The smallest torch integer dtype that holds every code (int8 or uint8)."""
+        return torch.int8 if self.symmetric else torch.uint8
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return _SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def scale_bits(self) -> int:
+        return torch.finfo(self.torch_scale_dtype).bits
+
+    @property
+    def zero_bits(self) -> int:
+        """Bits stored per group for the zero point (packed like the codes)."""
+        return 0 if self.symmetric else self.bits
+
+    def bits_per_weight(
+        self, in_features: int, granularity: Granularity, out_features: int = 1
+    ) -> float:
+        """Codes plus scales plus zero points, per weight, for one (out, in) matrix."""
+        if isinstance(granularity, PerTensor):
+            per_matrix = self.scale_bits + self.zero_bits
+            return self.bits + per_matrix / (in_features * out_features)
+        n_groups = granularity.groups(in_features)
+        return self.bits + n_groups * (self.scale_bits + self.zero_bits) / in_features
+
+
+def choose_qparams(
+    W: torch.Tensor, fmt: IntFormat, g_idx: torch.Tensor, n_groups: int, per_tensor: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Min-max scales (out, n_groups) in fp32 (already rounded to the storage dtype) and integer
+    zero points (out, n_groups) (None when symmetric) for ``W`` (out, in)."""
+    W = W.float()
+    wmax = group_reduce(W, g_idx, n_groups, "amax", per_tensor)
+    wmin = group_reduce(W, g_idx, n_groups, "amin", per_tensor)
+    levels = 2**fmt.bits - 1
+    if fmt.symmetric:
+        absmax = torch.maximum(wmax.abs(), wmin.abs())
+        scale = absmax / (levels / 2)
+        zero = None
+    else:
+        wmin, wmax = wmin.clamp(max=0), wmax.clamp(min=0)
+        scale = (wmax - wmin) / levels
+    scale = _storable_scale(scale, fmt)
+    if not fmt.symmetric:
+        zero = torch.round(-wmin / scale).clamp(0, levels)
+    return scale, zero
+
+
+def _storable_scale(scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """Round *up* to the storage dtype, so the min-max range still fits the grid and no value is
+    clipped by more than half a step (rounding to nearest could shrink the scale); an all-zero
+    group gets scale 1 (its codes are all zero). Tiny scales stay tiny (subnormal if need be)."""
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    stored = scale.to(fmt.torch_scale_dtype)
+    up = torch.nextafter(stored, torch.full_like(stored, torch.inf))
+    return torch.where(stored.float() < scale, up, stored).float()
+
+
+def quantize_to_codes(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, fmt: IntFormat
+) -> torch.Tensor:
+    """Nearest codes (as floats) for ``x`` given broadcastable ``scale`` and ``zero``."""
+    q = torch.round(x / scale)
+    if zero is not None:
+        q = q + zero
+    return q.clamp_(fmt.qmin, fmt.qmax)
+
+
+def codes_to_values(
+    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None
+) -> torch.Tensor:
+    """Dequantize codes: (q - zero)·scale, in fp32."""
+    q = q.float()
+    if zero is not None:
+        q = q - zero
+    return q * scale

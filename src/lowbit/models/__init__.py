@@ -1,0 +1,1 @@
+"""Model-aware code: sources, architecture specs, block-by-block quantization, saving."""

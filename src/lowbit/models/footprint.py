@@ -1,0 +1,80 @@
+"""What a model costs to store: bytes, and honest bits per weight over the blocks' linear layers
+and over the whole model, with every tensor that stays in full precision listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lowbit.models.quantize import QuantizedModel
+from lowbit.models.sources import ModelHandle
+
+_DTYPE_BITS = {
+    "F64": 64,
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "I64": 64,
+    "I32": 32,
+    "I16": 16,
+    "I8": 8,
+    "U8": 8,
+    "BOOL": 8,
+}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    size_bytes: int
+    parameters: int
+    bits_per_weight_linear: float
+    bits_per_weight_model: float
+    full_precision: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
+    """Stored size of ``handle``'s tensors with ``qm``'s layers at their quantized size."""
+    from safetensors import safe_open
+
+    quantized = {} if qm is None else {f"{n}.weight": w for n, w in qm.weights.items()}
+    total_bits = params = lin_bits = lin_count = 0
+    kept: list[str] = []
+    for file in handle.weight_files:
+        with safe_open(str(file), framework="pt") as reader:
+            for key in reader.keys():
+                view = reader.get_slice(key)
+                n = _numel(view.get_shape())
+                bits = (
+                    quantized[key].n_bits()
+                    if key in quantized
+                    else n * _DTYPE_BITS.get(view.get_dtype(), 32)
+                )
+                total_bits, params = total_bits + bits, params + n
+                if key not in quantized:
+                    kept.append(key)
+                if _is_block_linear(handle, key):
+                    lin_bits, lin_count = lin_bits + bits, lin_count + n
+    return Footprint(
+        (total_bits + 7) // 8,
+        params,
+        lin_bits / max(lin_count, 1),
+        total_bits / max(params, 1),
+        kept,
+    )
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _is_block_linear(handle: ModelHandle, key: str) -> bool:
+    prefix = handle.arch.blocks_path + "."
+    return key.startswith(prefix) and any(
+        key.endswith(f".{m}.weight") for m in handle.arch.linear_names
+    )

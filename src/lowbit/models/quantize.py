@@ -1,0 +1,217 @@
+"""Block-by-block quantization of a model under a plan.
+
+Calibration: capture the inputs of the first decoder block for every calibration chunk, then for
+each block: load it from disk, run it over all chunks with :func:`run_block_staged` (each group
+of linears is quantized when every chunk has reached it, so later layers and later blocks see
+the quantized earlier ones, as in GPTQ's sequential mode), keep its outputs as the next block's
+inputs, and release it. RTN-only plans need no calibration and skip all of that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn_quantize
+from lowbit.errors import ConfigError, LowbitError
+from lowbit.formats import QuantizedWeight
+from lowbit.models.lazy import LazyModel, block_list
+from lowbit.models.memory import fix_mmap_threshold
+from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
+from lowbit.models.sources import ModelHandle
+from lowbit.models.staged import run_block_staged, run_block_two_pass
+from lowbit.plan import LayerSpec, Plan
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class LayerReport:
+    name: str
+    spec: str
+    shape: tuple[int, int]
+    bits_per_weight: float
+    seconds: float
+    gptq_loss: float | None = None
+    damp: float | None = None
+
+
+@dataclass
+class QuantizedModel:
+    """The result of quantizing a model: one QuantizedWeight per quantized linear layer."""
+
+    handle: ModelHandle
+    plan: Plan
+    weights: dict[str, QuantizedWeight]
+    kept: list[str]
+    layers: list[LayerReport] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
+    blocks = block_list(model, handle.arch.blocks_path)
+    return [
+        f"{handle.arch.blocks_path}.{i}.{m}"
+        for i in range(len(blocks))
+        for m in handle.arch.linear_names
+    ]
+
+
+def quantize_model(
+    handle: ModelHandle,
+    plan: Plan,
+    calibration: torch.Tensor | None,
+    *,
+    pipeline: PipelineConfig = DEFAULT_PIPELINE,
+    progress: Progress | None = None,
+) -> QuantizedModel:
+    """Quantize every linear layer of ``handle``'s blocks as ``plan`` says.
+
+    ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ.
+    """
+    lazy = LazyModel(handle)
+    names = linear_names(lazy.model, handle)
+    specs = plan.resolve(names)
+    needs_data = any(s is not None and s.algorithm.needs_calibration for s in specs.values())
+    if needs_data and (calibration is None or calibration.numel() == 0):
+        raise ConfigError("the plan uses GPTQ, which needs calibration windows; give --calib text")
+    result = QuantizedModel(handle, plan, {}, [n for n, s in specs.items() if s is None])
+    start = time.perf_counter()
+    with torch.no_grad():
+        if needs_data:
+            fix_mmap_threshold()
+            _calibrated(lazy, handle, specs, calibration, pipeline, result, progress)
+        else:
+            _data_free(lazy, handle, specs, result, progress)
+    result.timings["quantize_s"] = time.perf_counter() - start
+    return result
+
+
+def _data_free(
+    lazy: LazyModel,
+    handle: ModelHandle,
+    specs: dict,
+    result: QuantizedModel,
+    progress: Progress | None,
+) -> None:
+    n_blocks = len(block_list(lazy.model, handle.arch.blocks_path))
+    for i in range(n_blocks):
+        path = f"{handle.arch.blocks_path}.{i}"
+        block = lazy.materialize(path)
+        for member in handle.arch.linear_names:
+            name = f"{path}.{member}"
+            _quantize_layer(name, block.get_submodule(member), specs[name], None, result)
+        lazy.release(path)
+        if progress:
+            progress(i + 1, n_blocks)
+
+
+def _calibrated(
+    lazy: LazyModel,
+    handle: ModelHandle,
+    specs: dict,
+    calibration: torch.Tensor,
+    pipeline: PipelineConfig,
+    result: QuantizedModel,
+    progress: Progress | None,
+) -> None:
+    t0 = time.perf_counter()
+    hidden, kwargs = capture_block_inputs(lazy, handle, calibration, pipeline.chunk_size)
+    run = (
+        run_block_staged
+        if pipeline.propagation is Propagation.TRUE_SEQUENTIAL
+        else run_block_two_pass
+    )
+    result.timings["capture_s"] = time.perf_counter() - t0
+    arch = handle.arch
+    n_blocks = len(block_list(lazy.model, arch.blocks_path))
+    for i in range(n_blocks):
+        path = f"{arch.blocks_path}.{i}"
+        block = lazy.materialize(path)
+        groups = [
+            [(f"{path}.{m}", block.get_submodule(m)) for m in group]
+            for group in arch.sequential_groups
+        ]
+
+        def on_group(g: int, stat: HessianAccumulator, groups: list = groups) -> None:
+            H = stat.hessian()
+            for name, module in groups[g]:
+                _quantize_layer(name, module, specs[name], H, result)
+
+        hidden = run(block, hidden, kwargs, groups, on_group)
+        lazy.release(path)
+        if progress:
+            progress(i + 1, n_blocks)
+
+
+def _quantize_layer(
+    name: str,
+    module: nn.Module,
+    spec: LayerSpec | None,
+    H: torch.Tensor | None,
+    result: QuantizedModel,
+) -> None:
+    t0 = time.perf_counter()
+    W = module.weight.data
+    if not torch.isfinite(W).all():
+        raise LowbitError(f"layer {name} has NaN or infinite weights; the checkpoint is corrupt")
+    shape = (int(W.shape[0]), int(W.shape[1]))
+    if spec is None:
+        result.layers.append(LayerReport(name, "kept (fp32)", shape, 32.0, 0.0))
+        return
+    loss = damp = None
+    if isinstance(spec.algorithm, GPTQConfig):
+        if H is None:
+            raise LowbitError(f"layer {name}: GPTQ needs calibration statistics")
+        if not torch.isfinite(H).all():
+            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
+        out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
+        qw, loss, damp = out.weight, out.loss, out.damp
+    else:
+        qw = rtn_quantize(W, spec.fmt, spec.granularity)
+    module.weight.data = qw.dequantize().to(W.dtype)
+    result.weights[name] = qw
+    result.layers.append(
+        LayerReport(
+            name, spec.describe(), shape, qw.bits_per_weight(), time.perf_counter() - t0, loss, damp
+        )
+    )
+
+
+class _StopForward(Exception):
+    pass
+
+
+def capture_block_inputs(
+    lazy: LazyModel, handle: ModelHandle, ids: torch.Tensor, chunk_size: int
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Inputs (hidden states and keyword arguments) of the first block for each chunk of ``ids``."""
+    outside = list(lazy.outside_blocks(handle.arch.blocks_path))
+    for path in outside:
+        lazy.materialize(path)
+    first = block_list(lazy.model, handle.arch.blocks_path)[0]
+    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _StopForward
+
+    handle_ = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for chunk in torch.split(ids, chunk_size):
+                try:
+                    lazy.model(input_ids=chunk, use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle_.remove()
+        for path in outside:
+            lazy.release(path)
+    return [h for h, _ in captured], [k for _, k in captured]

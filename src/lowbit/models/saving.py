@@ -1,0 +1,178 @@
+"""lowbit's own saved layout of a quantized model (standard exports come later).
+
+A directory with ``config.json`` and the tokenizer (copied from the source model),
+``model.safetensors`` holding every tensor that was not quantized plus, per quantized layer,
+``<name>.qcodes`` (codes packed to their bit width), ``<name>.qscale`` (scales in their storage
+dtype), ``<name>.qzero`` (packed zero points, asymmetric formats) and ``<name>.qperm`` (int32
+column permutation, when saved), and ``lowbit.json`` (the plan, each layer's format, and
+provenance). Loading rebuilds the dense model with the same dequantization used in evaluation,
+so its logits are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit._io import atomic_dir
+from lowbit.errors import ArtefactError, ModelSourceError
+from lowbit.formats import IntFormat, QuantizedWeight
+from lowbit.formats.packing import pack, unpack
+from lowbit.models.files import safetensors_header
+from lowbit.models.quantize import QuantizedModel
+from lowbit.plan import LayerSpec, Plan
+
+LAYOUT = "lowbit-quantized-v1"
+_QSUFFIXES = (".qcodes", ".qscale", ".qzero", ".qperm")
+_COPY = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def save_quantized(
+    qm: QuantizedModel, out: Path, provenance: dict[str, Any], *, overwrite: bool = False
+) -> Path:
+    """Write ``qm`` to the directory ``out`` atomically."""
+    from safetensors.torch import save_file
+
+    tensors = _unquantized_tensors(qm)
+    layers: dict[str, Any] = {}
+    for name, qw in qm.weights.items():
+        tensors.update(_packed(name, qw))
+        layers[name] = _layer_meta(qw)
+    manifest = {
+        "layout": LAYOUT,
+        "plan": qm.plan.to_dict(),
+        "layers": layers,
+        "kept": qm.kept,
+        "source": qm.handle.describe(),
+        "provenance": provenance,
+    }
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+        for fname in _COPY:
+            if (qm.handle.path / fname).is_file():
+                shutil.copy2(qm.handle.path / fname, tmp / fname)
+        save_file(
+            tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "layout": LAYOUT}
+        )
+        (tmp / "lowbit.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return Path(out)
+
+
+def is_quantized_dir(path: Path) -> bool:
+    return (Path(path) / "lowbit.json").is_file()
+
+
+def load_quantized(path: Path) -> tuple[Any, dict[str, QuantizedWeight], dict[str, Any]]:
+    """The dense fake-quantized model, its quantized weights, and the manifest."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    manifest = _manifest(path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    weights: dict[str, QuantizedWeight] = {}
+    with safe_open(str(path / "model.safetensors"), framework="pt") as reader:
+        keys = set(reader.keys())
+        for name, meta in manifest["layers"].items():
+            weights[name] = _unpacked(name, meta, reader, keys)
+        state = {k: reader.get_tensor(k) for k in keys if not k.endswith(_QSUFFIXES)}
+    for name, qw in weights.items():
+        state[f"{name}.weight"] = qw.dequantize()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not _is_tied(model, m)]
+    if missing or unexpected:
+        raise ArtefactError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
+    model.tie_weights()
+    return model, weights, manifest
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    if not (path / "lowbit.json").is_file() or not (path / "model.safetensors").is_file():
+        raise ArtefactError(
+            f"{path} is not a lowbit quantized model (no lowbit.json / model.safetensors)"
+        )
+    try:
+        manifest = json.loads((path / "lowbit.json").read_text())
+    except ValueError as exc:
+        raise ArtefactError(f"{path}/lowbit.json is not valid JSON ({exc}); save again") from exc
+    if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT:
+        raise ArtefactError(f"{path}/lowbit.json is not a {LAYOUT} manifest; save again")
+    missing = [k for k in ("plan", "layers", "source") if k not in manifest]
+    if missing:
+        raise ArtefactError(f"{path}/lowbit.json lacks {', '.join(missing)}; save again")
+    Plan.from_dict(manifest["plan"])  # validates the plan
+    try:
+        safetensors_header(path / "model.safetensors")
+    except ModelSourceError as exc:
+        raise ArtefactError(str(exc)) from exc
+    return manifest
+
+
+def _unquantized_tensors(qm: QuantizedModel) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    skip = {f"{name}.weight" for name in qm.weights}
+    out: dict[str, torch.Tensor] = {}
+    for file in qm.handle.weight_files:
+        with safe_open(str(file), framework="pt") as reader:
+            for key in reader.keys():
+                if key not in skip:
+                    out[key] = reader.get_tensor(key).contiguous()
+    return out
+
+
+def _packed(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
+    tensors = {
+        f"{name}.qcodes": pack(qw.codes, qw.fmt.bits),
+        f"{name}.qscale": qw.scale.contiguous(),
+    }
+    if qw.zero is not None:
+        tensors[f"{name}.qzero"] = pack(qw.zero, qw.fmt.bits)
+    if qw.perm is not None:
+        tensors[f"{name}.qperm"] = qw.perm.to(torch.int32)
+    return tensors
+
+
+def _layer_meta(qw: QuantizedWeight) -> dict[str, Any]:
+    spec = LayerSpec(qw.fmt, qw.granularity)
+    return {
+        "shape": list(qw.shape),
+        **{k: v for k, v in spec.to_dict().items() if k != "algorithm"},
+    }
+
+
+def _unpacked(name: str, meta: dict[str, Any], reader: Any, keys: set[str]) -> QuantizedWeight:
+    spec = LayerSpec.from_dict({**meta, "algorithm": {"name": "rtn"}})
+    fmt: IntFormat = spec.fmt
+    out_f, in_f = meta["shape"]
+    if f"{name}.qcodes" not in keys:
+        raise ArtefactError(f"layer {name}: packed codes are missing from model.safetensors")
+    codes = unpack(reader.get_tensor(f"{name}.qcodes"), fmt.bits, out_f * in_f, fmt.symmetric)
+    codes = codes.to(fmt.code_dtype)
+    scale = reader.get_tensor(f"{name}.qscale")
+    zero = None
+    if not fmt.symmetric:
+        zero = unpack(reader.get_tensor(f"{name}.qzero"), fmt.bits, scale.numel(), False)
+        zero = zero.to(fmt.code_dtype).view(scale.shape)
+    perm = reader.get_tensor(f"{name}.qperm").long() if f"{name}.qperm" in keys else None
+    return QuantizedWeight(codes.view(out_f, in_f), scale, zero, fmt, spec.granularity, perm)
+
+
+def _is_tied(model: Any, key: str) -> bool:
+    out = model.get_output_embeddings()
+    return (
+        bool(getattr(model.config, "tie_word_embeddings", False))
+        and out is not None
+        and key.endswith("lm_head.weight")
+    )

@@ -1,0 +1,185 @@
+"""Model sources: a Hugging Face directory (safetensors), a GGUF file, or a built-in name.
+
+Every source resolves to a :class:`ModelHandle` over a safetensors directory, so the rest of
+lowbit reads weights one block at a time from disk. GGUF files and the built-in model are
+dequantized once by transformers and cached as safetensors; a ``.bin``-only directory is
+refused (unpickling runs code) unless the user opts in, and is then converted the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbit._io import atomic_dir
+from lowbit.errors import ModelSourceError
+from lowbit.models.arch import ArchSpec, spec_for_model_type
+from lowbit.models.builtin import BUILTIN_MODELS, builtin_gguf
+from lowbit.models.files import fingerprint_files, safetensors_header
+
+
+@dataclass(frozen=True, eq=False)
+class ModelHandle:
+    """A resolved model: its safetensors directory, config and architecture spec."""
+
+    source: str
+    path: Path
+    config: Any
+    arch: ArchSpec
+    fingerprint: str
+    weight_files: tuple[Path, ...] = field(default=())
+
+    def load_model(self) -> Any:
+        """The whole model in fp32 on the CPU, in eval mode."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        return model.eval()
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.path)
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(
+                f"{self.path} has no usable tokenizer ({exc}); copy the tokenizer files "
+                "(tokenizer.json, tokenizer_config.json) of the original model beside the weights"
+            ) from exc
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "path": str(self.path),
+            "fingerprint": self.fingerprint,
+            "architecture": self.arch.name,
+            "model_type": self.config.model_type,
+        }
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
+
+
+def resolve_model(source: str, *, allow_pickle: bool = False) -> ModelHandle:
+    """Resolve a built-in name, a ``.gguf`` file or a Hugging Face directory."""
+    if source in BUILTIN_MODELS:
+        gguf_path = builtin_gguf(source)
+        return _from_dir(source, _cached_gguf_conversion(gguf_path, name=source))
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelSourceError(
+            f"model {source!r} not found: give a Hugging Face model directory, a .gguf file, "
+            f"or a built-in name ({', '.join(BUILTIN_MODELS.names())})"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelSourceError(
+                f"{path} is a file but not a .gguf file; give a model directory or a GGUF file"
+            )
+        return _from_dir(source, _cached_gguf_conversion(path, name=path.stem))
+    return _from_dir(source, _safetensors_dir(path, allow_pickle))
+
+
+def _from_dir(source: str, path: Path) -> ModelHandle:
+    from transformers import AutoConfig
+
+    files = _weight_files(path)
+    for file in files:
+        safetensors_header(file)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path}/config.json cannot be read: {exc}") from exc
+    arch = spec_for_model_type(config.model_type, str(path))
+    return ModelHandle(source, path, config, arch, fingerprint_files(files), tuple(files))
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors"))
+
+
+def _safetensors_dir(path: Path, allow_pickle: bool) -> Path:
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"{path} has no config.json: it is not a Hugging Face model directory"
+        )
+    if _weight_files(path):
+        return path
+    bins = sorted(path.glob("*.bin"))
+    if not bins:
+        raise ModelSourceError(
+            f"{path} holds no weights (*.safetensors or *.bin); check the download is complete"
+        )
+    _config_model_type_is_supported(path)
+    if not allow_pickle:
+        raise ModelSourceError(
+            f"{path} holds only PyTorch .bin weights. Loading them unpickles the file, which can "
+            "run arbitrary code. Convert them to safetensors (e.g. load with transformers and "
+            "save_pretrained(..., safe_serialization=True)), or pass --allow-pickle if you trust "
+            "this file"
+        )
+    return _cached_conversion(path, key=fingerprint_files(bins), load_kwargs={})
+
+
+def _config_model_type_is_supported(path: Path) -> None:
+    import json
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    except ValueError as exc:
+        raise ModelSourceError(f"{path}/config.json is not valid JSON: {exc}") from exc
+    spec_for_model_type(model_type, str(path))
+
+
+def _cached_gguf_conversion(gguf_path: Path, name: str) -> Path:
+    _check_gguf(gguf_path)
+    key = fingerprint_files([gguf_path])
+    return _cached_conversion(
+        gguf_path.parent, key=f"{name}-{key}", load_kwargs={"gguf_file": gguf_path.name}
+    )
+
+
+def _check_gguf(path: Path) -> None:
+    """Readable, and of a supported architecture, before anything is converted or written."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except Exception as exc:  # the reader raises many kinds on bad files
+        raise ModelSourceError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it may be "
+            "truncated: download it again"
+        ) from exc
+    spec_for_model_type(arch, str(path))
+
+
+def _cached_conversion(src_dir: Path, key: str, load_kwargs: dict[str, Any]) -> Path:
+    """Load with transformers (dequantizing GGUF), save once as safetensors under the cache."""
+    target = cache_root() / "models" / key
+    if (target / "config.json").is_file() and _weight_files(target):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(target, overwrite=True) as tmp:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                src_dir, dtype=torch.float32, **load_kwargs
+            )
+        except Exception as exc:  # transformers raises many kinds on unreadable weights
+            raise ModelSourceError(
+                f"transformers cannot load {src_dir} {load_kwargs or ''}: {exc}; check the "
+                "file is complete and of a supported architecture"
+            ) from exc
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF: dequantized on load
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config  # the saved weights are dense fp32
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(src_dir, **load_kwargs).save_pretrained(tmp)
+    return target

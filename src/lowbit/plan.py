@@ -1,0 +1,242 @@
+"""The plan: which linear layer gets which format, granularity and algorithm.
+
+A :class:`Plan` is data: a default :class:`LayerSpec` (or None: keep full precision) and rules
+that map exact module names or ``re:`` patterns to a spec (or to None). Precedence: an exact
+name beats every pattern; among patterns the first listed wins; then the default. Plans round
+trip through versioned JSON or YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig
+from lowbit.errors import ArtefactError, ConfigError
+from lowbit.formats import Granularity, IntFormat, PerChannel, PerGroup, PerTensor, describe_scheme
+from lowbit.formats.tensor import PERM_BITS
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """How one linear layer is quantized."""
+
+    fmt: IntFormat
+    granularity: Granularity
+    algorithm: AlgorithmConfig = field(default_factory=GPTQConfig)
+
+    def describe(self) -> str:
+        return f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
+
+    def bits_per_weight(self, out_features: int, in_features: int) -> float:
+        """Codes, scales, zero points and, for GPTQ act-order ``group``, the saved permutation
+        (32 bits per input column), per weight of an (out, in) matrix."""
+        bits = self.fmt.bits_per_weight(in_features, self.granularity, out_features)
+        if self.saves_permutation:
+            bits += PERM_BITS / out_features
+        return bits
+
+    @property
+    def saves_permutation(self) -> bool:
+        return (
+            isinstance(self.algorithm, GPTQConfig)
+            and self.algorithm.act_order is ActOrder.GROUP
+            and isinstance(self.granularity, PerGroup)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": {
+                "type": "int",
+                "bits": self.fmt.bits,
+                "symmetric": self.fmt.symmetric,
+                "scale_dtype": self.fmt.scale_dtype,
+            },
+            "granularity": _granularity_to_dict(self.granularity),
+            "algorithm": _algorithm_to_dict(self.algorithm),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
+        try:
+            f = data["format"]
+            if f.get("type", "int") != "int":
+                raise ConfigError(f"unknown format type {f.get('type')!r}; known: 'int'")
+            fmt = IntFormat(
+                int(f["bits"]), bool(f.get("symmetric", True)), str(f.get("scale_dtype", "float16"))
+            )
+            return cls(
+                fmt,
+                _granularity_from_dict(data["granularity"]),
+                _algorithm_from_dict(data.get("algorithm", {"name": "gptq"})),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"malformed layer spec {data!r}: missing or bad field {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``target`` is an exact module name or ``re:<pattern>`` (full match); spec None = keep."""
+
+    target: str
+    spec: LayerSpec | None
+
+    def __post_init__(self) -> None:
+        if self.target.startswith("re:"):
+            try:
+                re.compile(self.target[3:])
+            except re.error as exc:
+                raise ConfigError(f"bad regex in plan rule {self.target!r}: {exc}") from exc
+
+    def matches(self, name: str) -> bool:
+        if self.target.startswith("re:"):
+            return re.fullmatch(self.target[3:], name) is not None
+        return self.target == name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Default spec plus rules; ``spec_for(name)`` resolves one module."""
+
+    default: LayerSpec | None
+    rules: tuple[Rule, ...] = ()
+    version: int = PLAN_VERSION
+
+    def needs_calibration(self) -> bool:
+        """Whether any spec of the plan uses an algorithm that needs calibration data."""
+        specs = [self.default, *(rule.spec for rule in self.rules)]
+        return any(s is not None and s.algorithm.needs_calibration for s in specs)
+
+    def spec_for(self, name: str) -> LayerSpec | None:
+        for rule in self.rules:
+            if not rule.target.startswith("re:") and rule.target == name:
+                return rule.spec
+        for rule in self.rules:
+            if rule.target.startswith("re:") and rule.matches(name):
+                return rule.spec
+        return self.default
+
+    def resolve(self, names: list[str]) -> dict[str, LayerSpec | None]:
+        """Spec per module; unknown exact names in rules are an error that suggests matches."""
+        known = set(names)
+        for rule in self.rules:
+            if not rule.target.startswith("re:") and rule.target not in known:
+                import difflib
+
+                close = difflib.get_close_matches(rule.target, names, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"plan rule names unknown layer {rule.target!r}{hint}")
+        return {name: self.spec_for(name) for name in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lowbit_plan_version": self.version,
+            "default": None if self.default is None else self.default.to_dict(),
+            "rules": [
+                {"target": r.target, "spec": None if r.spec is None else r.spec.to_dict()}
+                for r in self.rules
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        version = data.get("lowbit_plan_version")
+        if version != PLAN_VERSION:
+            raise ArtefactError(
+                f"plan version {version!r} is not supported "
+                f"(this lowbit reads version {PLAN_VERSION})"
+            )
+        default = data.get("default")
+        try:
+            rules = tuple(
+                Rule(
+                    str(r["target"]),
+                    None if r.get("spec") is None else LayerSpec.from_dict(r["spec"]),
+                )
+                for r in data.get("rules", [])
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"malformed plan rule: each needs 'target' and 'spec' ({exc})"
+            ) from exc
+        return cls(None if default is None else LayerSpec.from_dict(default), rules)
+
+    def dumps(self, fmt: str = "json") -> str:
+        if fmt == "yaml":
+            import yaml
+
+            return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise ArtefactError(f"plan file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+            raise ArtefactError(f"plan file {path} is not valid JSON/YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArtefactError(f"plan file {path} must hold a mapping at the top level")
+        return cls.from_dict(data)
+
+
+def _rule_from_dict(r: dict[str, Any]) -> Rule:
+    spec = r.get("spec")
+    return Rule(str(r["target"]), None if spec is None else LayerSpec.from_dict(spec))
+
+
+def uniform_plan(spec: LayerSpec | None, keep: tuple[str, ...] = ()) -> Plan:
+    """Every linear layer gets ``spec``, except the exact names or patterns in ``keep``."""
+    return Plan(default=spec, rules=tuple(Rule(t, None) for t in keep))
+
+
+def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
+    if isinstance(g, PerGroup):
+        return {"type": "group", "size": g.size}
+    return {"type": "channel" if isinstance(g, PerChannel) else "tensor"}
+
+
+def _granularity_from_dict(d: dict[str, Any]) -> Granularity:
+    kind = d.get("type")
+    if kind == "group":
+        return PerGroup(int(d["size"]))
+    if kind == "channel":
+        return PerChannel()
+    if kind == "tensor":
+        return PerTensor()
+    raise ConfigError(f"unknown granularity {kind!r}; use 'group', 'channel' or 'tensor'")
+
+
+def _algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
+    if isinstance(a, GPTQConfig):
+        return {
+            "name": "gptq",
+            "damp": a.damp,
+            "block_size": a.block_size,
+            "act_order": a.act_order.value,
+        }
+    return {"name": "rtn"}
+
+
+def _algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:
+    name = d.get("name")
+    if name == "rtn":
+        return RTNConfig()
+    if name == "gptq":
+        return GPTQConfig(
+            float(d.get("damp", 0.01)), int(d.get("block_size", 128)), d.get("act_order", "static")
+        )
+    raise ConfigError(f"unknown algorithm {name!r}; known: 'gptq', 'rtn'")

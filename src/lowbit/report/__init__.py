@@ -1,0 +1,1 @@
+"""Reports: console tables and progress bars (rich), JSON results."""

@@ -1,0 +1,83 @@
+"""Rich progress bars and result tables for the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, total: int | None = None
+) -> Iterator[Callable[[int, int], None]]:
+    """Yield a callback ``update(done, total)`` that drives one progress bar."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+
+        def update(done: int, total_: int) -> None:
+            progress.update(task, completed=done, total=total_)
+
+        yield update
+
+
+def results_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One row per model: bits per weight over the blocks' linear layers and over the whole
+    model (embeddings, head and norms stay fp32 unless quantized), size, perplexity, KL
+    divergence, top-1 agreement, times."""
+    table = Table(title=title, title_justify="left")
+    for header in (
+        "model",
+        "bits/w linear",
+        "bits/w model",
+        "size",
+        "perplexity",
+        "KL div",
+        "top-1 agree",
+        "quantize s",
+        "eval s",
+    ):
+        table.add_column(header, justify="left" if header == "model" else "right")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            _fmt(row.get("bits_per_weight_linear"), "{:.3f}"),
+            _fmt(row.get("bits_per_weight_model"), "{:.3f}"),
+            _size(row.get("size_bytes")),
+            _fmt(row.get("perplexity"), "{:.3f}"),
+            _fmt(row.get("kl_mean"), "{:.4f}"),
+            _fmt(row.get("top1_agreement"), "{:.2%}"),
+            _fmt(row.get("quantize_s"), "{:.1f}"),
+            _fmt(row.get("eval_s"), "{:.1f}"),
+        )
+    return table
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.1f} MB"

@@ -1,0 +1,56 @@
+"""Text sources and windows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.errors import DataError
+from lowbit.evaluation import text as T
+
+
+def test_windows_are_consecutive_and_capped():
+    ids = torch.arange(1000)
+    w = T.eval_windows(ids, 128, 3, "t")
+    assert w.shape == (3, 128)
+    assert torch.equal(w.reshape(-1), torch.arange(384))
+    assert T.eval_windows(ids, 128, None, "t").shape == (7, 128)
+
+
+def test_calibration_draw_is_seeded():
+    ids = torch.arange(5000)
+    a = T.calibration_windows(ids, 64, 10, 0, "t")
+    b = T.calibration_windows(ids, 64, 10, 0, "t")
+    c = T.calibration_windows(ids, 64, 10, 1, "t")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(10, 63, dtype=torch.long))
+
+
+def test_text_shorter_than_a_window():
+    with pytest.raises(DataError, match="shorter than one window of 512"):
+        T.eval_windows(torch.arange(100), 512, None, "text x")
+
+
+def test_builtin_parts_share_no_paragraph():
+    ev = T.load_text(T.BuiltinText("python-docs", "eval"))
+    ca = T.load_text(T.BuiltinText("python-docs", "calib"))
+    assert len(ev) > 100_000 and len(ca) > 100_000
+    long_paragraphs = {p for p in ev.split("\n\n") if len(p) > 300}
+    assert long_paragraphs
+    assert not any(p in ca for p in long_paragraphs)
+
+
+def test_parse_sources(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    assert T.parse_text_source(str(f)) == T.FileText(f)
+    assert T.parse_text_source("builtin:python-docs", part="calib") == T.BuiltinText(
+        "python-docs", "calib"
+    )
+    assert T.parse_text_source("wikitext:wikitext-2-raw-v1:test") == T.HubText(
+        "wikitext", "wikitext-2-raw-v1", "test"
+    )
+    with pytest.raises(DataError, match="unknown built-in text"):
+        T.parse_text_source("builtin:nope")
+    with pytest.raises(DataError, match="neither an existing file"):
+        T.parse_text_source("/no/such/file.txt")

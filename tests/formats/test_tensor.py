@@ -1,0 +1,100 @@
+"""QuantizedWeight: dequantization (with and without a column permutation) and stored bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.formats import (
+    IntFormat,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    QuantizedWeight,
+    describe_scheme,
+)
+from lowbit.formats.tensor import PERM_BITS
+
+
+def _random_weight(fmt, granularity, out_f, in_f, seed=0, perm=False) -> QuantizedWeight:
+    g = torch.Generator().manual_seed(seed)
+    n_groups = 1 if isinstance(granularity, PerTensor) else granularity.groups(in_f)
+    rows = 1 if isinstance(granularity, PerTensor) else out_f
+    codes = torch.randint(fmt.qmin, fmt.qmax + 1, (out_f, in_f), generator=g, dtype=torch.int16)
+    scale = (0.01 + torch.rand(rows, n_groups, generator=g)).to(fmt.torch_scale_dtype)
+    zero = None
+    if not fmt.symmetric:
+        zero = torch.randint(0, fmt.qmax + 1, (rows, n_groups), generator=g, dtype=torch.int16)
+    return QuantizedWeight(
+        codes, scale, zero, fmt, granularity, torch.randperm(in_f, generator=g) if perm else None
+    )
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("perm", [False, True])
+def test_dequantize_by_hand(symmetric, perm):
+    """Storage column j holds original column perm[j], with the parameters of group j // size."""
+    fmt = IntFormat(3, symmetric)
+    qw = _random_weight(fmt, PerGroup(5), 4, 13, seed=1, perm=perm)
+    W = qw.dequantize()
+    assert W.dtype == torch.float32 and W.shape == (4, 13) == qw.shape
+    group = torch.arange(13) // 5
+    z = 0.0 if qw.zero is None else qw.zero[:, group].float()
+    in_storage_order = (qw.codes.float() - z) * qw.scale[:, group].float()
+    order = qw.perm if perm else torch.arange(13)
+    assert torch.equal(W[:, order], in_storage_order)
+    if perm:
+        assert not torch.equal(W, in_storage_order)
+
+
+def test_dequantize_per_tensor_uses_one_scale():
+    qw = _random_weight(IntFormat(4, False), PerTensor(), 3, 7, seed=2)
+    expected = (qw.codes.float() - float(qw.zero)) * float(qw.scale)
+    assert torch.equal(qw.dequantize(), expected)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(
+    ("granularity", "out_f", "in_f"),
+    [
+        (PerTensor(), 16, 64),
+        (PerChannel(), 16, 64),
+        (PerGroup(32), 16, 64),
+        (PerGroup(128), 8, 576),  # five groups, the last 64 wide
+        (PerGroup(48), 6, 128),
+    ],
+)
+def test_bits_per_weight_matches_the_format(granularity, out_f, in_f, symmetric):
+    fmt = IntFormat(4, symmetric)
+    qw = _random_weight(fmt, granularity, out_f, in_f)
+    expected = fmt.bits_per_weight(in_f, granularity, out_f)
+    assert qw.bits_per_weight() == pytest.approx(expected, rel=1e-12)
+    permuted = _random_weight(fmt, granularity, out_f, in_f, perm=True)
+    assert permuted.bits_per_weight() == pytest.approx(expected + 32 / out_f, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "granularity", "out_f", "in_f", "perm", "n_bits"),
+    [
+        (IntFormat(4), PerGroup(64), 8, 128, False, 8 * 128 * 4 + 16 * 16),
+        (IntFormat(4, False), PerGroup(64), 8, 128, False, 8 * 128 * 4 + 16 * 20),
+        (IntFormat(4, False), PerGroup(64), 8, 128, True, 8 * 128 * 4 + 16 * 20 + 32 * 128),
+        (IntFormat(2), PerChannel(), 3, 10, False, 3 * 10 * 2 + 3 * 16),
+        (IntFormat(8, False), PerTensor(), 3, 10, False, 3 * 10 * 8 + 24),
+    ],
+)
+def test_n_bits(fmt, granularity, out_f, in_f, perm, n_bits):
+    assert _random_weight(fmt, granularity, out_f, in_f, perm=perm).n_bits() == n_bits
+    assert PERM_BITS == 32
+
+
+@pytest.mark.parametrize(
+    ("fmt", "granularity", "text"),
+    [
+        (IntFormat(4), PerGroup(128), "W4 g128 sym"),
+        (IntFormat(8, False), PerChannel(), "W8 per-channel asym"),
+        (IntFormat(3), PerTensor(), "W3 per-tensor sym"),
+    ],
+)
+def test_describe_scheme(fmt, granularity, text):
+    assert describe_scheme(fmt, granularity) == text

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny offline models and the shared-data locator."""

@@ -1,0 +1,76 @@
+"""Tiny random models built offline (no hub): Llama, Qwen3 and OPT families, each saved as a
+Hugging Face directory with safetensors weights and a small byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+VOCAB = 320
+
+
+@cache
+def _tokenizer_dir(root: Path) -> Path:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from lowbit.evaluation.text import BuiltinText, load_text
+
+    text = load_text(BuiltinText("python-docs", "calib"))[:200_000]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([text], vocab_size=VOCAB, min_frequency=2, show_progress=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="</s>", bos_token="<s>"
+    )
+    out = root / "tokenizer"
+    tok.save_pretrained(out)
+    return out
+
+
+def config_for(family: str):
+    from transformers import LlamaConfig, OPTConfig, Qwen3Config
+
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+    )
+    if family == "llama":
+        return LlamaConfig(
+            intermediate_size=96, num_key_value_heads=2, tie_word_embeddings=True, **common
+        )
+    if family == "qwen3":
+        return Qwen3Config(
+            intermediate_size=96,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=False,
+            **common,
+        )
+    if family == "opt":
+        return OPTConfig(
+            ffn_dim=96,
+            word_embed_proj_dim=64,
+            **{k: v for k, v in common.items() if k != "num_hidden_layers"},
+            num_hidden_layers=2,
+            do_layer_norm_before=True,
+        )
+    raise ValueError(family)
+
+
+def make_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> Path:
+    """Save a tiny random model of ``family`` with a tokenizer under ``root/family``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = root / family
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config_for(family), dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(_tokenizer_dir(root)).save_pretrained(out)
+    return out

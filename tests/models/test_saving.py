@@ -1,0 +1,90 @@
+"""Save → load gives identical logits, and the saved codes are the evaluated ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.algorithms import ActOrder, GPTQConfig, RTNConfig
+from lowbit.errors import OutputExistsError
+from lowbit.formats import IntFormat, PerChannel, PerGroup
+from lowbit.models.fakequant import apply_weights
+from lowbit.models.quantize import PipelineConfig, quantize_model
+from lowbit.models.saving import load_quantized, save_quantized
+from lowbit.models.sources import resolve_model
+from lowbit.plan import LayerSpec, uniform_plan
+
+SPECS = [
+    LayerSpec(IntFormat(4), PerGroup(24), GPTQConfig(act_order=ActOrder.GROUP)),
+    LayerSpec(IntFormat(3, symmetric=False), PerGroup(16), GPTQConfig(act_order=ActOrder.STATIC)),
+    LayerSpec(IntFormat(8), PerChannel(), RTNConfig()),
+    LayerSpec(IntFormat(2, symmetric=False), PerGroup(64), GPTQConfig(act_order=ActOrder.OFF)),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_save_load_identical_logits(tiny_any, tmp_path, spec):
+    handle = resolve_model(str(tiny_any))
+    torch.manual_seed(0)
+    ids = torch.randint(0, handle.config.vocab_size, (4, 32))
+    qm = quantize_model(handle, uniform_plan(spec), ids, pipeline=PipelineConfig(chunk_size=2))
+    evaluated = apply_weights(handle.load_model(), qm.weights)
+    out = save_quantized(qm, tmp_path / "q", {"test": True})
+    model, weights, manifest = load_quantized(out)
+    with torch.inference_mode():
+        a = evaluated(input_ids=ids).logits
+        b = model(input_ids=ids).logits
+    assert torch.equal(a, b)
+    for name, qw in qm.weights.items():
+        assert torch.equal(weights[name].codes, qw.codes)
+        assert torch.equal(weights[name].scale, qw.scale)
+    assert manifest["plan"] == uniform_plan(spec).to_dict()
+
+
+def test_saved_size_matches_counted_bits(tiny_llama, tmp_path):
+    handle = resolve_model(str(tiny_llama))
+    qm = quantize_model(
+        handle, uniform_plan(LayerSpec(IntFormat(4), PerGroup(32), RTNConfig())), None
+    )
+    out = save_quantized(qm, tmp_path / "q", {})
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as reader:
+        stored = sum(
+            reader.get_tensor(k).numel() * reader.get_tensor(k).element_size()
+            for k in reader.keys()
+            if k.endswith((".qcodes", ".qscale", ".qzero"))
+        )
+    counted = sum(w.n_bits() for w in qm.weights.values()) / 8
+    assert stored == pytest.approx(counted, abs=len(qm.weights))  # ≤ 1 byte of padding each
+
+
+def test_existing_output_is_refused_and_untouched(tiny_llama, tmp_path):
+    handle = resolve_model(str(tiny_llama))
+    qm = quantize_model(
+        handle, uniform_plan(LayerSpec(IntFormat(4), PerGroup(32), RTNConfig())), None
+    )
+    target = tmp_path / "q"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        save_quantized(qm, target, {})
+    assert (target / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["q"]  # no partial directory left behind
+
+
+def test_interrupted_save_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
+    import lowbit.models.saving as saving
+
+    handle = resolve_model(str(tiny_llama))
+    qm = quantize_model(
+        handle, uniform_plan(LayerSpec(IntFormat(4), PerGroup(32), RTNConfig())), None
+    )
+
+    def boom(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(OSError, match="No space"):
+        saving.save_quantized(qm, tmp_path / "q", {})
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,96 @@
+"""Model sources and their bad inputs: each error names the input and the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lowbit.errors import ModelSourceError
+from lowbit.models.arch import ARCHITECTURES, spec_for_model_type
+from lowbit.models.sources import resolve_model
+
+
+def test_a_model_directory_resolves(tiny_any):
+    handle = resolve_model(str(tiny_any))
+    assert handle.arch.name in ("llama", "opt")
+    assert len(handle.fingerprint) == 16
+    assert handle.weight_files
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
+def test_the_llama_spec_serves_its_family(model_type):
+    assert spec_for_model_type(model_type, "x").name == "llama"
+
+
+def test_missing_path():
+    with pytest.raises(ModelSourceError, match="not found.*built-in name"):
+        resolve_model("/nonexistent/model")
+
+
+def test_directory_without_weights(tmp_path, tiny_llama):
+    shutil.copy(tiny_llama / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelSourceError, match="holds no weights"):
+        resolve_model(str(tmp_path))
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_bin_only_model_is_refused_unless_opted_in(tmp_path, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    for f in [*tiny_llama.glob("tokenizer*"), tiny_llama / "config.json"]:
+        shutil.copy(f, tmp_path / f.name)
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(ModelSourceError, match=r"\.bin.*arbitrary code.*--allow-pickle"):
+        resolve_model(str(tmp_path))
+    handle = resolve_model(str(tmp_path), allow_pickle=True)
+    converted = handle.load_model()
+    for (n, a), (_, b) in zip(converted.named_parameters(), model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_truncated_safetensors(tmp_path, tiny_llama):
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_llama, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelSourceError, match="truncated"):
+        resolve_model(str(bad))
+
+
+def test_truncated_gguf(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 5)
+    with pytest.raises(ModelSourceError, match="not a readable GGUF"):
+        resolve_model(str(bad))
+
+
+def test_unsupported_architecture(tmp_path, tiny_llama):
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_llama, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelSourceError, match="'gpt2' is not supported.*ArchSpec"):
+        resolve_model(str(bad))
+
+
+def test_unknown_builtin_suggests():
+    from lowbit.models.builtin import BUILTIN_MODELS
+
+    with pytest.raises(KeyError, match="did you mean 'smollm2-135m'"):
+        BUILTIN_MODELS.get("smollm2-135")
+
+
+def test_every_spec_names_distinct_linears():
+    for _, spec in ARCHITECTURES:
+        assert len(set(spec.linear_names)) == len(spec.linear_names)

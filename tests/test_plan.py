@@ -1,0 +1,211 @@
+"""Plans: precedence of exact names over patterns over the default, name checking, and
+versioned JSON/YAML round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowbit.algorithms import ActOrder, GPTQConfig, RTNConfig
+from lowbit.errors import ArtefactError, ConfigError
+from lowbit.formats import IntFormat, PerChannel, PerGroup, PerTensor
+from lowbit.plan import PLAN_VERSION, LayerSpec, Plan, Rule, uniform_plan
+
+W4G128 = LayerSpec(IntFormat(4), PerGroup(128))
+W3G64 = LayerSpec(
+    IntFormat(3, symmetric=False),
+    PerGroup(64),
+    GPTQConfig(damp=0.05, block_size=64, act_order=ActOrder.GROUP),
+)
+W8 = LayerSpec(IntFormat(8, scale_dtype="bfloat16"), PerChannel(), RTNConfig())
+W2T = LayerSpec(
+    IntFormat(2, scale_dtype="float32"), PerTensor(), GPTQConfig(act_order=ActOrder.OFF)
+)
+
+NAMES = [
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.0.self_attn.o_proj",
+    "model.layers.0.mlp.up_proj",
+    "model.layers.0.mlp.down_proj",
+    "model.layers.1.self_attn.q_proj",
+    "model.layers.1.mlp.down_proj",
+    "lm_head",
+]
+
+PLAN = Plan(
+    default=W4G128,
+    rules=(
+        Rule("re:.*\\.mlp\\.down_proj", W8),  # first pattern: wins over the next one
+        Rule("re:model\\.layers\\.1\\..*", W3G64),
+        Rule("model.layers.1.mlp.down_proj", W2T),  # exact: beats both patterns
+        Rule("re:.*self_attn\\.o_proj", None),
+        Rule("lm_head", None),
+    ),
+)
+
+PLANS = [
+    pytest.param(PLAN, id="rules"),
+    pytest.param(Plan(default=None, rules=(Rule("re:.*q_proj", W3G64),)), id="keep-by-default"),
+    pytest.param(uniform_plan(W2T, keep=("lm_head", "re:.*\\.0\\..*")), id="uniform"),
+    pytest.param(Plan(default=W8), id="default-only"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("model.layers.0.self_attn.q_proj", W4G128),  # no rule: default
+        ("model.layers.0.mlp.down_proj", W8),  # pattern
+        ("model.layers.1.self_attn.q_proj", W3G64),  # second pattern
+        ("model.layers.1.mlp.down_proj", W2T),  # exact beats the patterns listed before it
+        ("model.layers.0.self_attn.o_proj", None),  # pattern with no spec: keep full precision
+        ("lm_head", None),  # exact name with no spec
+    ],
+)
+def test_precedence(name, expected):
+    assert PLAN.spec_for(name) == expected
+
+
+def test_first_pattern_wins():
+    """A name matching several patterns takes the first listed; a name matching only a later
+    pattern still gets it."""
+    plan = Plan(default=None, rules=(Rule("re:.*proj", W8), Rule("re:.*up_proj", W3G64)))
+    assert plan.spec_for("model.layers.0.mlp.up_proj") == W8
+    swapped = Plan(default=None, rules=plan.rules[::-1])
+    assert swapped.spec_for("model.layers.0.mlp.up_proj") == W3G64
+    assert swapped.spec_for("model.layers.0.mlp.down_proj") == W8
+
+
+def test_patterns_match_the_whole_name():
+    plan = Plan(default=W4G128, rules=(Rule("re:q_proj", None),))
+    assert plan.spec_for("model.layers.0.self_attn.q_proj") == W4G128
+    assert plan.spec_for("q_proj") is None
+
+
+def test_resolve_maps_every_name():
+    resolved = PLAN.resolve(NAMES)
+    assert list(resolved) == NAMES
+    assert resolved == {
+        "model.layers.0.self_attn.q_proj": W4G128,
+        "model.layers.0.self_attn.o_proj": None,
+        "model.layers.0.mlp.up_proj": W4G128,
+        "model.layers.0.mlp.down_proj": W8,
+        "model.layers.1.self_attn.q_proj": W3G64,
+        "model.layers.1.mlp.down_proj": W2T,
+        "lm_head": None,
+    }
+
+
+def test_resolve_rejects_an_unknown_exact_name_and_suggests_the_close_one():
+    plan = Plan(default=W4G128, rules=(Rule("model.layers.0.mlp.up_prj", W8),))
+    with pytest.raises(
+        ConfigError,
+        match=r"'model\.layers\.0\.mlp\.up_prj'.*did you mean "
+        r"model\.layers\.0\.mlp\.up_proj",
+    ):
+        plan.resolve(NAMES)
+
+
+def test_resolve_ignores_patterns_that_match_nothing():
+    plan = Plan(default=W4G128, rules=(Rule("re:.*gate_proj", None),))
+    assert set(plan.resolve(NAMES).values()) == {W4G128}
+
+
+def test_bad_regex_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"re:\(unclosed"):
+        Rule("re:(unclosed", None)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_dict_round_trip(plan):
+    data = plan.to_dict()
+    assert data["lowbit_plan_version"] == PLAN_VERSION
+    assert Plan.from_dict(json.loads(json.dumps(data))) == plan
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])
+@pytest.mark.parametrize("plan", PLANS)
+def test_file_round_trip(plan, suffix, tmp_path):
+    path = tmp_path / f"plan{suffix}"
+    path.write_text(plan.dumps("json" if suffix == ".json" else "yaml"))
+    loaded = Plan.load(path)
+    assert loaded == plan
+    assert loaded.resolve(NAMES) == plan.resolve(NAMES)
+
+
+def test_yaml_is_yaml_and_json_is_json():
+    assert json.loads(PLAN.dumps())["lowbit_plan_version"] == PLAN_VERSION
+    assert PLAN.dumps("yaml").startswith(f"lowbit_plan_version: {PLAN_VERSION}\n")
+
+
+@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+def test_wrong_plan_version_is_an_artefact_error(version, tmp_path):
+    data = PLAN.to_dict()
+    data["lowbit_plan_version"] = version
+    with pytest.raises(ArtefactError, match=f"plan version {version!r}"):
+        Plan.from_dict(data)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtefactError):
+        Plan.load(path)
+
+
+def test_missing_or_malformed_files_are_artefact_errors(tmp_path):
+    with pytest.raises(ArtefactError, match="does not exist"):
+        Plan.load(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ArtefactError, match="not valid JSON/YAML"):
+        Plan.load(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ArtefactError, match="mapping"):
+        Plan.load(listing)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"granularity": {"type": "row"}}, "unknown granularity 'row'"),
+        ({"algorithm": {"name": "awq"}}, "unknown algorithm 'awq'"),
+        ({"algorithm": {"name": "gptq", "act_order": "desc"}}, "'desc'"),
+        ({"format": {"type": "fp", "bits": 4}}, "unknown format type 'fp'"),
+        ({"format": {"bits": 9}}, "got 9"),
+        ({"granularity": {"type": "group", "size": 0}}, "got 0"),
+        ({"format": {"symmetric": True}}, "missing or bad field 'bits'"),
+    ],
+)
+def test_malformed_layer_specs_are_config_errors(patch, message):
+    data = {**W3G64.to_dict(), **patch}
+    with pytest.raises(ConfigError, match=message):
+        LayerSpec.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("spec", "text", "out_f", "in_f", "bits"),
+    [
+        (W4G128, "GPTQ W4 g128 sym", 576, 576, 4 + 5 * 16 / 576),
+        # act-order "group" saves a 32-bit permutation entry per input column
+        (W3G64, "GPTQ W3 g64 asym", 128, 256, 3 + 4 * 19 / 256 + 32 / 128),
+        (W8, "RTN W8 per-channel sym", 64, 1024, 8 + 16 / 1024),
+        (W2T, "GPTQ W2 per-tensor sym", 4, 8, 2 + 32 / 32),
+    ],
+)
+def test_describe_and_bits_per_weight(spec, text, out_f, in_f, bits):
+    assert spec.describe() == text
+    assert spec.bits_per_weight(out_f, in_f) == bits
+
+
+@pytest.mark.parametrize("act_order", list(ActOrder))
+@pytest.mark.parametrize("granularity", [PerGroup(16), PerChannel()])
+def test_plan_bits_agree_with_what_gptq_stores(act_order, granularity):
+    import torch
+
+    from lowbit.algorithms import gptq_quantize
+
+    spec = LayerSpec(IntFormat(3), granularity, GPTQConfig(act_order=act_order))
+    torch.manual_seed(0)
+    W, X = torch.randn(12, 40), torch.randn(200, 40)
+    qw = gptq_quantize(W, X.T @ X, spec.fmt, spec.granularity, spec.algorithm).weight
+    assert qw.bits_per_weight() == pytest.approx(spec.bits_per_weight(12, 40))

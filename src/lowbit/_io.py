@@ -7,7 +7,6 @@ the same directory and renamed; directories are built under a temporary name and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -77,18 +76,6 @@ def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
     with atomic_file(path, overwrite=overwrite) as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=str)
         handle.write("\n")
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -33,10 +33,6 @@ class TextConfig:
             raise ConfigError(f"the number of windows must be positive, got {self.windows}")
 
 
-DEFAULT_EVAL = TextConfig()
-DEFAULT_CALIB = TextConfig(windows=128)
-
-
 @dataclass
 class Windows:
     ids: Any

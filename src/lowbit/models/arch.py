@@ -21,6 +21,10 @@ class ArchSpec:
     blocks_path: str
     embed_path: str
     sequential_groups: tuple[tuple[str, ...], ...]
+    # Linears that serving engines fuse into one matmul (q/k/v, gate/up): one spec for all.
+    fused_groups: tuple[tuple[str, ...], ...] = ()
+    # The value and down projections, which llama.cpp's mixes give more bits.
+    value_and_down: tuple[str, ...] = ()
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -43,6 +47,11 @@ LLAMA = ARCHITECTURES.register(
             ("mlp.gate_proj", "mlp.up_proj"),
             ("mlp.down_proj",),
         ),
+        fused_groups=(
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            ("mlp.gate_proj", "mlp.up_proj"),
+        ),
+        value_and_down=("self_attn.v_proj", "mlp.down_proj"),
     ),
 )
 
@@ -59,6 +68,8 @@ OPT = ARCHITECTURES.register(
             ("fc1",),
             ("fc2",),
         ),
+        fused_groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
+        value_and_down=("self_attn.v_proj", "fc2"),
     ),
 )
 
@@ -75,6 +86,7 @@ PHI3 = ARCHITECTURES.register(
             ("mlp.gate_up_proj",),
             ("mlp.down_proj",),
         ),
+        value_and_down=("mlp.down_proj",),  # q/k/v are one stored matrix here
     ),
 )
 

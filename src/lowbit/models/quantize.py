@@ -20,6 +20,7 @@ from torch import nn
 from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn_quantize
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.formats import QuantizedWeight
+from lowbit.models.capture import capture_inputs
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
@@ -164,16 +165,7 @@ def _quantize_layer(
     if spec is None:
         result.layers.append(LayerReport(name, "kept (fp32)", shape, 32.0, 0.0))
         return
-    loss = damp = None
-    if isinstance(spec.algorithm, GPTQConfig):
-        if H is None:
-            raise LowbitError(f"layer {name}: GPTQ needs calibration statistics")
-        if not torch.isfinite(H).all():
-            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
-        out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
-        qw, loss, damp = out.weight, out.loss, out.damp
-    else:
-        qw = rtn_quantize(W, spec.fmt, spec.granularity)
+    qw, loss, damp = quantize_weight(name, W, spec, H)
     module.weight.data = qw.dequantize().to(W.dtype)
     result.weights[name] = qw
     result.layers.append(
@@ -183,35 +175,32 @@ def _quantize_layer(
     )
 
 
-class _StopForward(Exception):
-    pass
+def quantize_weight(
+    name: str, W: torch.Tensor, spec: LayerSpec, H: torch.Tensor | None
+) -> tuple[QuantizedWeight, float | None, float | None]:
+    """Quantize ``W`` (out, in) as ``spec`` says; GPTQ needs ``H`` (in, in). Returns the weight,
+    GPTQ's loss and the damping it used (None for RTN)."""
+    if isinstance(spec.algorithm, GPTQConfig):
+        if H is None:
+            raise LowbitError(f"layer {name}: GPTQ needs calibration statistics")
+        if not torch.isfinite(H).all():
+            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
+        out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
+        return out.weight, out.loss, out.damp
+    return rtn_quantize(W, spec.fmt, spec.granularity), None, None
 
 
 def capture_block_inputs(
     lazy: LazyModel, handle: ModelHandle, ids: torch.Tensor, chunk_size: int
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Inputs (hidden states and keyword arguments) of the first block for each chunk of ``ids``."""
+    """Inputs (hidden states and keyword arguments) of the first block for each chunk of ``ids``,
+    with only the modules outside the blocks loaded."""
     outside = list(lazy.outside_blocks(handle.arch.blocks_path))
     for path in outside:
         lazy.materialize(path)
-    first = block_list(lazy.model, handle.arch.blocks_path)[0]
-    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        raise _StopForward
-
-    handle_ = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with torch.inference_mode():
-            for chunk in torch.split(ids, chunk_size):
-                try:
-                    lazy.model(input_ids=chunk, use_cache=False)
-                except _StopForward:
-                    pass
+        first = block_list(lazy.model, handle.arch.blocks_path)[0]
+        return capture_inputs(lazy.model, first, ids, chunk_size)
     finally:
-        handle_.remove()
         for path in outside:
             lazy.release(path)
-    return [h for h, _ in captured], [k for _, k in captured]

@@ -1,0 +1,173 @@
+"""The allocation problem as data: units (a layer, or layers that must share one spec), the
+allowed specs of each, their stored bits and predicted loss, and a budget.
+
+No torch and no model: everything comes from a sensitivity table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from lowbit.errors import ConfigError
+from lowbit.sensitivity.table import METRICS, SensitivityTable
+
+
+@dataclass(frozen=True)
+class AvgBits:
+    """Average stored bits per weight over the table's linear layers (scales included)."""
+
+    bits: float
+
+    def __post_init__(self) -> None:
+        if not self.bits > 0:
+            raise ConfigError(f"the bits-per-weight budget must be positive, got {self.bits}")
+
+    def linear_bits(self, problem: Problem) -> float:
+        return self.bits * problem.n_weights
+
+    def describe(self, linear_bits: float, problem: Problem) -> str:
+        return f"{linear_bits / problem.n_weights:.4f} bits per weight"
+
+
+@dataclass(frozen=True)
+class MaxBytes:
+    """Stored bytes of the whole model: the linear layers plus everything kept as stored."""
+
+    bytes: int
+
+    def __post_init__(self) -> None:
+        if self.bytes <= 0:
+            raise ConfigError(f"the byte budget must be positive, got {self.bytes}")
+
+    def linear_bits(self, problem: Problem) -> float:
+        return (self.bytes - problem.other_bytes) * 8.0
+
+    def describe(self, linear_bits: float, problem: Problem) -> str:
+        return f"{int(linear_bits // 8 + problem.other_bytes):,} bytes"
+
+
+Budget = AvgBits | MaxBytes
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Layers that get one spec together; ``options`` are the allowed menu indices."""
+
+    layers: tuple[str, ...]
+    options: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    units: tuple[Unit, ...]
+    bits: dict[tuple[str, int], int]
+    loss: dict[tuple[str, int], float]
+    n_weights: int
+    other_bytes: int
+    labels: tuple[str, ...]
+
+    def unit_bits(self, u: Unit, s: int) -> int:
+        return sum(self.bits[(name, s)] for name in u.layers)
+
+    def unit_loss(self, u: Unit, s: int) -> float:
+        return sum(self.loss[(name, s)] for name in u.layers)
+
+    def extremes(self) -> tuple[int, int]:
+        """Fewest and most stored bits any assignment can have."""
+        lo = sum(min(self.unit_bits(u, s) for s in u.options) for u in self.units)
+        hi = sum(max(self.unit_bits(u, s) for s in u.options) for u in self.units)
+        return lo, hi
+
+
+def build_problem(
+    table: SensitivityTable,
+    metric: str = "kl",
+    *,
+    fuse: bool = True,
+    pins: dict[str, int] | None = None,
+) -> Problem:
+    """Units from ``table``: fused groups share a spec when ``fuse``; ``pins`` maps exact layer
+    names or ``re:`` patterns to a menu index they must take."""
+    if metric not in METRICS:
+        raise ConfigError(f"unknown loss metric {metric!r}; use one of {', '.join(METRICS)}")
+    if not table.has_metric(metric):
+        raise ConfigError(
+            f"the sensitivity table has no {metric!r} values for every entry; measure them "
+            f"or choose another metric ({', '.join(m for m in METRICS if table.has_metric(m))})"
+        )
+    names = [x.name for x in table.layers]
+    pinned = _resolve_pins(pins or {}, names, len(table.menu), table.labels)
+    groups = _groups(table, names, fuse)
+    all_specs = tuple(range(len(table.menu)))
+    units = []
+    for group in groups:
+        wanted = {pinned[n] for n in group if n in pinned}
+        if len(wanted) > 1:
+            raise ConfigError(
+                f"pins give the fused layers {', '.join(group)} different specs; pin them alike "
+                "or allocate with fusing off"
+            )
+        units.append(Unit(group, tuple(wanted) if wanted else all_specs))
+    bits = {k: e.bits for k, e in table.entries.items()}
+    loss = {k: float(e.value(metric)) for k, e in table.entries.items()}  # type: ignore[arg-type]
+    for name in names:
+        for s in all_specs:
+            table.entry(name, s)  # an incomplete table is an error here
+    return Problem(
+        tuple(units),
+        bits,
+        loss,
+        sum(x.numel for x in table.layers),
+        table.other_bytes,
+        tuple(table.labels),
+    )
+
+
+def _groups(table: SensitivityTable, names: list[str], fuse: bool) -> list[tuple[str, ...]]:
+    known = set(names)
+    fused = [g for g in table.fused if set(g) <= known] if fuse else []
+    member = {n for g in fused for n in g}
+    singles = [(n,) for n in names if n not in member]
+    return [tuple(g) for g in fused] + singles
+
+
+def _resolve_pins(
+    pins: dict[str, int], names: list[str], n_specs: int, labels: list[str]
+) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for target, s in pins.items():
+        if not 0 <= s < n_specs:
+            raise ConfigError(
+                f"pin {target!r}: spec index {s} is not in the menu (0..{n_specs - 1}: "
+                f"{', '.join(labels)})"
+            )
+        if target.startswith("re:"):
+            try:
+                pattern = re.compile(target[3:])
+            except re.error as exc:
+                raise ConfigError(f"bad regex in pin {target!r}: {exc}") from exc
+            hits = [n for n in names if pattern.fullmatch(n)]
+            if not hits:
+                raise ConfigError(f"pin {target!r} matches no layer of the table")
+        elif target in names:
+            hits = [target]
+        else:
+            close = difflib.get_close_matches(target, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"pin names unknown layer {target!r}{hint}")
+        out.update({n: s for n in hits})
+    return out
+
+
+def spec_index(label_or_index: str, labels: tuple[str, ...] | list[str]) -> int:
+    """A menu spec given by its index or its label (e.g. ``GPTQ W4 g64 sym``)."""
+    text = label_or_index.strip()
+    if text.isdigit():
+        return int(text)
+    if text in labels:
+        return list(labels).index(text)
+    close = difflib.get_close_matches(text, list(labels), n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"{text!r} is not a spec of the menu ({', '.join(labels)}){hint}")

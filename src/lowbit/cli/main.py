@@ -9,8 +9,11 @@ import typer
 
 from lowbit.cli import eval as eval_cmd
 from lowbit.cli import ls as ls_cmd
+from lowbit.cli import pareto as pareto_cmd
+from lowbit.cli import plan as plan_cmd
 from lowbit.cli import quantize as quantize_cmd
 from lowbit.cli import run as run_cmd
+from lowbit.cli import sensitivity as sensitivity_cmd
 
 app = typer.Typer(
     name="lowbit",
@@ -22,6 +25,9 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("eval")(eval_cmd.evaluate)
+app.command("sensitivity")(sensitivity_cmd.sensitivity)
+app.command("plan")(plan_cmd.plan)
+app.command("pareto")(pareto_cmd.pareto)
 app.command("ls")(ls_cmd.ls)
 
 

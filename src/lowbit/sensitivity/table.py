@@ -207,6 +207,13 @@ class SensitivityTable:
             raise ArtefactError(f"sensitivity table {path} must hold a JSON object")
         return cls.from_dict(data, where=str(path))
 
+    def digest(self) -> str:
+        """SHA-256 of the table's canonical JSON: which table a plan or sweep came from."""
+        import hashlib
+
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -232,3 +239,40 @@ class SensitivityTable:
                     ]
                 )
         return buf.getvalue()
+
+
+def merge_tables(a: SensitivityTable, b: SensitivityTable) -> SensitivityTable:
+    """One table with the specs of both (measured on the same model, layers and probe data);
+    ``b``'s specs already in ``a`` are dropped."""
+    if a.model.get("fingerprint") != b.model.get("fingerprint"):
+        raise ArtefactError("the two sensitivity tables were measured on different models")
+    if a.layers != b.layers or a.probe != b.probe:
+        raise ArtefactError(
+            "the two sensitivity tables differ in layers or probe data; measure them alike"
+        )
+    labels = a.labels
+    menu = list(a.menu)
+    entries = dict(a.entries)
+    for s, spec in enumerate(b.menu):
+        if spec.describe() in labels:
+            continue
+        menu.append(spec)
+        new = len(menu) - 1
+        for (layer, t), e in b.entries.items():
+            if t == s:
+                entries[(layer, new)] = Entry(
+                    e.layer, new, e.bits, e.kl, e.hessian, e.fisher, e.seconds
+                )
+    timings = {k: a.timings.get(k, 0.0) + b.timings.get(k, 0.0) for k in a.timings | b.timings}
+    return SensitivityTable(
+        a.model,
+        tuple(menu),
+        a.layers,
+        entries,
+        a.fused,
+        a.value_and_down,
+        a.n_blocks,
+        a.other_bytes,
+        a.probe,
+        timings,
+    )

@@ -1,0 +1,95 @@
+"""Typed menu and budget options shared by sensitivity, plan and pareto."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+Bits = Annotated[list[int], typer.Option("--bits", help="Bits of a menu spec (repeat).")]
+Groups = Annotated[
+    list[int], typer.Option("--group-size", help="Group size of the menu specs (repeat).")
+]
+Algorithm = Annotated[str, typer.Option(help="Algorithm of the menu specs: gptq or rtn.")]
+MenuFile = Annotated[
+    Path | None,
+    typer.Option("--menu", help="A YAML/JSON list of layer specs; replaces --bits/--group-size."),
+]
+TablePath = Annotated[
+    Path, typer.Option("--table", help="A sensitivity table (JSON) of the same model.")
+]
+Metric = Annotated[str, typer.Option(help="Loss to minimise: kl (measured), hessian or fisher.")]
+Fuse = Annotated[
+    bool,
+    typer.Option(
+        "--fuse/--no-fuse", help="q/k/v and gate/up share one spec (as serving engines fuse them)."
+    ),
+]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_size(text: str) -> int:
+    """``60MB``, ``1.5GiB`` or a plain number of bytes."""
+    from lowbit.errors import ConfigError
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(
+            f"--max-bytes {text!r} is not a size; write e.g. 60MB, 58MiB, 1.5GB or 60000000"
+        )
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def menu_specs(
+    bits: list[int], groups: list[int], algorithm: str, symmetric: bool, menu: Path | None
+) -> tuple[Any, ...]:
+    from lowbit import api
+
+    if menu is not None:
+        return load_menu(menu)
+    return tuple(api.spec_from_options(b, g, symmetric, algorithm) for b in bits for g in groups)
+
+
+def load_menu(path: Path) -> tuple[Any, ...]:
+    import json
+
+    import yaml
+
+    from lowbit.errors import ArtefactError
+    from lowbit.plan import LayerSpec
+
+    if not path.is_file():
+        raise ArtefactError(f"menu file {path} does not exist")
+    text = path.read_text()
+    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(data, list):
+        raise ArtefactError(f"menu file {path} must hold a list of layer specs")
+    return tuple(LayerSpec.from_dict(d) for d in data)
+
+
+def parse_pins(pins: list[str]) -> dict[str, str]:
+    """``TARGET=SPEC`` pairs: a layer name or ``re:`` pattern, and a menu index or label."""
+    from lowbit.errors import ConfigError
+
+    out = {}
+    for pin in pins:
+        target, sep, spec = pin.partition("=")
+        if not sep or not target or not spec:
+            raise ConfigError(
+                f"--pin {pin!r} must be LAYER=SPEC, e.g. model.layers.0.mlp.down_proj=3 "
+                "or 're:.*down_proj=GPTQ W8 g64 sym'"
+            )
+        out[target.strip()] = spec.strip()
+    return out

@@ -1,0 +1,63 @@
+"""``lowbit pareto``: quantize and measure plans over a sweep of budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.menu import Algorithm, Fuse, Metric, TablePath
+from lowbit.cli.options import CalibText, Ctx, EvalText, Model, Overwrite, Seed
+
+
+def pareto(
+    model: Model,
+    table: TablePath,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the sweep.")],
+    budget: Annotated[
+        list[float], typer.Option(help="Average bits per weight to plan for (repeat).")
+    ] = [3.25, 3.5, 4.0, 4.5, 5.0],
+    uniform_bits: Annotated[list[int], typer.Option(help="Uniform plans: bits (repeat).")] = [
+        3,
+        4,
+    ],
+    uniform_group: Annotated[
+        list[int], typer.Option(help="Uniform plans: group sizes (repeat).")
+    ] = [32, 64, 128],
+    algorithm: Algorithm = "gptq",
+    metric: Metric = "kl",
+    fuse: Fuse = True,
+    eval_text: EvalText = "builtin:python-docs",
+    windows: Annotated[int, typer.Option("--windows", help="Evaluation windows.")] = 40,
+    calib_text: CalibText = "builtin:python-docs",
+    calib_windows: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
+    ctx: Ctx = 512,
+    seed: Seed = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """For each budget, the exact plan and the llama.cpp-style plan; plus uniform plans; each
+    quantized and evaluated. Writes OUTPUT/pareto.json and OUTPUT/pareto.html.
+
+    Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
+    """
+    from lowbit import api
+    from lowbit.workflows import pareto_job
+
+    uniform = [
+        api.spec_from_options(b, g, True, algorithm) for b in uniform_bits for g in uniform_group
+    ]
+    pareto_job(
+        model,
+        table,
+        budget,
+        uniform,
+        api.TextConfig(calib_text, ctx, calib_windows, seed),
+        api.TextConfig(eval_text, ctx, windows),
+        output,
+        metric=metric,
+        fuse=fuse,
+        resume=resume,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,59 @@
+"""``lowbit sensitivity``: how much each linear layer suffers from each spec of a menu."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.menu import Algorithm, Bits, Groups, MenuFile
+from lowbit.cli.options import AllowPickle, CalibText, Ctx, Model, Overwrite, Seed
+
+
+def sensitivity(
+    model: Model,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Table to write (JSON).")],
+    bits: Bits = [2, 3, 4, 8],
+    group_size: Groups = [64],
+    algorithm: Algorithm = "gptq",
+    symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
+    menu: MenuFile = None,
+    calib_text: CalibText = "builtin:python-docs",
+    calib_windows: Annotated[int, typer.Option(help="Windows for the Hessians.")] = 32,
+    ctx: Ctx = 512,
+    seed: Seed = 0,
+    probe_windows: Annotated[int, typer.Option(help="Windows for the measured KL.")] = 2,
+    probe_ctx: Annotated[int, typer.Option(help="Tokens per probe window.")] = 192,
+    batch: Annotated[int, typer.Option(help="Specs run together through the model.")] = 4,
+    measure: Annotated[
+        bool, typer.Option("--measure/--proxies-only", help="Measure KL, or proxies only.")
+    ] = True,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Quantize each linear layer alone with each spec; measure the KL divergence to the
+    original and the Hessian and Fisher proxies. Writes OUTPUT, a CSV and an HTML report.
+
+    Example: lowbit sensitivity smollm2-135m --bits 2 --bits 3 --bits 4 --bits 8 -o sens.json
+    """
+    from lowbit import api
+    from lowbit.cli.menu import menu_specs
+    from lowbit.sensitivity.probe import ProbeConfig
+    from lowbit.workflows import sensitivity_job
+
+    specs = menu_specs(bits, group_size, algorithm, symmetric, menu)
+    probe = ProbeConfig(
+        probe_windows=probe_windows, probe_ctx=probe_ctx, batch=batch, measure=measure
+    )
+    sensitivity_job(
+        model,
+        specs,
+        api.TextConfig(calib_text, ctx, calib_windows, seed),
+        probe,
+        output,
+        resume=resume,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+    )

@@ -1,0 +1,100 @@
+"""Charts as inline SVG strings (matplotlib, no display): sensitivity heatmaps, per-block bars,
+proxy scatter plots and Pareto curves."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    _pyplot().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def heatmap(values: list[list[float | None]], rows: list[str], cols: list[str], title: str) -> str:
+    """``values[r][c]`` on a log colour scale (blocks × module types)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    positive = data[np.isfinite(data) & (data > 0)]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 0.8 + 0.22 * len(rows)))
+    norm = LogNorm(positive.min(), positive.max()) if positive.size else None
+    shown = np.where(data > 0, data, np.nan)
+    image = ax.imshow(shown, aspect="auto", cmap="magma_r", norm=norm, interpolation="nearest")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_ylabel("block")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    return _svg(fig)
+
+
+def grouped_bars(series: dict[str, list[float]], labels: list[str], title: str, ylabel: str) -> str:
+    """One group of bars per label (e.g. block), one bar per series (e.g. spec); log scale."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(labels))
+    for k, (name, vals) in enumerate(series.items()):
+        ax.bar(x + k * width, [max(v, 1e-12) for v in vals], width, label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(x + 0.4 - width / 2, labels, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def scatter(xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return _svg(fig)
+
+
+def pareto(
+    curves: dict[str, list[tuple[float, float]]],
+    marks: dict[str, tuple[float, float]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> str:
+    """Lines of (bits per weight, loss) per method, and single reference points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    for name, (x, y) in marks.items():
+        ax.scatter([x], [y], marker="x", s=60, zorder=3)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(fig)

@@ -1,0 +1,278 @@
+"""``lowbit plan`` (a plan for a budget) and ``lowbit pareto`` (a sweep of budgets, each plan
+quantized and measured: predicted against realised loss, exact against uniform and heuristic).
+
+The sweep stores each measured point in ``OUT/points/`` as it completes, so an interrupted
+sweep resumes with ``--resume``; ``OUT/pareto.json`` and ``OUT/pareto.html`` are written last.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowbit import api
+from lowbit._io import atomic_file, check_new_output, write_json
+from lowbit.errors import OutputExistsError
+from lowbit.plan import LayerSpec, Plan, uniform_plan
+from lowbit.report.console import console, progress_bar
+from lowbit.report.pareto import pareto_report, pareto_table
+from lowbit.workflows.spine import _quantize
+
+
+def plan_job(
+    model: str,
+    table_path: Path,
+    budget: Any,
+    out: Path,
+    *,
+    method: str = "exact",
+    metric: str = "kl",
+    fuse: bool = True,
+    pins: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan)."""
+    from lowbit.allocation import build_problem, spec_index
+
+    check_new_output(Path(out), overwrite=overwrite)
+    handle = api.load(model)
+    table = api.load_table(table_path, handle)
+    pin_idx = {k: spec_index(v, table.labels) for k, v in (pins or {}).items()}
+    alloc, plan = api.allocate(table, budget, method=method, metric=metric, fuse=fuse, pins=pin_idx)
+    problem = build_problem(table, metric, fuse=False)
+    with atomic_file(Path(out), overwrite=overwrite) as f:
+        f.write(plan.dumps("yaml" if Path(out).suffix in (".yaml", ".yml") else "json"))
+    counts = Counter(table.labels[s] for s in alloc.choice.values())
+    summary = {
+        "method": alloc.method,
+        "bits_per_weight_linear": alloc.bits_per_weight(problem),
+        "model_bytes": alloc.bits // 8 + table.other_bytes,
+        "predicted_loss": alloc.loss,
+        "metric": metric,
+        "layers_per_spec": dict(counts),
+    }
+    console.print(
+        f"{alloc.method}: {summary['bits_per_weight_linear']:.4f} bits per weight over the "
+        f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted {metric} "
+        f"{alloc.loss:.4g}; " + ", ".join(f"{n} × {k}" for k, n in counts.most_common())
+    )
+    console.print(f"plan written to {out}")
+    return summary
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    method: str
+    budget: float | None
+    plan: Plan
+    predicted_loss: float | None
+    predicted_bits_per_weight: float | None
+
+
+def sweep_points(
+    table: Any,
+    budgets: list[float],
+    uniform_specs: list[LayerSpec],
+    *,
+    metric: str = "kl",
+    fuse: bool = True,
+) -> list[Point]:
+    """Uniform plans, then the exact and the llama.cpp-style plan for each budget (a heuristic
+    plan equal to one already listed is not repeated)."""
+    from lowbit.allocation import AvgBits, build_problem
+    from lowbit.allocation.heuristic import uniform as uniform_alloc
+
+    problem = build_problem(table, metric, fuse=False)
+    labels = table.labels
+    points = []
+    for spec in uniform_specs:
+        label = spec.describe()
+        alloc = uniform_alloc(problem, labels.index(label)) if label in labels else None
+        points.append(
+            Point(
+                f"uniform {label}",
+                "uniform",
+                None,
+                uniform_plan(spec),
+                None if alloc is None else alloc.loss,
+                None if alloc is None else alloc.bits_per_weight(problem),
+            )
+        )
+    seen: set[tuple] = set()
+    for b in budgets:
+        for method in ("exact", "llamacpp"):
+            alloc, plan = api.allocate(table, AvgBits(b), method=method, metric=metric, fuse=fuse)
+            key = tuple(sorted(alloc.choice.items()))
+            if method == "llamacpp" and key in seen:
+                continue
+            seen.add(key)
+            points.append(
+                Point(
+                    f"{method} {b:g}",
+                    method,
+                    b,
+                    plan,
+                    alloc.loss,
+                    alloc.bits_per_weight(problem),
+                )
+            )
+    return points
+
+
+def pareto_job(
+    model: str,
+    table_path: Path,
+    budgets: list[float],
+    uniform_specs: list[LayerSpec],
+    calib: api.TextConfig,
+    evalcfg: api.TextConfig,
+    out: Path,
+    *,
+    metric: str = "kl",
+    fuse: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    eval_batch: int = 4,
+    marks: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, Any]:
+    """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html."""
+    out = Path(out)
+    _check_sweep_dir(out, resume=resume, overwrite=overwrite)
+    handle = api.load(model)
+    table = api.load_table(table_path, handle)
+    points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse)
+    windows = api.text_windows(handle, evalcfg, calibration=False)
+    calib_w = api.text_windows(handle, calib, calibration=True)
+    api.check_distinct_texts(windows, calib_w)
+    store = out / "points"
+    store.mkdir(parents=True, exist_ok=True)
+    _check_key(
+        out / "sweep-key.json",
+        {
+            "model": handle.fingerprint,
+            "table": table.digest(),
+            "calibration": calib_w.info,
+            "eval": windows.info,
+            "metric": metric,
+            "fuse": fuse,
+        },
+    )
+    todo = [p for p in points if not (store / f"{_slug(p.name)}.json").exists()]
+    console.print(f"{len(points)} points, {len(points) - len(todo)} already measured")
+    for start in range(0, len(todo), eval_batch):
+        _measure_batch(handle, todo[start : start + eval_batch], calib, calib_w, windows, store)
+    rows = [json.loads((store / f"{_slug(p.name)}.json").read_text()) for p in points]
+    result = {
+        **api.provenance(
+            "pareto",
+            handle,
+            {
+                "budgets": budgets,
+                "metric": metric,
+                "fuse": fuse,
+                "table": str(table_path),
+                "uniform": [s.to_dict() for s in uniform_specs],
+            },
+            {"eval": windows.info, "calibration": calib_w.info},
+            {},
+        ),
+        "points": rows,
+        "additivity": additivity(rows),
+    }
+    pareto_report(rows, marks or {}, f"Pareto: {model}").write(out / "pareto.html", overwrite=True)
+    write_json(out / "pareto.json", result, overwrite=True)
+    console.print(pareto_table(rows))
+    return result
+
+
+def _measure_batch(
+    handle: Any,
+    batch: list[Point],
+    calib: api.TextConfig,
+    calib_w: api.Windows,
+    windows: api.Windows,
+    store: Path,
+) -> None:
+    models, meta = {}, {}
+    for p in batch:
+        qm, _ = _quantize(handle, p.plan, calib, p.name, calib_w)
+        fp = api.footprint(handle, qm)
+        meta[p.name] = (fp, qm.timings["wall_s"])
+        models[p.name] = api.fake_quant_model(handle, qm)
+        del qm
+    with progress_bar(f"evaluating {len(models)} plans", windows.ids.shape[0]) as update:
+        results = api.evaluate(handle.load_model(), models, windows, progress=update)
+    for p in batch:
+        fp, seconds = meta[p.name]
+        res = results[p.name]
+        row = {
+            "name": p.name,
+            "method": p.method,
+            "budget": p.budget,
+            "predicted_loss": p.predicted_loss,
+            "predicted_bits_per_weight": p.predicted_bits_per_weight,
+            "bits_per_weight_linear": fp.bits_per_weight_linear,
+            "size_bytes": fp.size_bytes,
+            "kl_mean": res.kl["mean"],
+            "perplexity": res.perplexity,
+            "reference_perplexity": results["reference"].perplexity,
+            "top1_agreement": res.top1_agreement,
+            "quantize_s": seconds,
+            "plan": p.plan.to_dict(),
+            "eval": res.to_dict(),
+        }
+        write_json(store / f"{_slug(p.name)}.json", row, overwrite=True)
+
+
+def additivity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well the summed single-layer losses predict the realised KL divergence."""
+    import math
+
+    pairs = [(r["predicted_loss"], r["kl_mean"]) for r in rows if r["predicted_loss"]]
+    if not pairs:
+        return {}
+    ratios = [kl / pred for pred, kl in pairs]
+    logs = [math.log(x) for x in ratios]
+    return {
+        "points": len(pairs),
+        "realised_over_predicted_median": sorted(ratios)[len(ratios) // 2],
+        "realised_over_predicted_min": min(ratios),
+        "realised_over_predicted_max": max(ratios),
+        "mean_abs_log_error": sum(abs(x) for x in logs) / len(logs),
+    }
+
+
+def _check_key(path: Path, key: dict[str, Any]) -> None:
+    """A resumed sweep must use the same model, table, texts and settings as its points."""
+    from lowbit.errors import ArtefactError
+
+    key = json.loads(json.dumps(key, default=str))
+    if path.exists():
+        if json.loads(path.read_text()) != key:
+            raise ArtefactError(
+                f"{path.parent} holds points of a sweep with another model, table, text or "
+                "setting; use a new output directory or --overwrite"
+            )
+        return
+    write_json(path, key)
+
+
+def _check_sweep_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if not out.exists() or resume:
+        return
+    if overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+        return
+    raise OutputExistsError(
+        f"{out} exists; pass --resume to continue its sweep or --overwrite to start again"
+    )
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)

@@ -1,0 +1,105 @@
+"""``lowbit sensitivity``: measure the table, checkpointing after every block so that an
+interrupted run resumes where it stopped; write JSON, CSV and an HTML report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lowbit import api
+from lowbit._io import atomic_file, write_json
+from lowbit.errors import ArtefactError, OutputExistsError
+from lowbit.plan import LayerSpec
+from lowbit.report.console import console, progress_bar
+from lowbit.report.sensitivity import sensitivity_report
+
+
+def sensitivity_paths(out: Path) -> dict[str, Path]:
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {
+        "json": out,
+        "csv": Path(f"{stem}.csv"),
+        "html": Path(f"{stem}.html"),
+        "partial": Path(f"{out}.partial"),
+    }
+
+
+def sensitivity_job(
+    model: str,
+    menu: tuple[LayerSpec, ...],
+    calib: api.TextConfig,
+    probe: Any,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> Any:
+    """Measure ``model``'s sensitivity to each spec of ``menu``; returns the table."""
+    from lowbit.sensitivity import check_menu
+
+    check_menu(menu)
+    paths = sensitivity_paths(out)
+    api.check_outputs(paths["json"], paths["csv"], paths["html"], overwrite=overwrite)
+    handle = api.load(model, allow_pickle=allow_pickle)
+    windows = api.text_windows(handle, calib, calibration=True)
+    key = _run_key(handle, menu, windows, probe)
+    done = _resume(paths["partial"], key, resume)
+    partial: dict[str, Any] = {"key": key, "entries": [asdict(e) for e in done.values()]}
+
+    def checkpoint(block: int, entries: list) -> None:
+        partial["entries"].extend(asdict(e) for e in entries)
+        write_json(paths["partial"], partial, overwrite=True)
+
+    with progress_bar("sensitivity: blocks", None) as update:
+        table = api.sensitivity(
+            handle, menu, windows, probe, done=done, on_block=checkpoint, progress=update
+        )
+    table.probe["calibration"] = windows.info
+    with atomic_file(paths["csv"], overwrite=overwrite) as f:
+        f.write(table.to_csv())
+    sensitivity_report(table, f"Sensitivity of {model}").write(paths["html"], overwrite=overwrite)
+    write_json(paths["json"], table.to_dict(), overwrite=overwrite)  # last: the run is complete
+    paths["partial"].unlink(missing_ok=True)
+    console.print(
+        f"sensitivity of {len(table.layers)} layers × {len(menu)} specs in "
+        f"{table.timings['total_s']:.0f} s: {paths['json']}, {paths['csv']}, {paths['html']}"
+    )
+    return table
+
+
+def _run_key(handle: Any, menu: tuple[LayerSpec, ...], windows: Any, probe: Any) -> dict:
+    return {
+        "model": handle.fingerprint,
+        "menu": [s.to_dict() for s in menu],
+        "calibration": windows.info["fingerprint"],
+        "windows": windows.info["windows"],
+        "ctx": windows.info["ctx"],
+        "probe": asdict(probe),
+    }
+
+
+def _resume(partial: Path, key: dict, resume: bool) -> dict:
+    from lowbit.sensitivity import Entry
+
+    if not partial.exists():
+        return {}
+    if not resume:
+        raise OutputExistsError(
+            f"{partial} holds an interrupted run; pass --resume to continue it or delete it"
+        )
+    try:
+        data = json.loads(partial.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtefactError(f"{partial} is not valid JSON ({exc}); delete it") from exc
+    if data.get("key") != json.loads(json.dumps(key)):
+        raise ArtefactError(
+            f"{partial} was made with another model, menu, calibration or probe setting; "
+            "delete it or run with the same options"
+        )
+    entries = [Entry(**e) for e in data.get("entries", [])]
+    console.print(f"resuming: {len(entries)} entries already measured")
+    return {(e.layer, e.spec): e for e in entries}

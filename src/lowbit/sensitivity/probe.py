@@ -43,6 +43,7 @@ class ProbeConfig:
     chunk_size: int = 8
     measure: bool = True
     fisher: bool = True
+    blocks: tuple[int, ...] | None = None  # probe only these blocks (the table is then partial)
 
     def __post_init__(self) -> None:
         for name in ("probe_windows", "probe_ctx", "fisher_windows", "fisher_ctx", "batch"):
@@ -108,11 +109,9 @@ def measure(
     hidden, kwargs = capture_inputs(model, first, calib, cfg.chunk_size)
     with torch.no_grad():
         for i, block in enumerate(blocks):
-            todo = [
-                x
-                for x in infos
-                if x.block == i and any((x.name, s) not in entries for s in range(len(menu)))
-            ]
+            if cfg.blocks is not None and i > max(cfg.blocks, default=-1):
+                break
+            todo = [x for x in infos if x.block == i and _wanted(x, menu, entries, cfg)]
             hidden, hessians = _block_hessians(block, hidden, kwargs, handle, need=bool(todo))
             new = [_probe_layer(info, block, menu, hessians, fisher, probe) for info in todo]
             flat = [e for layer_entries in new for e in layer_entries]
@@ -123,6 +122,12 @@ def measure(
                 progress(i + 1, len(blocks))
     timings["total_s"] = time.perf_counter() - t_start
     return _table(handle, menu, infos, entries, len(blocks), cfg, calib, timings)
+
+
+def _wanted(info: LayerInfo, menu: tuple[LayerSpec, ...], entries: dict, cfg: ProbeConfig) -> bool:
+    if cfg.blocks is not None and info.block not in cfg.blocks:
+        return False
+    return any((info.name, s) not in entries for s in range(len(menu)))
 
 
 def _table(

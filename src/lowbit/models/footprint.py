@@ -36,25 +36,24 @@ class Footprint:
         return dict(self.__dict__)
 
 
-def stored_bits(handle: ModelHandle) -> Iterator[tuple[str, int]]:
-    """(key, stored bits) for every tensor in ``handle``'s weight files, at its stored dtype."""
+def stored_bits(handle: ModelHandle) -> Iterator[tuple[str, int, int]]:
+    """(key, elements, stored bits) for every tensor in ``handle``'s weight files."""
     from safetensors import safe_open
 
     for file in handle.weight_files:
         with safe_open(str(file), framework="pt") as reader:
             for key in reader.keys():
                 view = reader.get_slice(key)
-                yield key, _numel(view.get_shape()) * _DTYPE_BITS.get(view.get_dtype(), 32)
+                n = _numel(view.get_shape())
+                yield key, n, n * _DTYPE_BITS.get(view.get_dtype(), 32)
 
 
 def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
     """Stored size of ``handle``'s tensors with ``qm``'s layers at their quantized size."""
     quantized = {} if qm is None else {f"{n}.weight": w for n, w in qm.weights.items()}
-    shapes = _shapes(handle)
     total_bits = params = lin_bits = lin_count = 0
     kept: list[str] = []
-    for key, stored in stored_bits(handle):
-        n = shapes[key]
+    for key, n, stored in stored_bits(handle):
         bits = quantized[key].n_bits() if key in quantized else stored
         total_bits, params = total_bits + bits, params + n
         if key not in quantized:
@@ -68,17 +67,6 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
         total_bits / max(params, 1),
         kept,
     )
-
-
-def _shapes(handle: ModelHandle) -> dict[str, int]:
-    from safetensors import safe_open
-
-    out = {}
-    for file in handle.weight_files:
-        with safe_open(str(file), framework="pt") as reader:
-            for key in reader.keys():
-                out[key] = _numel(reader.get_slice(key).get_shape())
-    return out
 
 
 def _numel(shape: list[int]) -> int:

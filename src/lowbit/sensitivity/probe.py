@@ -172,7 +172,7 @@ def _other_bytes(handle: ModelHandle, infos: tuple[LayerInfo, ...]) -> int:
     from lowbit.models.footprint import stored_bits
 
     linear = {f"{x.name}.weight" for x in infos}
-    return (sum(bits for key, bits in stored_bits(handle) if key not in linear) + 7) // 8
+    return (sum(bits for key, _, bits in stored_bits(handle) if key not in linear) + 7) // 8
 
 
 def _block_hessians(

@@ -35,20 +35,20 @@ def plan_job(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan)."""
-    from lowbit.allocation import build_problem, spec_index
+    from lowbit.allocation import spec_index
 
     check_new_output(Path(out), overwrite=overwrite)
     handle = api.load(model)
     table = api.load_table(table_path, handle)
     pin_idx = {k: spec_index(v, table.labels) for k, v in (pins or {}).items()}
     alloc, plan = api.allocate(table, budget, method=method, metric=metric, fuse=fuse, pins=pin_idx)
-    problem = build_problem(table, metric, fuse=False)
+    n_weights = sum(x.numel for x in table.layers)
     with atomic_file(Path(out), overwrite=overwrite) as f:
         f.write(plan.dumps("yaml" if Path(out).suffix in (".yaml", ".yml") else "json"))
     counts = Counter(table.labels[s] for s in alloc.choice.values())
     summary = {
         "method": alloc.method,
-        "bits_per_weight_linear": alloc.bits_per_weight(problem),
+        "bits_per_weight_linear": alloc.bits / n_weights,
         "model_bytes": alloc.bits // 8 + table.other_bytes,
         "predicted_loss": alloc.loss,
         "metric": metric,

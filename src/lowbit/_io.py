@@ -65,6 +65,25 @@ def atomic_file(path: Path, *, overwrite: bool = False, mode: str = "w") -> Iter
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path`` for a writer that opens files itself; rename
+    it to ``path`` only on success."""
+    path = Path(path)
+    check_new_output(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _public(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _public(path: Path, *, directory: bool) -> None:
     """Give a temporary file or directory the modes a plain open()/mkdir() would have."""
     umask = os.umask(0)

@@ -124,11 +124,49 @@ def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any,
 
     if is_quantized_dir(Path(source)):
         model, _, manifest = load_quantized(Path(source))
-        origin = manifest["source"]
-        handle = load(origin["path"] if Path(origin["path"]).is_dir() else origin["source"])
-        return model, handle, manifest
+        return model, _origin(manifest), manifest
     handle = load(source, allow_pickle=allow_pickle)
     return handle.load_model(), handle, None
+
+
+def _origin(manifest: dict[str, Any]) -> Any:
+    origin = manifest["source"]
+    return load(origin["path"] if Path(origin["path"]).is_dir() else origin["source"])
+
+
+def load_saved(path: Path) -> tuple[Any, Any]:
+    """(QuantizedModel, dense fake-quantized model) of a directory saved by ``lowbit quantize``;
+    the QuantizedModel's handle is the model it was made from."""
+    from lowbit.models.quantize import QuantizedModel
+    from lowbit.models.saving import load_quantized
+
+    model, weights, manifest = load_quantized(Path(path))
+    handle = _origin(manifest)
+    check_origin(str(path), handle, manifest)
+    plan = Plan.from_dict(manifest["plan"])
+    return QuantizedModel(handle, plan, weights, list(manifest.get("kept", []))), model
+
+
+def export(
+    qm: Any,
+    model: Any,
+    target: str,
+    out: Path,
+    *,
+    dtype: str = "float32",
+    allow_unfused: bool = False,
+    figures: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Write ``qm`` (with ``model``, its dense fake-quantized twin, which is consumed) to
+    ``target`` ('compressed-tensors' or 'gguf'); returns an ExportReport."""
+    from lowbit.export import ExportInput, ExportOptions, Target
+    from lowbit.export.compressed import write_compressed_tensors
+    from lowbit.export.gguf_file import write_gguf
+
+    opts = ExportOptions(target, dtype, allow_unfused, overwrite)  # type: ignore[arg-type]
+    writer = write_gguf if opts.target is Target.GGUF else write_compressed_tensors
+    return writer(ExportInput(qm, model, figures), Path(out), opts)
 
 
 def check_origin(source: str, handle: Any, manifest: dict[str, Any]) -> None:

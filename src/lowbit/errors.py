@@ -32,3 +32,7 @@ class OutputExistsError(LowbitError):
 
 class ArtefactError(LowbitError):
     """A saved artefact (quantized model, result) is malformed or from another model."""
+
+
+class ExportError(LowbitError):
+    """A quantized model cannot be written in the requested target format as it stands."""

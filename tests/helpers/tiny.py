@@ -20,7 +20,8 @@ def _tokenizer_dir(root: Path) -> Path:
 
     text = load_text(BuiltinText("python-docs", "calib"))[:200_000]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([text], vocab_size=VOCAB, min_frequency=2, show_progress=False)
+    # two ids are left for the <s> and </s> added below, so every token has an embedding row
+    bpe.train_from_iterator([text], vocab_size=VOCAB - 2, min_frequency=2, show_progress=False)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, eos_token="</s>", bos_token="<s>"
     )

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from lowbit.cli import eval as eval_cmd
+from lowbit.cli import export as export_cmd
 from lowbit.cli import ls as ls_cmd
 from lowbit.cli import pareto as pareto_cmd
 from lowbit.cli import plan as plan_cmd
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("eval")(eval_cmd.evaluate)
+app.command("export")(export_cmd.export)
 app.command("sensitivity")(sensitivity_cmd.sensitivity)
 app.command("plan")(plan_cmd.plan)
 app.command("pareto")(pareto_cmd.pareto)

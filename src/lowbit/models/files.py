@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -50,3 +51,21 @@ def fingerprint_files(paths: list[Path]) -> str:
                 handle.seek(size - _FINGERPRINT_SAMPLE)
                 digest.update(handle.read())
     return digest.hexdigest()[:16]
+
+
+MODEL_FILES = (  # copied beside every saved or exported model
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def copy_model_files(src: Path, dst: Path, *, config: bool = True) -> None:
+    """Copy the tokenizer files and (unless ``config`` is False) the config and generation
+    config that exist in ``src``."""
+    for fname in MODEL_FILES if config else MODEL_FILES[2:]:
+        if (Path(src) / fname).is_file():
+            shutil.copy2(Path(src) / fname, Path(dst) / fname)

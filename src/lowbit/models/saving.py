@@ -12,7 +12,6 @@ so its logits are identical.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,12 @@ from lowbit._io import atomic_dir
 from lowbit.errors import ArtefactError, ModelSourceError
 from lowbit.formats import IntFormat, QuantizedWeight
 from lowbit.formats.packing import pack, unpack
-from lowbit.models.files import safetensors_header
+from lowbit.models.files import copy_model_files, safetensors_header
 from lowbit.models.quantize import QuantizedModel
 from lowbit.plan import LayerSpec, Plan
 
 LAYOUT = "lowbit-quantized-v1"
 _QSUFFIXES = (".qcodes", ".qscale", ".qzero", ".qperm")
-_COPY = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 
 def save_quantized(
@@ -58,9 +49,7 @@ def save_quantized(
         "provenance": provenance,
     }
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
-        for fname in _COPY:
-            if (qm.handle.path / fname).is_file():
-                shutil.copy2(qm.handle.path / fname, tmp / fname)
+        copy_model_files(qm.handle.path, tmp)
         save_file(
             tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "layout": LAYOUT}
         )

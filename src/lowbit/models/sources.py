@@ -17,7 +17,8 @@ from lowbit._io import atomic_dir
 from lowbit.errors import ModelSourceError
 from lowbit.models.arch import ArchSpec, spec_for_model_type
 from lowbit.models.builtin import BUILTIN_MODELS, builtin_gguf
-from lowbit.models.files import fingerprint_files, safetensors_header
+from lowbit.models.compressed_source import is_compressed_tensors_dir
+from lowbit.models.files import copy_model_files, fingerprint_files, safetensors_header
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +108,8 @@ def _safetensors_dir(path: Path, allow_pickle: bool) -> Path:
         raise ModelSourceError(
             f"{path} has no config.json: it is not a Hugging Face model directory"
         )
+    if is_compressed_tensors_dir(path):
+        return _cached_compressed(path)
     if _weight_files(path):
         return path
     bins = sorted(path.glob("*.bin"))
@@ -156,6 +159,19 @@ def _check_gguf(path: Path) -> None:
             "truncated: download it again"
         ) from exc
     spec_for_model_type(arch, str(path))
+
+
+def _cached_compressed(path: Path) -> Path:
+    """A compressed-tensors checkpoint, decompressed once and cached as dense safetensors."""
+    from lowbit.models.compressed_source import load_compressed_tensors
+
+    target = cache_root() / "models" / f"ct-{fingerprint_files(_weight_files(path))}"
+    if (target / "config.json").is_file() and _weight_files(target):
+        return target
+    with atomic_dir(target, overwrite=True) as tmp:
+        load_compressed_tensors(path).save_pretrained(tmp, safe_serialization=True)
+        copy_model_files(path, tmp, config=False)
+    return target
 
 
 def _cached_conversion(src_dir: Path, key: str, load_kwargs: dict[str, Any]) -> Path:

@@ -1,7 +1,16 @@
 """The jobs behind the CLI commands, one function each."""
 
 from lowbit.workflows.allocation import pareto_job, plan_job
+from lowbit.workflows.export import export_job
 from lowbit.workflows.sensitivity import sensitivity_job
 from lowbit.workflows.spine import eval_job, quantize_job, run_job
 
-__all__ = ["eval_job", "pareto_job", "plan_job", "quantize_job", "run_job", "sensitivity_job"]
+__all__ = [
+    "eval_job",
+    "export_job",
+    "pareto_job",
+    "plan_job",
+    "quantize_job",
+    "run_job",
+    "sensitivity_job",
+]

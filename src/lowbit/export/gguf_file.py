@@ -1,0 +1,186 @@
+"""Export to GGUF (llama.cpp, Ollama) through the ``gguf`` library.
+
+INT4 group-32 layers become Q4_0 (symmetric) or Q4_1 (asymmetric) blocks and INT8 group-32
+symmetric layers Q8_0 blocks, built from lowbit's own codes and scales (see
+:mod:`lowbit.export.gguf_blocks`), so GPTQ-optimised weights reach llama.cpp unchanged. Every
+other tensor is stored as F32 (or F16/BF16 for 2-D tensors when asked). Tensor names and the
+Llama q/k row order follow llama.cpp's converter; metadata is copied from the source GGUF when
+the model came from one (the tokenizer with its pre-tokenizer name), else built from the config
+and the tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowbit import __version__
+from lowbit._io import atomic_path
+from lowbit.errors import ExportError
+from lowbit.export import gguf_blocks, gguf_meta
+from lowbit.export.common import (
+    ExportInput,
+    ExportOptions,
+    ExportReport,
+    Target,
+    predicted_bytes,
+    refuse,
+)
+from lowbit.formats import PerGroup, QuantizedWeight
+
+# model_type → (GGUF architecture, whether llama.cpp reorders the q/k rows)
+ARCHES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen3": ("qwen3", False)}
+
+
+def gguf_type_name(qw: QuantizedWeight) -> str | None:
+    """The GGML block type ``qw`` maps onto exactly (Q4_1: up to the fp16 minimum), or None."""
+    if qw.perm is not None or qw.granularity != PerGroup(gguf_blocks.BLOCK):
+        return None
+    if qw.fmt.scale_dtype != "float16" or qw.shape[1] % gguf_blocks.BLOCK:
+        return None
+    return {(4, True): "Q4_0", (4, False): "Q4_1", (8, True): "Q8_0"}.get(
+        (qw.fmt.bits, qw.fmt.symmetric)
+    )
+
+
+def _why_not(qw: QuantizedWeight) -> str:
+    if qw.perm is not None:
+        return "GPTQ act-order 'group' saved a column permutation; GGUF blocks have none"
+    if qw.fmt.scale_dtype != "float16":
+        return f"scales in {qw.fmt.scale_dtype}; GGUF blocks store fp16 scales"
+    if qw.granularity != PerGroup(gguf_blocks.BLOCK) or qw.shape[1] % gguf_blocks.BLOCK:
+        return f"{qw.granularity.describe()}; GGUF's Q4_0/Q4_1/Q8_0 use groups of 32"
+    return f"{qw.fmt.name}: no GGUF type (INT4 → Q4_0/Q4_1, symmetric INT8 → Q8_0)"
+
+
+def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport:
+    """Write ``inp`` to the single file ``out`` (written under a temporary name, then renamed)."""
+    import gguf
+
+    start = time.perf_counter()
+    qm, config = inp.qm, inp.qm.handle.config
+    if config.model_type not in ARCHES:
+        raise ExportError(
+            f"GGUF export supports model types {', '.join(ARCHES)}, not {config.model_type!r}; "
+            "export to compressed-tensors instead"
+        )
+    problems = {n: _why_not(qw) for n, qw in qm.weights.items() if gguf_type_name(qw) is None}
+    if problems:
+        raise refuse(
+            Target.GGUF,
+            problems,
+            "Quantize those layers as INT4 group 32 (symmetric → Q4_0, asymmetric → Q4_1) or "
+            "symmetric INT8 group 32 (→ Q8_0), or keep them in full precision",
+        )
+    arch, reorder = ARCHES[config.model_type]
+    tensors, layers, max_error = _tensors(inp, arch, reorder, opts.dtype)
+    with atomic_path(Path(out), overwrite=opts.overwrite) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        gguf_meta.add_metadata(writer, qm.handle, arch, _file_type(layers, opts.dtype))
+        writer.add_string("general.quantized_by", f"lowbit {__version__}")
+        writer.add_string("lowbit.plan", json.dumps(qm.plan.to_dict()))
+        for name, (data, raw_type) in tensors.items():
+            writer.add_tensor(name, data, raw_dtype=raw_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    notes = []
+    if any(t == "Q4_1" for t in layers.values()):
+        notes.append(
+            "Q4_1 stores each block's minimum as fp16 where lowbit has a 4-bit zero point: "
+            f"0.5 bits per weight more, weights differ by at most {max_error:.3g}"
+        )
+    report = ExportReport(
+        Target.GGUF.value,
+        Path(out),
+        {Path(out).name: Path(out).stat().st_size},
+        layers,
+        max_error,
+        predicted_bytes(qm, opts.dtype),
+        time.perf_counter() - start,
+        notes,
+    )
+    return report
+
+
+def _tensors(
+    inp: ExportInput, arch: str, reorder: bool, dtype: str
+) -> tuple[dict[str, tuple[np.ndarray, Any]], dict[str, str], float]:
+    import gguf
+
+    qm, config = inp.qm, inp.qm.handle.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
+    heads = {"attn_q": config.num_attention_heads}
+    heads["attn_k"] = getattr(config, "num_key_value_heads", None) or heads["attn_q"]
+    tensors: dict[str, tuple[np.ndarray, Any]] = {}
+    layers: dict[str, str] = {}
+    max_error = 0.0
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for key, value in inp.model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue
+        target = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ExportError(f"tensor {key} has no GGUF name for architecture {arch}")
+        module = key.rsplit(".", 1)[0]
+        n_head = heads.get(target.split(".")[-2]) if reorder else None
+        if module in qm.weights and key.endswith(".weight"):
+            data, raw, err = _quantized(qm.weights[module], n_head)
+            layers[module], max_error = raw.name, max(max_error, err)
+        else:
+            data, raw = _dense(value, dtype, n_head)
+            if module in qm.kept:
+                layers[module] = raw.name
+        tensors[target] = (data, raw)
+    return tensors, layers, max_error
+
+
+def _quantized(qw: QuantizedWeight, n_head: int | None) -> tuple[np.ndarray, Any, float]:
+    from gguf import GGMLQuantizationType
+
+    kind = gguf_type_name(qw)
+    codes, scale = qw.codes.numpy(), qw.scale.float().numpy()
+    zero = None if qw.zero is None else qw.zero.numpy()
+    if n_head is not None:
+        codes, scale = (
+            gguf_blocks.permute_rows(codes, n_head),
+            gguf_blocks.permute_rows(scale, n_head),
+        )
+        zero = None if zero is None else gguf_blocks.permute_rows(zero, n_head)
+    if kind == "Q4_0":
+        return gguf_blocks.q4_0(codes, scale), GGMLQuantizationType.Q4_0, 0.0
+    if kind == "Q8_0":
+        return gguf_blocks.q8_0(codes, scale), GGMLQuantizationType.Q8_0, 0.0
+    data, err = gguf_blocks.q4_1(codes, scale, zero)
+    return data, GGMLQuantizationType.Q4_1, err
+
+
+def _dense(value: torch.Tensor, dtype: str, n_head: int | None) -> tuple[np.ndarray, Any]:
+    from gguf import GGMLQuantizationType
+
+    x = value.detach().float()
+    if n_head is not None:
+        x = torch.from_numpy(gguf_blocks.permute_rows(x.numpy(), n_head))
+    if x.dim() < 2 or dtype == "float32":
+        return x.numpy(), GGMLQuantizationType.F32
+    if dtype == "float16":
+        return x.half().numpy(), GGMLQuantizationType.F16
+    raw = x.bfloat16().view(torch.int16).numpy().view(np.uint8).reshape(x.shape[0], -1)
+    return raw, GGMLQuantizationType.BF16
+
+
+def _file_type(layers: dict[str, str], dtype: str) -> int:
+    from gguf import LlamaFileType
+
+    quantized = [t for t in layers.values() if t.startswith("Q")]
+    if quantized:
+        most = max(set(quantized), key=quantized.count)
+        return int(LlamaFileType[f"MOSTLY_{most}"])
+    dense = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
+    return int(LlamaFileType[dense[dtype]])

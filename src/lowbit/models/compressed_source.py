@@ -49,7 +49,12 @@ def load_compressed_tensors(path: Path) -> Any:
             if scheme is None:
                 continue
             fmt = scheme.format or qcfg.format
-            local = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            # fp32 scales: dequantize in fp32, as transformers does for an fp32 model
+            local = {
+                k[len(name) + 1 :]: v.float() if v.is_floating_point() else v
+                for k, v in state.items()
+                if k.startswith(name + ".")
+            }
             if "weight" not in local:
                 compressor = BaseCompressor.get_value_from_registry(fmt)
                 try:

@@ -141,3 +141,19 @@ def test_model_sources_read_an_export(tiny_llama, tmp_path):
     handle = api.load(str(tmp_path / "ct"))
     assert torch.equal(logits_of(handle.load_model()), ref)
     assert handle.load_tokenizer()("def f(): pass")["input_ids"]
+
+
+def test_full_disk_leaves_no_directory(tiny_llama, tmp_path, monkeypatch):
+    import errno
+
+    from compressed_tensors.compressors import ModelCompressor
+
+    qm, model, _ = quantized(tiny_llama, uniform_plan(spec(4)))
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ModelCompressor, "update_config", full)
+    with pytest.raises(OSError, match="No space"):
+        _export(qm, model, tmp_path / "ct")
+    assert list(tmp_path.iterdir()) == []

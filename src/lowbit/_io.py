@@ -37,6 +37,8 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _public(tmp, directory=True)
+        for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
+            _public(child, directory=child.is_dir())
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)

@@ -216,6 +216,17 @@ def provenance(
     }
 
 
+def provenance_light(command: str) -> dict[str, Any]:
+    """Provenance for a result that reads no model weights."""
+    return {
+        "lowbit_version": __version__,
+        "command": command,
+        "machine": machine_info(),
+        "libraries": library_versions(),
+        "created_unix": time.time(),
+    }
+
+
 def write_result(path: Path, result: dict[str, Any], *, overwrite: bool = False) -> None:
     write_json(path, result, overwrite=overwrite)
 
@@ -313,3 +324,51 @@ def allocate(
     else:
         raise ConfigError(f"unknown allocation method {method!r}; use exact or llamacpp")
     return alloc, to_plan(table, alloc)
+
+
+def model_config(source: str) -> Any:
+    """A model's config alone: a ``config.json`` file, a directory holding one (weights are not
+    needed), or any model source ``load`` accepts."""
+    import json
+
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "lowbit.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    return load(source).config
+
+
+def estimate_performance(
+    config: Any,
+    plan: Plan | None,
+    hardware: str,
+    layout: Any,
+    *,
+    dense_bits: int = 16,
+    act_bits: int = 16,
+    kv_bits: int = 16,
+    compute: str | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """(shape, precision, hardware, estimate) for ``config`` under ``plan`` on ``hardware``
+    (a datasheet name from ``lowbit ls hardware``, or ``this`` to measure the current device)."""
+    from lowbit.perf.estimate import estimate
+    from lowbit.perf.hardware import get_hardware
+    from lowbit.perf.measure import this_machine
+    from lowbit.perf.precision import precision_for
+    from lowbit.perf.shape import shape_from_config
+
+    shape = shape_from_config(config)
+    prec = precision_for(
+        shape, plan, dense_bits=dense_bits, act_bits=act_bits, kv_bits=kv_bits, compute=compute
+    )
+    if hardware == "this":
+        from lowbit.models.sources import cache_root
+
+        hw = this_machine(cache_root())
+    else:
+        hw = get_hardware(hardware)
+    return shape, prec, hw, estimate(shape, prec, hw, layout)

@@ -11,6 +11,7 @@ from lowbit.cli import eval as eval_cmd
 from lowbit.cli import export as export_cmd
 from lowbit.cli import ls as ls_cmd
 from lowbit.cli import pareto as pareto_cmd
+from lowbit.cli import perf as perf_cmd
 from lowbit.cli import plan as plan_cmd
 from lowbit.cli import quantize as quantize_cmd
 from lowbit.cli import run as run_cmd
@@ -30,6 +31,8 @@ app.command("export")(export_cmd.export)
 app.command("sensitivity")(sensitivity_cmd.sensitivity)
 app.command("plan")(plan_cmd.plan)
 app.command("pareto")(pareto_cmd.pareto)
+app.command("perf")(perf_cmd.perf)
+app.command("profile")(perf_cmd.profile)
 app.command("ls")(ls_cmd.ls)
 
 

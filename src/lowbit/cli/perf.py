@@ -1,0 +1,93 @@
+"""``lowbit perf`` (the roofline model from config + plan) and ``lowbit profile`` (measured on
+this device against the model's prediction)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.options import Overwrite
+
+PlanOpt = Annotated[Path | None, typer.Option(help="A plan file (JSON/YAML); default: dense.")]
+Batch = Annotated[int, typer.Option(help="Sequences per batch.")]
+Prompt = Annotated[int, typer.Option(help="Prompt tokens per sequence.")]
+Gen = Annotated[int, typer.Option(help="Generated tokens per sequence.")]
+
+
+def perf(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A config.json, a model directory (no weights needed) or a model source."
+        ),
+    ],
+    plan: PlanOpt = None,
+    hw: Annotated[
+        str, typer.Option("--hw", help="Hardware (`lowbit ls hardware`), or `this`.")
+    ] = "h100-sxm",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel degree.")] = 1,
+    dp: Annotated[int, typer.Option(help="Data-parallel replicas.")] = 1,
+    ep: Annotated[int, typer.Option(help="Expert-parallel degree (mixture of experts).")] = 1,
+    batch: Batch = 1,
+    prompt: Prompt = 512,
+    gen: Gen = 128,
+    weight_bits: Annotated[
+        int, typer.Option(help="Bits of dense tensors and unplanned layers.")
+    ] = 16,
+    act_bits: Annotated[int, typer.Option(help="Activation bits (16, or 8 for W8A8).")] = 16,
+    kv_bits: Annotated[int, typer.Option(help="KV-cache bits.")] = 16,
+    compute: Annotated[
+        str | None, typer.Option(help="Matmul operand dtype (default: from the bits).")
+    ] = None,
+    contiguous_kv: Annotated[
+        bool, typer.Option("--contiguous-kv", help="No KV-cache paging.")
+    ] = False,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-perf.json"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Predict latency, throughput and memory of MODEL under PLAN on a GPU and parallel layout.
+
+    Example: lowbit perf llama-3-8b/config.json --plan plan.yaml --hw h100-sxm --tp 2 --batch 8
+    --prompt 2048 --gen 256
+    """
+    from lowbit.perf.estimate import Layout
+    from lowbit.plan import Plan
+    from lowbit.workflows.perf import perf_job
+
+    layout = Layout(batch, prompt, gen, tp, pp, dp, ep, paged=not contiguous_kv)
+    bits = {"dense_bits": weight_bits, "act_bits": act_bits, "kv_bits": kv_bits}
+    perf_job(
+        model,
+        Plan.load(plan) if plan else None,
+        hw,
+        layout,
+        output,
+        bits=bits,
+        compute=compute,
+        overwrite=overwrite,
+    )
+
+
+def profile(
+    model: Annotated[str, typer.Argument(help="A model source (weights are run).")],
+    plan: PlanOpt = None,
+    batch: Batch = 1,
+    prompt: Prompt = 128,
+    gen: Gen = 32,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-profile.json"),
+    overwrite: Overwrite = False,
+) -> None:
+    """Measure prefill and decode of MODEL (fake-quantized under PLAN) on this device and
+    compare each operator with the prediction for this device.
+
+    Example: lowbit profile smollm2-135m --batch 1 --prompt 128 --gen 32
+    """
+    from lowbit.perf.estimate import Layout
+    from lowbit.plan import Plan
+    from lowbit.workflows.perf import profile_job
+
+    layout = Layout(batch, prompt, gen)
+    profile_job(model, Plan.load(plan) if plan else None, layout, output, overwrite=overwrite)

@@ -1,0 +1,58 @@
+"""A plan's bits per weight, linear by linear, for the performance model (no weights read)."""
+
+from __future__ import annotations
+
+from lowbit.errors import ConfigError
+from lowbit.perf.operators import Precision
+from lowbit.perf.shape import ModelShape
+from lowbit.plan import Plan
+
+BITS = {"fp32": 32, "tf32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "fp4": 4}
+
+
+def precision_for(
+    shape: ModelShape,
+    plan: Plan | None,
+    *,
+    dense_bits: int = 16,
+    act_bits: int = 16,
+    kv_bits: int = 16,
+    compute: str | None = None,
+) -> Precision:
+    """Weights at the plan's bits per weight (scales, zero points and saved permutations
+    counted), layers the plan keeps at ``dense_bits``. A plan naming layers this model lacks is
+    refused (it is a plan for another model)."""
+    for name, bits in (("dense", dense_bits), ("activation", act_bits), ("KV-cache", kv_bits)):
+        if bits not in (4, 8, 16, 32):
+            raise ConfigError(f"{name} bits must be 4, 8, 16 or 32, got {bits}")
+    weight_bits: dict[str, float] = {}
+    if plan is not None:
+        names = shape.linear_names()
+        try:
+            specs = plan.resolve(names)
+        except ConfigError as exc:
+            raise ConfigError(f"the plan does not fit this model: {exc}") from exc
+        sizes = {lin.name: lin for lin in shape.linears()}
+        for name, spec in specs.items():
+            lin = sizes[name.split(".", 3)[3]]
+            weight_bits[name] = (
+                dense_bits
+                if spec is None
+                else spec.bits_per_weight(lin.out_features, lin.in_features)
+            )
+    chosen = compute or auto_compute(weight_bits, dense_bits, act_bits)
+    if chosen not in BITS:
+        raise ConfigError(f"compute dtype {chosen!r} is not one of {', '.join(BITS)}")
+    return Precision(weight_bits, float(dense_bits), act_bits, kv_bits, chosen)
+
+
+def auto_compute(weight_bits: dict[str, float], dense_bits: int, act_bits: int) -> str:
+    """The operand dtype of the matmuls: fp32 for fp32 activations; int8 when activations and
+    every weight are at most 8 bits (W8A8, W4A8); otherwise fp16 (weight-only quantized
+    weights are dequantized to the activations' dtype on the fly)."""
+    if act_bits >= 32:
+        return "fp32"
+    weights = list(weight_bits.values()) or [dense_bits]
+    if act_bits <= 8 and max(weights) <= 9:  # 8-bit codes plus their scales
+        return "int8"
+    return "fp16"

@@ -1,0 +1,213 @@
+"""The performance jobs: ``perf`` (the analytical model from config + plan, no weights) and
+``profile`` (measured on this device and compared with the model's prediction for it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from lowbit import api
+from lowbit.plan import Plan
+from lowbit.report.console import console
+
+# predicted operator → the measured category it is compared with
+CATEGORY = {
+    "attention": "attention",
+    "rotary": "attention",
+    "kv_write": "attention",
+    "input_norm": "norm",
+    "post_norm": "norm",
+    "final_norm": "norm",
+}
+
+
+def perf_job(
+    model: str,
+    plan: Plan | None,
+    hardware: str,
+    layout: Any,
+    out: Path,
+    *,
+    bits: dict[str, int],
+    compute: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    api.check_outputs(out, out.with_suffix(".html"), overwrite=overwrite)
+    config = api.model_config(model)
+    _, prec, hw, est = api.estimate_performance(
+        config, plan, hardware, layout, compute=compute, **bits
+    )
+    sweep = _batch_sweep(config, plan, hardware, layout, bits, compute)
+    result = {
+        "model": model,
+        "hardware": hw.to_dict(),
+        "layout": asdict(layout),
+        "compute": prec.compute,
+        "bits": {**bits, "mean_linear_weight_bits": _mean_bits(prec)},
+        "estimate": est.to_dict(),
+        "batch_sweep": sweep,
+    }
+    _print(result)
+    api.write_result(out, {**api.provenance_light("perf"), **result}, overwrite=overwrite)
+    from lowbit.report.perf import perf_report
+
+    perf_report(result, sweep, hw.peak(prec.compute), hw.bandwidth).write(
+        out.with_suffix(".html"), overwrite=overwrite
+    )
+    return result
+
+
+def _mean_bits(prec: Any) -> float | None:
+    vals = list(prec.weight_bits.values())
+    return sum(vals) / len(vals) if vals else prec.dense_bits
+
+
+def _batch_sweep(
+    config: Any,
+    plan: Plan | None,
+    hardware: str,
+    layout: Any,
+    bits: dict[str, int],
+    compute: str | None,
+) -> list[dict[str, Any]]:
+    rows = []
+    batch = 1
+    while batch <= 1024:
+        _, _, _, est = api.estimate_performance(
+            config, plan, hardware, replace(layout, batch=batch), compute=compute, **bits
+        )
+        if not est.fits:
+            break
+        rows.append(
+            {
+                "batch": batch,
+                "tokens_per_s": est.tokens_per_s,
+                "tpot_s": est.tpot_s,
+                "ttft_s": est.ttft_s,
+            }
+        )
+        batch *= 2
+    return rows
+
+
+def _print(result: dict[str, Any]) -> None:
+    est = result["estimate"]
+    table = Table(title=f"{result['model']} on {result['hardware']['name']} ({result['compute']})")
+    for col in (
+        "TTFT ms",
+        "TPOT ms",
+        "tokens/s",
+        "weights GB",
+        "KV GB",
+        "fits",
+        "max batch",
+        "max context",
+    ):
+        table.add_column(col, justify="right")
+    mem = est["memory_bytes"]
+    table.add_row(
+        f"{est['ttft_s'] * 1e3:.3f}",
+        f"{est['tpot_s'] * 1e3:.4f}",
+        f"{est['tokens_per_s']:.1f}",
+        f"{mem['weights'] / 1e9:.3f}",
+        f"{mem['kv_cache'] / 1e9:.3f}",
+        str(est["fits"]),
+        str(est["max_batch"]),
+        str(est["max_context"]),
+    )
+    console.print(table)
+
+
+def compare(predicted: list[dict[str, Any]], measured: dict[str, float]) -> list[dict[str, Any]]:
+    """Predicted seconds per measured category (operators summed over blocks) beside the
+    measured ones."""
+    pred: dict[str, float] = {}
+    for row in predicted:
+        if row["kind"] == "comm":
+            continue
+        name = CATEGORY.get(row["name"], row["name"])
+        pred[name] = pred.get(name, 0.0) + row["seconds"]
+    rows = []
+    for name in sorted(set(pred) | set(measured), key=lambda n: -pred.get(n, 0.0)):
+        p, m = pred.get(name, 0.0), measured.get(name, 0.0)
+        rows.append(
+            {"name": name, "predicted_s": p, "measured_s": m, "ratio": m / p if p else None}
+        )
+    return rows
+
+
+def profile_job(
+    model: str,
+    plan: Plan | None,
+    layout: Any,
+    out: Path,
+    *,
+    calib: api.TextConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Measure ``model`` (fake-quantized under ``plan`` if given) on this device and compare
+    with the prediction for this device's measured roofline (weights as executed: dense fp32)."""
+    from lowbit.perf.profile import profile
+
+    api.check_outputs(out, out.with_suffix(".html"), overwrite=overwrite)
+    handle = api.load(model)
+    if plan is not None:
+        from lowbit.workflows.spine import _quantize
+
+        qm, _ = _quantize(handle, plan, calib or api.TextConfig(), "quantize")
+        dense = api.fake_quant_model(handle, qm)
+    else:
+        dense = handle.load_model()
+    bits = {"dense_bits": 32, "act_bits": 32, "kv_bits": 32}
+    shape, _, hw, est = api.estimate_performance(
+        handle.config, None, "this", layout, compute="fp32", **bits
+    )
+    console.print(
+        f"measuring {model} on {hw.name}: batch {layout.batch}, "
+        f"prompt {layout.prompt}, gen {layout.gen}"
+    )
+    measured = profile(
+        dense, batch=layout.batch, prompt=layout.prompt, gen=layout.gen, vocab=shape.vocab
+    )
+    est_d = est.to_dict()
+    comparison = {
+        "prefill": compare(est_d["prefill_ops"], measured.prefill_ops),
+        "decode": compare(est_d["decode_ops"], measured.decode_ops),
+    }
+    end_to_end = {
+        "prefill": {"predicted_s": est.ttft_s, "measured_s": measured.prefill_s},
+        "decode_step": {
+            "predicted_s": est.tpot_s or est.decode_first.seconds,
+            "measured_s": measured.decode_step_s,
+        },
+    }
+    for v in end_to_end.values():
+        v["ratio"] = v["measured_s"] / v["predicted_s"]
+    result = {
+        "model": model,
+        "plan": None if plan is None else plan.to_dict(),
+        "hardware": hw.to_dict(),
+        "layout": asdict(layout),
+        "end_to_end": end_to_end,
+        "comparison": comparison,
+        "measured": measured.to_dict(),
+    }
+    table = Table(title=f"{model}: measured against predicted on {hw.name}")
+    for col in ("", "predicted ms", "measured ms", "measured / predicted"):
+        table.add_column(col, justify="right")
+    for name, v in end_to_end.items():
+        table.add_row(
+            name,
+            f"{v['predicted_s'] * 1e3:.2f}",
+            f"{v['measured_s'] * 1e3:.2f}",
+            f"{v['ratio']:.2f}",
+        )
+    console.print(table)
+    api.write_result(out, {**api.provenance_light("profile"), **result}, overwrite=overwrite)
+    from lowbit.report.perf import profile_report
+
+    profile_report(result).write(out.with_suffix(".html"), overwrite=overwrite)
+    return result

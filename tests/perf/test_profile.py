@@ -1,0 +1,57 @@
+"""The profiler on a tiny model: end-to-end and per-operator measurements that cover what the
+model predicts, and the comparison table; the measured machine is cached."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.perf.profile import profile
+from lowbit.workflows.perf import compare
+
+
+def test_profile_measures_every_predicted_category(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    m = profile(model, batch=2, prompt=16, gen=4, vocab=318)
+    assert m.prefill_s > 0 and m.decode_step_s > 0 and m.decode_steps == 3
+    for ops in (m.prefill_ops, m.decode_ops):
+        assert {"q_proj", "down_proj", "attention", "norm", "lm_head", "embedding"} <= set(ops)
+        assert all(v >= 0 for v in ops.values())
+    assert m.top_aten and m.top_aten[0]["self_cpu_s"] > 0
+
+
+def test_compare_sums_predicted_operators_into_measured_categories():
+    predicted = [
+        {"name": "attention", "kind": "attention", "seconds": 2.0},
+        {"name": "rotary", "kind": "elementwise", "seconds": 1.0},
+        {"name": "input_norm", "kind": "elementwise", "seconds": 0.5},
+        {"name": "post_norm", "kind": "elementwise", "seconds": 0.5},
+        {"name": "all_reduce", "kind": "comm", "seconds": 9.0},
+        {"name": "q_proj", "kind": "linear", "seconds": 4.0},
+    ]
+    rows = {
+        r["name"]: r for r in compare(predicted, {"attention": 6.0, "norm": 1.0, "q_proj": 2.0})
+    }
+    assert rows["attention"]["predicted_s"] == 3.0 and rows["attention"]["ratio"] == 2.0
+    assert rows["norm"]["predicted_s"] == 1.0 and rows["q_proj"]["ratio"] == 0.5
+    assert "all_reduce" not in rows
+
+
+def test_this_machine_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from lowbit.perf import measure
+
+    calls = []
+    fake = {
+        "name": "this machine (test)",
+        "memory_bytes": 1e10,
+        "peaks": {"fp32": 1e11},
+        "bandwidth": 2e10,
+        "bandwidth_kernels": {"read": 2e10},
+        "overhead_s": 1e-5,
+        "device": "cpu",
+    }
+    monkeypatch.setattr(measure, "_measure", lambda device: calls.append(device) or fake)
+    a = measure.this_machine(tmp_path)
+    b = measure.this_machine(tmp_path)
+    assert calls == ["cpu"] and a == b and a.peak("fp16") == 1e11 and a.overhead_s == 1e-5

@@ -216,6 +216,20 @@ def provenance(
     }
 
 
+def this_machine_for(handle: Any) -> Any:
+    """This device's measured roofline, with the eager runtime's fixed cost per operator
+    measured on a tiny twin of ``handle``'s architecture."""
+    from dataclasses import replace
+
+    from lowbit.models.sources import cache_root
+    from lowbit.models.twin import tiny_twin
+    from lowbit.perf.measure import this_machine
+    from lowbit.perf.profile import operator_overheads
+
+    hw = this_machine(cache_root())
+    return replace(hw, op_overhead=operator_overheads(tiny_twin(handle.config), blocks=2))
+
+
 def provenance_light(command: str) -> dict[str, Any]:
     """Provenance for a result that reads no model weights."""
     return {
@@ -345,7 +359,7 @@ def model_config(source: str) -> Any:
 def estimate_performance(
     config: Any,
     plan: Plan | None,
-    hardware: str,
+    hardware: Any,
     layout: Any,
     *,
     dense_bits: int = 16,
@@ -365,7 +379,9 @@ def estimate_performance(
     prec = precision_for(
         shape, plan, dense_bits=dense_bits, act_bits=act_bits, kv_bits=kv_bits, compute=compute
     )
-    if hardware == "this":
+    if not isinstance(hardware, str):
+        hw = hardware
+    elif hardware == "this":
         from lowbit.models.sources import cache_root
 
         hw = this_machine(cache_root())

@@ -16,6 +16,13 @@ def catalog(what: str) -> list[tuple[str, str]]:
         from lowbit.models.arch import ARCHITECTURES
 
         return [(name, ", ".join(spec.model_types)) for name, spec in ARCHITECTURES]
+    if what == "hardware":
+        from lowbit.perf.hardware import hardware_registry
+
+        return [
+            (name, f"{hw.name}: {hw.memory_bytes / 1e9:.0f} GB, {hw.bandwidth / 1e9:.0f} GB/s")
+            for name, hw in hardware_registry()
+        ] + [("this", "the current device, measured by micro-benchmarks (cached)")]
     if what == "models":
         from lowbit.models.builtin import BUILTIN_MODELS
 

@@ -207,3 +207,43 @@ def test_hardware_data_is_complete_and_dense():
 def test_bad_input_is_a_clear_error(make, message):
     with pytest.raises((ConfigError, UnknownNameError), match=message):
         make()
+
+
+def test_runtime_overheads_and_measured_curves():
+    from dataclasses import replace
+
+    from lowbit.perf.runtime import RUNTIMES
+
+    hw = replace(
+        get_hardware("a100-40gb"),
+        dispatch_s=1e-6,
+        module_s=2e-6,
+        bandwidth_curve=((1e3, 1e9), (1e9, 1e12)),
+        compute_curves={"fp16": ((1e3, 1e9), (1e12, 1e14))},
+    )
+    op = _ops(Step(1, 1, 8))["input_norm"][0]
+    eager, fused, graphs = (RUNTIMES.get(n) for n in ("eager", "fused", "graphs"))
+    base = time_op(op, hw, graphs).seconds
+    assert time_op(op, hw, fused).seconds == pytest.approx(base + 1e-6)
+    assert time_op(op, hw, eager).seconds == pytest.approx(base + 2e-6 + 8e-6)  # 1 module, 8 ops
+    assert hw.attained_bandwidth(1e6) == pytest.approx(1e9 + 0.5 * (1e12 - 1e9))
+    assert hw.attained_bandwidth(1e12) == 1e12 and hw.attained_bandwidth(1) == 1e9
+    assert hw.attained_peak("fp16", 1e15) == 1e14
+    measured = replace(hw, op_overhead={"input_norm": 5e-5})
+    assert time_op(op, measured, eager).seconds == pytest.approx(base + 5e-5)
+    with pytest.raises(UnknownNameError, match="runtime"):
+        Layout(runtime="jit")
+
+
+def test_tiny_twin_overheads_cover_every_operator(tiny_llama):
+    from transformers import AutoConfig
+
+    from lowbit.models.twin import tiny_twin
+    from lowbit.perf.profile import operator_overheads
+
+    twin = tiny_twin(AutoConfig.from_pretrained(tiny_llama))
+    assert twin.config.hidden_size == 64 and twin.config.num_key_value_heads == 2
+    overheads = operator_overheads(twin, blocks=2, steps=4)
+    names = {op.name for op in _all_ops(Step(1, 1, 4))} - {"all_reduce"}
+    assert names <= set(overheads)
+    assert overheads["attention"] > 0 and overheads["input_norm"] > 0

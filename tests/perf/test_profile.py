@@ -3,6 +3,7 @@ model predicts, and the comparison table; the measured machine is cached."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lowbit.perf.profile import profile
@@ -48,10 +49,14 @@ def test_this_machine_is_measured_once_and_cached(tmp_path, monkeypatch):
         "peaks": {"fp32": 1e11},
         "bandwidth": 2e10,
         "bandwidth_kernels": {"read": 2e10},
-        "overhead_s": 1e-5,
+        "dispatch_s": 1e-5,
+        "module_s": 2e-5,
+        "bandwidth_curve": [[1e6, 1e10], [1e8, 2e10]],
+        "compute_curves": {"fp32": [[1e6, 1e10], [1e9, 1e11]]},
         "device": "cpu",
     }
     monkeypatch.setattr(measure, "_measure", lambda device: calls.append(device) or fake)
     a = measure.this_machine(tmp_path)
     b = measure.this_machine(tmp_path)
-    assert calls == ["cpu"] and a == b and a.peak("fp16") == 1e11 and a.overhead_s == 1e-5
+    assert calls == ["cpu"] and a == b and a.peak("fp16") == 1e11 and a.dispatch_s == 1e-5
+    assert a.attained_bandwidth(1e7) == pytest.approx(1.5e10)

@@ -1,4 +1,5 @@
-"""``lowbit ls``: what lowbit knows (formats, algorithms, architectures, models, texts)."""
+"""``lowbit ls``: what lowbit knows (formats, algorithms, architectures, models, texts,
+hardware)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class What(str, Enum):
     architectures = "architectures"
     models = "models"
     texts = "texts"
+    hardware = "hardware"
 
 
 def ls(what: Annotated[What, typer.Argument(help="What to list.")] = What.models) -> None:

@@ -11,6 +11,7 @@ from lowbit.errors import ConfigError
 from lowbit.perf.hardware import Hardware
 from lowbit.perf.operators import Op, Precision, Step, block_ops, embedding_op, head_ops
 from lowbit.perf.roofline import Timed, time_op
+from lowbit.perf.runtime import RUNTIMES
 from lowbit.perf.shape import ModelShape
 
 PAGE = 16  # tokens per KV-cache page (vLLM's default block size)
@@ -29,8 +30,10 @@ class Layout:
     ep: int = 1
     paged: bool = True
     memory_utilization: float = 0.9
+    runtime: str = "fused"
 
     def __post_init__(self) -> None:
+        RUNTIMES.get(self.runtime)  # a clear error for an unknown runtime
         for name in ("batch", "prompt", "gen", "tp", "pp", "dp", "ep"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -126,7 +129,8 @@ def stage_cost(
     ops += _pipeline_hops(shape, prec, step, layout.pp) + _expert_all_to_all(
         shape, prec, step, layout
     )
-    timed = [time_op(op, hw) for op in ops]
+    runtime = RUNTIMES.get(layout.runtime)
+    timed = [time_op(op, hw, runtime) for op in ops]
     return StageCost(timed, sum(t.seconds for t in timed))
 
 
@@ -190,7 +194,9 @@ def _decode_total(
     static = first.seconds - attn_first
     attention = sum(
         time_op(
-            attention_op(shape, prec, Step(layout.batch, 1, layout.prompt + i + 1), layout.tp), hw
+            attention_op(shape, prec, Step(layout.batch, 1, layout.prompt + i + 1), layout.tp),
+            hw,
+            RUNTIMES.get(layout.runtime),
         ).seconds
         for i in range(steps)
     )

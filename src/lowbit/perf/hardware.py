@@ -17,8 +17,10 @@ DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
 @dataclass(frozen=True)
 class Hardware:
     """Peaks in FLOP/s (int8: OP/s) per operand dtype, bandwidths in bytes/s, memory in bytes.
-    ``overhead_s``: a fixed cost per operator (kernel launch, framework dispatch); 0 for the
-    datasheet entries, measured for this machine."""
+    ``dispatch_s`` and ``module_s``: the cost of one framework dispatch (kernel launch) and of
+    one module call, which a runtime multiplies per operator (0 for the datasheet entries,
+    measured for this machine). ``bandwidth_curve``: (bytes, attained bytes/s) of the
+    matrix-vector kernel by operand size, when measured; without it the peak applies."""
 
     key: str
     name: str
@@ -27,7 +29,11 @@ class Hardware:
     peaks: dict[str, float]
     interconnect: float
     interconnect_name: str = ""
-    overhead_s: float = 0.0
+    dispatch_s: float = 0.0
+    module_s: float = 0.0
+    bandwidth_curve: tuple[tuple[float, float], ...] = ()
+    compute_curves: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    op_overhead: dict[str, float] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
     unconfirmed: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +53,15 @@ class Hardware:
                 return self.peaks[candidate]
         raise ConfigError(f"hardware {self.key!r} has no peak for {dtype} or a wider dtype")
 
+    def attained_bandwidth(self, nbytes: float) -> float:
+        """The bandwidth a kernel moving ``nbytes`` attains: interpolated (in log size) on the
+        measured curve, the end values beyond it; the peak when nothing was measured."""
+        return _on_curve(self.bandwidth_curve, nbytes, self.bandwidth)
+
+    def attained_peak(self, dtype: str, flops: float) -> float:
+        """The FLOP/s a matmul of ``flops`` attains in ``dtype`` (measured curve, else peak)."""
+        return _on_curve(self.compute_curves.get(dtype, ()), flops, self.peak(dtype))
+
     def ridge(self, dtype: str) -> float:
         """Arithmetic intensity (FLOP per byte) where the memory and compute roofs meet."""
         return self.peak(dtype) / self.bandwidth
@@ -59,11 +74,29 @@ class Hardware:
             "bandwidth_bytes_s": self.bandwidth,
             "peaks_flops": self.peaks,
             "interconnect_bytes_s": self.interconnect,
-            "overhead_s": self.overhead_s,
+            "dispatch_s": self.dispatch_s,
+            "module_s": self.module_s,
+            "bandwidth_curve": [list(p) for p in self.bandwidth_curve],
+            "compute_curves": {k: [list(p) for p in v] for k, v in self.compute_curves.items()},
+            "op_overhead_s": self.op_overhead,
             "sources": list(self.sources),
             "unconfirmed": list(self.unconfirmed),
             **self.extra,
         }
+
+
+def _on_curve(curve: tuple[tuple[float, float], ...], x: float, default: float) -> float:
+    import math
+
+    if not curve or x <= 0:
+        return default
+    if x <= curve[0][0]:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if x <= x1:
+            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + w * (y1 - y0)
+    return curve[-1][1]
 
 
 _FALLBACK = {

@@ -1,6 +1,7 @@
 """The roofline: an operator's time is the larger of its compute time at the peak for its
-operand dtype and its memory time at the memory bandwidth (communication: at the interconnect
-bandwidth), plus the hardware's fixed per-operator overhead."""
+operand dtype and its memory time at the bandwidth a kernel of its size attains
+(communication: at the interconnect bandwidth), plus the runtime's fixed per-operator cost
+(module calls and dispatches at the hardware's measured cost of each)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from lowbit.perf.hardware import Hardware
 from lowbit.perf.operators import Op
+from lowbit.perf.runtime import RUNTIMES, Runtime
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,15 @@ class Timed:
         }
 
 
-def time_op(op: Op, hw: Hardware) -> Timed:
+def time_op(op: Op, hw: Hardware, runtime: Runtime | None = None) -> Timed:
+    runtime = runtime or RUNTIMES.get("fused")
+    modules, dispatches = runtime.cost(op.name)
+    overhead = modules * hw.module_s + dispatches * hw.dispatch_s
+    if runtime.name == "eager" and hw.op_overhead:  # measured per operator on a tiny twin
+        overhead = hw.op_overhead.get(op.name, 0.0)
     if op.kind == "comm":
         t = op.bytes / hw.interconnect
-        return Timed(op, 0.0, t, t)
-    compute = op.flops / hw.peak(op.dtype)
-    memory = op.bytes / hw.bandwidth
-    return Timed(op, compute, memory, max(compute, memory) + hw.overhead_s)
+        return Timed(op, 0.0, t, t + overhead)
+    compute = op.flops / hw.attained_peak(op.dtype, op.flops)
+    memory = op.bytes / hw.attained_bandwidth(op.bytes)
+    return Timed(op, compute, memory, max(compute, memory) + overhead)

@@ -162,8 +162,9 @@ def profile_job(
     else:
         dense = handle.load_model()
     bits = {"dense_bits": 32, "act_bits": 32, "kv_bits": 32}
+    layout = replace(layout, runtime="eager")  # what runs here: transformers in eager PyTorch
     shape, _, hw, est = api.estimate_performance(
-        handle.config, None, "this", layout, compute="fp32", **bits
+        handle.config, None, api.this_machine_for(handle), layout, compute="fp32", **bits
     )
     console.print(
         f"measuring {model} on {hw.name}: batch {layout.batch}, "

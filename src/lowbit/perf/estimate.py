@@ -227,7 +227,8 @@ def memory_per_gpu(shape: ModelShape, prec: Precision, layout: Layout) -> dict[s
             weights += lin.in_features * lin.out_features * lin.experts * bits / 8 / share
     dense = prec.dense_bits / 8
     embed = shape.vocab * shape.hidden * dense / tp * (1 if shape.tied else 2)
-    weights = (weights + shape.layers * 2 * shape.hidden * dense) / pp + embed
+    norms = (shape.layers * 2 + 1) * shape.hidden * dense  # two per block and the final one
+    weights = (weights + norms) / pp + embed
     tokens = _allocated(layout.prompt + layout.gen, layout.paged)
     kv = layout.batch * tokens * _kv_bytes_per_token(shape, prec, layout)
     inter = shape.intermediate * max(shape.top_k, 1) / tp

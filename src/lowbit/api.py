@@ -130,8 +130,15 @@ def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any,
 
 
 def _origin(manifest: dict[str, Any]) -> Any:
+    """The model a saved quantized model was made from, by the name it was given (a built-in
+    name or a GGUF file keeps its identity, which the GGUF export needs), else by its path."""
+    from lowbit.models.builtin import BUILTIN_MODELS
+
     origin = manifest["source"]
-    return load(origin["path"] if Path(origin["path"]).is_dir() else origin["source"])
+    name = str(origin["source"])
+    if name in BUILTIN_MODELS or (name.lower().endswith(".gguf") and Path(name).is_file()):
+        return load(name)
+    return load(origin["path"] if Path(origin["path"]).is_dir() else name)
 
 
 def load_saved(path: Path) -> tuple[Any, Any]:
@@ -227,7 +234,7 @@ def this_machine_for(handle: Any) -> Any:
     from lowbit.perf.profile import operator_overheads
 
     hw = this_machine(cache_root())
-    return replace(hw, op_overhead=operator_overheads(tiny_twin(handle.config), blocks=2))
+    return replace(hw, op_overhead=operator_overheads(tiny_twin(handle.config)))
 
 
 def provenance_light(command: str) -> dict[str, Any]:

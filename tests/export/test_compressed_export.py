@@ -121,6 +121,7 @@ def test_half_precision_storage_keeps_quantized_weights_exact(tiny_llama, tmp_pa
     for name, qw in qm.weights.items():
         assert torch.equal(loaded.get_submodule(name).weight, qw.dequantize()), name
     assert report.size_bytes < report.predicted_bytes + 60_000
+    assert 0 < report.kept_max_error < 1e-3 and report.max_weight_error == 0.0
 
 
 def test_directory_has_tokenizer_card_and_predicted_size(tiny_llama, tmp_path):
@@ -157,3 +158,28 @@ def test_full_disk_leaves_no_directory(tiny_llama, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         _export(qm, model, tmp_path / "ct")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_naive_quantized_checkpoints_are_decompressed(tiny_llama, tmp_path):
+    """Formats that keep the codes under ``weight`` (naive/int-quantized) are dequantized on
+    import, not read as dense weights."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import apply_quantization_config
+
+    from lowbit.export.compressed import quantization_config
+
+    qm, model, ref = quantized(tiny_llama, uniform_plan(spec(8, group=None)))
+    apply_quantization_config(model, quantization_config(qm))
+    with torch.no_grad():
+        for name, qw in qm.weights.items():
+            m = model.get_submodule(name)
+            m.weight_scale.data = qw.scale.reshape(m.weight_scale.shape).to(torch.float16)
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
+    compressor.compress_model(model)
+    model.save_pretrained(tmp_path / "naive")
+    compressor.update_config(str(tmp_path / "naive"))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "naive" / "model.safetensors"), "pt") as f:
+        assert f.get_slice("model.layers.0.mlp.up_proj.weight").get_dtype() == "I8"
+    assert torch.equal(logits_of(load_compressed_tensors(tmp_path / "naive")), ref)

@@ -37,7 +37,8 @@ def _export(qm, model, out: Path, **kw):
 def test_exact_types_load_with_identical_logits(tiny_llama, tmp_path, bits, sym, kind):
     qm, model, ref = quantized(tiny_llama, uniform_plan(spec(bits, sym)))
     report = _export(qm, model, tmp_path / "m.gguf")
-    assert set(report.layers.values()) == {kind} and report.max_weight_error == 0.0
+    assert set(report.layers.values()) == {kind}
+    assert report.max_weight_error == 0.0 and report.kept_max_error == 0.0
     assert torch.equal(logits_of(_load_gguf(tmp_path / "m.gguf")), ref)
 
 
@@ -81,7 +82,8 @@ def test_asymmetric_q4_1_is_within_its_reported_bound(tiny_llama, tmp_path):
     qm, model, ref = quantized(tiny_llama, uniform_plan(spec(4, sym=False)))
     report = _export(qm, model, tmp_path / "m.gguf")
     assert set(report.layers.values()) == {"Q4_1"}
-    assert 0.0 < report.max_weight_error < 1e-3 and "fp16" in report.notes[0]
+    assert 0.0 < report.max_weight_error < 1e-3
+    assert any("0.375 bits per weight more" in n for n in report.notes)
     loaded = _load_gguf(tmp_path / "m.gguf")
     for name, qw in qm.weights.items():
         diff = (loaded.get_submodule(name).weight - qw.dequantize()).abs().max().item()
@@ -91,7 +93,7 @@ def test_asymmetric_q4_1_is_within_its_reported_bound(tiny_llama, tmp_path):
 
 def test_metadata_built_from_config_and_tokenizer(tiny_llama, tmp_path):
     qm, model, _ = quantized(tiny_llama, uniform_plan(spec(4)))
-    _export(qm, model, tmp_path / "m.gguf")
+    report = _export(qm, model, tmp_path / "m.gguf")
     fields = GGUFReader(tmp_path / "m.gguf").fields
     assert fields["general.architecture"].contents() == "llama"
     assert fields["llama.block_count"].contents() == 2
@@ -100,6 +102,8 @@ def test_metadata_built_from_config_and_tokenizer(tiny_llama, tmp_path):
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
     assert fields["general.file_type"].contents() == 2  # MOSTLY_Q4_0
     assert '"bits": 4' in fields["lowbit.plan"].contents()
+    assert fields["tokenizer.ggml.pre"].contents() == "default"
+    assert any("pre-tokenizer was not identified" in n for n in report.notes)
 
 
 def test_qwen3_exports_without_reordering(tiny_root, tmp_path):

@@ -63,3 +63,15 @@ def test_compressed_tensors_export_is_exact(builtin_q4, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.float32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(ids).logits, ref)
+
+
+def test_saved_model_exports_keep_the_source_gguf_metadata(builtin_q4, tmp_path):
+    from gguf import GGUFReader
+
+    _, qm, _, _ = builtin_q4
+    api.save(qm, tmp_path / "saved", {})
+    saved, model = api.load_saved(tmp_path / "saved")
+    assert saved.handle.source == "smollm2-135m"
+    report = api.export(saved, model, "gguf", tmp_path / "m.gguf")
+    assert report.max_weight_error == 0.0 and not report.notes
+    assert GGUFReader(tmp_path / "m.gguf").fields["tokenizer.ggml.pre"].contents() == "smollm"

@@ -243,7 +243,7 @@ def test_tiny_twin_overheads_cover_every_operator(tiny_llama):
 
     twin = tiny_twin(AutoConfig.from_pretrained(tiny_llama))
     assert twin.config.hidden_size == 64 and twin.config.num_key_value_heads == 2
-    overheads = operator_overheads(twin, blocks=2, steps=4)
+    overheads = operator_overheads(twin, steps=4)
     names = {op.name for op in _all_ops(Step(1, 1, 4))} - {"all_reduce"}
     assert names <= set(overheads)
     assert overheads["attention"] > 0 and overheads["input_norm"] > 0

@@ -38,7 +38,8 @@ def card_text(inp: ExportInput, report: ExportReport) -> str:
         "",
         f"Predicted size of the plan: {report.predicted_bytes / 1e6:.2f} MB. "
         f"Largest difference between the stored and the evaluated weights: "
-        f"{report.max_weight_error:.3g} (0 means bit-exact).",
+        f"{report.max_weight_error:.3g} in the quantized layers, {report.kept_max_error:.3g} in "
+        "the tensors kept in full precision (0 means bit-exact).",
         "",
         "```json",
         qm.plan.dumps(),

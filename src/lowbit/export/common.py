@@ -60,7 +60,9 @@ def _target(name: Any) -> Target:
 @dataclass
 class ExportReport:
     """What was written: the files and their sizes, each layer's stored type, and how far the
-    stored weights are from the evaluated ones (0.0: bit-exact)."""
+    stored tensors are from the evaluated ones, read back from what was written (0.0:
+    bit-exact): the quantized layers, and the tensors kept in full precision (nonzero only when
+    stored in half precision)."""
 
     target: str
     path: Path
@@ -70,6 +72,7 @@ class ExportReport:
     predicted_bytes: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    kept_max_error: float = 0.0
 
     @property
     def size_bytes(self) -> int:

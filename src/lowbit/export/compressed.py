@@ -52,7 +52,7 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
         )
     notes = check_fused(qm, opts, "vLLM") + _serving_notes(qm)
     compressor = _compress(inp.model, qm)
-    _cast_kept(inp.model, getattr(torch, opts.dtype))
+    kept_error = _cast_kept(inp.model, getattr(torch, opts.dtype))
     with atomic_dir(Path(out), overwrite=opts.overwrite) as tmp:
         copy_model_files(qm.handle.path, tmp)  # tokenizer; config is written below
         inp.model.save_pretrained(tmp, safe_serialization=True)
@@ -65,6 +65,7 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
             0.0,
             predicted_bytes(qm, opts.dtype),
             notes=notes,
+            kept_max_error=kept_error,
         )
         write_card(tmp, inp, report)
         report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
@@ -116,9 +117,9 @@ def quantization_config(qm: Any) -> Any:
     """One config group per distinct scheme, targeting exact layer names."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    by_scheme: dict[str, list[str]] = {}
+    by_scheme: dict[tuple[str, str], list[str]] = {}
     for name, qw in qm.weights.items():
-        by_scheme.setdefault(scheme_of(qw), []).append(name)
+        by_scheme.setdefault((scheme_of(qw), qw.fmt.scale_dtype), []).append(name)
     groups = {
         f"group_{i}": QuantizationScheme(
             targets=names, weights=_quantization_args(qm.weights[names[0]])
@@ -166,13 +167,18 @@ def _verify_codes(name: str, module: Any, qw: QuantizedWeight) -> None:
         )
 
 
-def _cast_kept(model: Any, dtype: torch.dtype) -> None:
-    """Cast the floating-point tensors kept in full precision; scales stay as stored."""
+def _cast_kept(model: Any, dtype: torch.dtype) -> float:
+    """Cast the floating-point tensors kept in full precision (scales stay as stored); returns
+    the largest change."""
+    error = 0.0
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.is_floating_point() and not name.endswith(("_scale", "_zero_point")):
-                param.data = param.data.to(dtype)
+                cast = param.data.to(dtype)
+                error = max(error, float((cast.float() - param.data.float()).abs().max()))
+                param.data = cast
     model.config.dtype = dtype
+    return error
 
 
 def _quiet(fn: Any, *args: Any) -> Any:

@@ -78,10 +78,10 @@ def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport
             "symmetric INT8 group 32 (→ Q8_0), or keep them in full precision",
         )
     arch, reorder = ARCHES[config.model_type]
-    tensors, layers, max_error = _tensors(inp, arch, reorder, opts.dtype)
+    tensors, layers, max_error, kept_error = _tensors(inp, arch, reorder, opts.dtype)
     with atomic_path(Path(out), overwrite=opts.overwrite) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
-        gguf_meta.add_metadata(writer, qm.handle, arch, _file_type(layers, opts.dtype))
+        notes = gguf_meta.add_metadata(writer, qm.handle, arch, _file_type(layers, opts.dtype))
         writer.add_string("general.quantized_by", f"lowbit {__version__}")
         writer.add_string("lowbit.plan", json.dumps(qm.plan.to_dict()))
         for name, (data, raw_type) in tensors.items():
@@ -90,11 +90,11 @@ def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    notes = []
     if any(t == "Q4_1" for t in layers.values()):
+        extra = 5.0 - (4 + (16 + 4) / gguf_blocks.BLOCK)  # Q4_1 block vs lowbit's uint4 g32
         notes.append(
             "Q4_1 stores each block's minimum as fp16 where lowbit has a 4-bit zero point: "
-            f"0.5 bits per weight more, weights differ by at most {max_error:.3g}"
+            f"{extra:.3g} bits per weight more, weights differ by at most {max_error:.3g}"
         )
     report = ExportReport(
         Target.GGUF.value,
@@ -105,13 +105,14 @@ def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport
         predicted_bytes(qm, opts.dtype),
         time.perf_counter() - start,
         notes,
+        kept_error,
     )
     return report
 
 
 def _tensors(
     inp: ExportInput, arch: str, reorder: bool, dtype: str
-) -> tuple[dict[str, tuple[np.ndarray, Any]], dict[str, str], float]:
+) -> tuple[dict[str, tuple[np.ndarray, Any]], dict[str, str], float, float]:
     import gguf
 
     qm, config = inp.qm, inp.qm.handle.config
@@ -120,59 +121,73 @@ def _tensors(
     heads["attn_k"] = getattr(config, "num_key_value_heads", None) or heads["attn_q"]
     tensors: dict[str, tuple[np.ndarray, Any]] = {}
     layers: dict[str, str] = {}
-    max_error = 0.0
+    max_error = kept_error = 0.0
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for key, value in inp.model.state_dict().items():
         if tied and key == "lm_head.weight":
             continue
         target = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if target is None:
-            raise ExportError(f"tensor {key} has no GGUF name for architecture {arch}")
+            raise ExportError(
+                f"tensor {key} has no place in llama.cpp's {arch} layout; export this model "
+                "to compressed-tensors instead"
+            )
         module = key.rsplit(".", 1)[0]
         n_head = heads.get(target.split(".")[-2]) if reorder else None
         if module in qm.weights and key.endswith(".weight"):
             data, raw, err = _quantized(qm.weights[module], n_head)
             layers[module], max_error = raw.name, max(max_error, err)
         else:
-            data, raw = _dense(value, dtype, n_head)
+            data, raw, err = _dense(value, dtype, n_head)
+            kept_error = max(kept_error, err)
             if module in qm.kept:
                 layers[module] = raw.name
         tensors[target] = (data, raw)
-    return tensors, layers, max_error
+    return tensors, layers, max_error, kept_error
 
 
 def _quantized(qw: QuantizedWeight, n_head: int | None) -> tuple[np.ndarray, Any, float]:
+    """The blocks of ``qw`` and the largest difference between what they dequantize to (read
+    back with the gguf library) and the weight lowbit evaluated."""
     from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
 
     kind = gguf_type_name(qw)
     codes, scale = qw.codes.numpy(), qw.scale.float().numpy()
     zero = None if qw.zero is None else qw.zero.numpy()
+    want = qw.dequantize().numpy()
     if n_head is not None:
         codes, scale = (
             gguf_blocks.permute_rows(codes, n_head),
             gguf_blocks.permute_rows(scale, n_head),
         )
         zero = None if zero is None else gguf_blocks.permute_rows(zero, n_head)
+        want = gguf_blocks.permute_rows(want, n_head)
     if kind == "Q4_0":
-        return gguf_blocks.q4_0(codes, scale), GGMLQuantizationType.Q4_0, 0.0
-    if kind == "Q8_0":
-        return gguf_blocks.q8_0(codes, scale), GGMLQuantizationType.Q8_0, 0.0
-    data, err = gguf_blocks.q4_1(codes, scale, zero)
-    return data, GGMLQuantizationType.Q4_1, err
+        data, raw = gguf_blocks.q4_0(codes, scale), GGMLQuantizationType.Q4_0
+    elif kind == "Q8_0":
+        data, raw = gguf_blocks.q8_0(codes, scale), GGMLQuantizationType.Q8_0
+    else:
+        data, raw = gguf_blocks.q4_1(codes, scale, zero)[0], GGMLQuantizationType.Q4_1
+    error = float(np.abs(dequantize(data, raw) - want).max(initial=0.0))
+    return data, raw, error
 
 
-def _dense(value: torch.Tensor, dtype: str, n_head: int | None) -> tuple[np.ndarray, Any]:
+def _dense(value: torch.Tensor, dtype: str, n_head: int | None) -> tuple[np.ndarray, Any, float]:
+    """A kept tensor (F32; 2-D ones in F16/BF16 when asked) and its largest cast error."""
     from gguf import GGMLQuantizationType
 
     x = value.detach().float()
     if n_head is not None:
         x = torch.from_numpy(gguf_blocks.permute_rows(x.numpy(), n_head))
     if x.dim() < 2 or dtype == "float32":
-        return x.numpy(), GGMLQuantizationType.F32
+        return x.numpy(), GGMLQuantizationType.F32, 0.0
     if dtype == "float16":
-        return x.half().numpy(), GGMLQuantizationType.F16
+        error = float((x.half().float() - x).abs().max())
+        return x.half().numpy(), GGMLQuantizationType.F16, error
+    error = float((x.bfloat16().float() - x).abs().max())
     raw = x.bfloat16().view(torch.int16).numpy().view(np.uint8).reshape(x.shape[0], -1)
-    return raw, GGMLQuantizationType.BF16
+    return raw, GGMLQuantizationType.BF16, error
 
 
 def _file_type(layers: dict[str, str], dtype: str) -> int:

@@ -22,17 +22,25 @@ def source_gguf(source: str) -> Path | None:
     return path if path.suffix.lower() == ".gguf" and path.is_file() else None
 
 
-def add_metadata(writer: Any, handle: Any, arch: str, file_type: int) -> None:
+def add_metadata(writer: Any, handle: Any, arch: str, file_type: int) -> list[str]:
+    """Write the metadata; returns notes for the report."""
     import gguf
 
+    notes = []
     src = source_gguf(handle.source)
     if src is not None:
         _copy_fields(writer, src, arch)
     else:
         _config_fields(writer, handle.config)
-        _tokenizer_fields(writer, handle.path, handle.config.vocab_size)
+        if _tokenizer_fields(writer, handle.path, handle.config.vocab_size) == "gpt2":
+            notes.append(
+                "the BPE pre-tokenizer was not identified (llama.cpp recognises it by hashing "
+                "its output; lowbit wrote 'default'): llama.cpp may split text differently "
+                "from the original tokenizer; quantize from the model's GGUF file to keep it"
+            )
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return notes
 
 
 def _copy_fields(writer: Any, src: Path, arch: str) -> None:
@@ -41,7 +49,10 @@ def _copy_fields(writer: Any, src: Path, arch: str) -> None:
     reader = GGUFReader(src)
     source_arch = reader.fields["general.architecture"].contents()
     if source_arch != arch:
-        raise ExportError(f"{src} is a {source_arch} GGUF, but the model exports as {arch}")
+        raise ExportError(
+            f"{src} is a {source_arch} GGUF, but the model exports as {arch}: the quantized "
+            "model does not come from this file; quantize the GGUF file itself, or its original"
+        )
     for key, field in reader.fields.items():
         if key.startswith(_OWN):
             continue
@@ -81,8 +92,9 @@ def _config_fields(writer: Any, config: Any) -> None:
     writer.add_value_length(head_dim)
 
 
-def _tokenizer_fields(writer: Any, path: Path, n_vocab: int) -> None:
-    """A byte-level BPE (gpt2-style) or SentencePiece (llama-style) tokenizer."""
+def _tokenizer_fields(writer: Any, path: Path, n_vocab: int) -> str:
+    """A byte-level BPE (gpt2-style) or SentencePiece (llama-style) tokenizer; returns the
+    tokenizer model written."""
     import gguf
     from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
 
@@ -119,3 +131,4 @@ def _tokenizer_fields(writer: Any, path: Path, n_vocab: int) -> None:
     if isinstance(vocab, LlamaHfVocab):
         writer.add_token_scores(scores)
     SpecialVocab(Path(path), load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer)
+    return str(vocab.tokenizer_model)

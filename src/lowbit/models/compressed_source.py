@@ -48,18 +48,18 @@ def load_compressed_tensors(path: Path) -> Any:
             scheme = getattr(module, "quantization_scheme", None)
             if scheme is None:
                 continue
-            fmt = scheme.format or qcfg.format
+            fmt = str(getattr(scheme.format or qcfg.format, "value", scheme.format or qcfg.format))
             # fp32 scales: dequantize in fp32, as transformers does for an fp32 model
             local = {
                 k[len(name) + 1 :]: v.float() if v.is_floating_point() else v
                 for k, v in state.items()
                 if k.startswith(name + ".")
             }
-            if "weight" not in local:
-                compressor = BaseCompressor.get_value_from_registry(fmt)
+            if fmt != "dense":  # naive/int/float-quantized keep codes under "weight"
                 try:
+                    compressor = BaseCompressor.get_value_from_registry(fmt)
                     local = compressor.decompress(local, scheme)
-                except (KeyError, AssertionError, RuntimeError) as exc:
+                except (KeyError, AssertionError, RuntimeError, ValueError) as exc:
                     raise ModelSourceError(
                         f"{path}: layer {name} cannot be decompressed as {fmt} ({exc}); the "
                         "checkpoint is incomplete or of another compressed-tensors version"

@@ -59,6 +59,11 @@ class Layout:
                 f"expert parallel {self.ep} needs a mixture-of-experts model whose expert count "
                 f"it divides (this model has {shape.experts} experts)"
             )
+        if self.ep > 1 and (self.tp * self.dp) % self.ep:
+            raise ConfigError(
+                f"expert parallel {self.ep} spans the tensor × data parallel GPUs "
+                f"({self.tp} × {self.dp}); choose a degree that divides {self.tp * self.dp}"
+            )
 
 
 @dataclass
@@ -219,16 +224,29 @@ def memory_per_gpu(shape: ModelShape, prec: Precision, layout: Layout) -> dict[s
     tokens (rounded up to whole pages when paged), and the prefill activations (hidden states,
     the MLP's intermediate and the last position's fp32 logits)."""
     tp, pp = layout.tp, layout.pp
-    weights = 0.0
+    stage_blocks = -(-shape.layers // pp)  # the first stages take the remainder
+    per_block = []
     for block in range(shape.layers):
+        total = 0.0
         for lin in shape.linears():
             bits = prec.linear_bits(f"{shape.blocks_path}.{block}.{lin.name}")
-            share = tp * (layout.ep if lin.experts > 1 else 1)
-            weights += lin.in_features * lin.out_features * lin.experts * bits / 8 / share
+            total += (
+                lin.in_features
+                * lin.out_features
+                * lin.experts
+                * bits
+                / 8
+                / _split(lin, shape, layout)
+            )
+        per_block.append(total)
     dense = prec.dense_bits / 8
-    embed = shape.vocab * shape.hidden * dense / tp * (1 if shape.tied else 2)
-    norms = (shape.layers * 2 + 1) * shape.hidden * dense  # two per block and the final one
-    weights = (weights + norms) / pp + embed
+    norms = (2 * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)) * dense
+    table = shape.vocab * shape.hidden * dense / tp
+    ends = table if shape.tied or pp == 1 else 0.0  # pp: embedding on the first stage,
+    ends += table if not shape.tied else 0.0  # the head on the last; tied: one table
+    weights = max(per_block) * stage_blocks + norms * stage_blocks + ends + shape.hidden * dense
+    if pp == 1:
+        weights = sum(per_block) + norms * shape.layers + ends + shape.hidden * dense
     tokens = _allocated(layout.prompt + layout.gen, layout.paged)
     kv = layout.batch * tokens * _kv_bytes_per_token(shape, prec, layout)
     inter = shape.intermediate * max(shape.top_k, 1) / tp
@@ -236,6 +254,15 @@ def memory_per_gpu(shape: ModelShape, prec: Precision, layout: Layout) -> dict[s
     acts = rows * (4 * shape.hidden + 2 * inter) * prec.act_bits / 8
     acts += layout.batch * shape.vocab / tp * 4
     return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
+
+
+def _split(lin: Any, shape: ModelShape, layout: Layout) -> int:
+    """Over how many GPUs one linear layer's weights are spread."""
+    if lin.experts > 1 and layout.ep > 1:
+        return layout.ep
+    if lin.name.endswith(("k_proj", "v_proj")) and shape.kv_heads < layout.tp:
+        return shape.kv_heads  # replicated KV heads: each GPU holds one head's rows
+    return layout.tp
 
 
 def _max_context(shape: ModelShape, prec: Precision, layout: Layout, free: float) -> int:

@@ -4,7 +4,7 @@ One step processes ``tokens`` new tokens for each of ``batch`` sequences that at
 ``context`` keys each (the new ones included): prefill is tokens = context = P; a decode step
 is tokens = 1, context = P + g. Conventions:
 - a multiply-accumulate is 2 FLOPs; softmax 5 FLOPs per score, RMSNorm 4 per element, SiLU·mul
-  5 per element, rotary 6 per rotated element (3 per element of q and k), residual add 1;
+  5 per element, rotary 3 per element of q and k, residual add 1;
 - every operator reads its inputs from and writes its outputs to memory once (no fusion across
   operators); weights are read once per step at their planned bits per weight, scales included;
 - attention is FlashAttention-style: no score matrix in memory; causal; each tile of
@@ -13,7 +13,13 @@ is tokens = 1, context = P + g. Conventions:
   do); the embedding is a gather of the rows used;
 - tensor parallel t: q/k/v/gate/up split by output columns, o/down by input rows, the head by
   vocabulary; heads are split, KV heads replicated when t exceeds them; two all-reduces of the
-  hidden state per block (after o and down), as ``comm`` operators on the interconnect.
+  hidden state per block (after o and down), as ``comm`` operators on the interconnect;
+- mixture of experts: a router linear, the routed experts' arithmetic for each token's top-k,
+  and the weights of the distinct experts a step's tokens reach (uniform routing); expert
+  parallel e puts whole experts on e GPUs, each handling 1/e of the routed tokens;
+- matmul operands: the plan's compute dtype (int8 for W8A8) applies to linear layers whose
+  weights have at most 8 bits; attention, the head and elementwise operators run in the
+  activations' float type.
 """
 
 from __future__ import annotations
@@ -41,6 +47,15 @@ class Precision:
 
     def linear_bits(self, name: str) -> float:
         return self.weight_bits.get(name, self.dense_bits)
+
+    @property
+    def dense_compute(self) -> str:
+        """The dtype of everything but 8-bit linear layers: attention, the output head and
+        elementwise operators run in the activations' float type even under W8A8."""
+        return "fp16" if self.compute in ("int8", "fp8") else self.compute
+
+    def linear_compute(self, bits: float) -> str:
+        return self.compute if bits <= 9 or self.compute not in ("int8", "fp8") else "fp16"
 
 
 @dataclass(frozen=True)
@@ -79,8 +94,9 @@ def linear_op(
     """A linear layer on one GPU; expert layers are split over ``ep`` GPUs (tokens evenly)."""
     short = lin.name.rsplit(".", 1)[1]
     col = short in COLUMN_PARALLEL
-    in_l = lin.in_features if col else lin.in_features // tp
-    out_l = lin.out_features // tp if col else lin.out_features
+    split = 1 if lin.experts > 1 and ep > 1 else tp  # expert parallel: whole experts per GPU
+    in_l = lin.in_features if col else lin.in_features // split
+    out_l = lin.out_features // split if col else lin.out_features
     if short in ("k_proj", "v_proj") and shape.kv_heads < tp:  # replicated KV heads
         out_l = shape.head_dim
     rows = step.batch * step.tokens
@@ -95,7 +111,7 @@ def linear_op(
         in_l * out_l * loaded * bits / 8 / share,
         rows * (in_l + out_l) * lin.active * a / share,
         0.0,
-        prec.compute,
+        prec.linear_compute(bits),
     )
 
 
@@ -121,7 +137,7 @@ def attention_op(shape: ModelShape, prec: Precision, step: Step, tp: int) -> Op:
         0.0,
         2.0 * b * t * heads * d * a,
         2.0 * b * kv_heads * d * keys_read * kv,
-        prec.compute,
+        prec.dense_compute,
     )
 
 
@@ -132,15 +148,21 @@ def block_ops(
     h, rows = shape.hidden, step.batch * step.tokens
     heads, kv_heads = _local(shape.heads, tp), _local(shape.kv_heads, tp)
     a, kv, dense = prec.act_bits / 8, prec.kv_bits / 8, prec.dense_bits / 8
-    inter = _local(shape.intermediate, tp) * (shape.top_k or 1) / ep
+    inter = (
+        (shape.intermediate * (shape.top_k or 1) / ep)
+        if ep > 1
+        else (_local(shape.intermediate, tp) * (shape.top_k or 1))
+    )
     rot = rows * (heads + kv_heads) * shape.head_dim
     lin = {x.name.rsplit(".", 1)[1]: x for x in shape.linears()}
 
     def ew(name: str, flops: float, elems_rw: float, weights: float = 0.0) -> Op:
-        return Op(name, "elementwise", flops, weights, elems_rw * a, 0.0, prec.compute)
+        return Op(name, "elementwise", flops, weights, elems_rw * a, 0.0, prec.dense_compute)
 
     ops = [ew("input_norm", 4.0 * rows * h, 2.0 * rows * h, h * dense)]
     ops += [linear_op(lin[n], block, shape, prec, step, tp) for n in ("q_proj", "k_proj", "v_proj")]
+    if shape.qk_norm:  # Qwen3: RMSNorm over each head of q and k
+        ops.append(ew("qk_norm", 4.0 * rot, 2.0 * rot, 2 * shape.head_dim * dense))
     ops.append(ew("rotary", 3.0 * rot, 2.0 * rot))
     ops.append(
         Op(

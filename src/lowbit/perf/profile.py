@@ -151,21 +151,24 @@ def _top_aten(model: Any, step_ids: torch.Tensor, past: Any, device: str, n: int
     ]
 
 
-def operator_overheads(twin: torch.nn.Module, blocks: int, steps: int = 24) -> dict[str, float]:
+def operator_overheads(twin: torch.nn.Module, steps: int = 24) -> dict[str, float]:
     """Fixed seconds per operator occurrence, from decode steps of a tiny twin (arithmetic and
     traffic negligible): each category's own time, rescaled so the categories sum to the
-    unhooked step time (hooks cost time themselves), divided by its occurrences per step."""
+    unhooked step time (hooks cost time themselves), divided by the twin's modules of that
+    category (two residual adds per decoder layer; q/k norms are one operator of two)."""
     m = profile(twin, batch=1, prompt=8, gen=steps + 1, vocab=twin.config.vocab_size)
     hooked = sum(m.decode_ops.values())
     scale = m.decode_step_s / hooked if hooked else 1.0
-    per = {k: v * scale for k, v in m.decode_ops.items()}
-    out = {name: per.get(name, 0.0) / blocks for name in LINEARS}
-    norm = per.get("norm", 0.0) / (2 * blocks + 1)
-    out |= {"input_norm": norm, "post_norm": norm, "final_norm": norm}
-    out["attention"] = per.get("attention", 0.0) / blocks
+    counts: dict[str, int] = defaultdict(int)
+    for name, module in twin.named_modules():
+        if (cat := category(name, module)) is not None:
+            counts[cat] += 1
+    each = {k: v * scale / max(counts[k], 1) for k, v in m.decode_ops.items()}
+    out = {name: each.get(name, 0.0) for name in (*LINEARS, "embedding", "lm_head")}
+    out |= {n: each.get("norm", 0.0) for n in ("input_norm", "post_norm", "final_norm")}
+    out["qk_norm"] = 2 * each.get("norm", 0.0)
+    out["attention"] = each.get("attention", 0.0)
     out["rotary"] = out["kv_write"] = 0.0  # inside the attention module's own time
-    out["residual_add"] = per.get("residual_add", 0.0) / (2 * blocks)
-    out["silu_mul"] = per.get("silu_mul", 0.0) / blocks
-    out["embedding"] = per.get("embedding", 0.0)
-    out["lm_head"] = per.get("lm_head", 0.0)
+    out["residual_add"] = each.get("residual_add", 0.0) / 2
+    out["silu_mul"] = each.get("silu_mul", 0.0)
     return out

@@ -46,8 +46,8 @@ def time_op(op: Op, hw: Hardware, runtime: Runtime | None = None) -> Timed:
     overhead = modules * hw.module_s + dispatches * hw.dispatch_s
     if runtime.name == "eager" and hw.op_overhead:  # measured per operator on a tiny twin
         overhead = hw.op_overhead.get(op.name, 0.0)
-    if op.kind == "comm":
-        t = op.bytes / hw.interconnect
+    if op.kind == "comm":  # a GPU sends and receives at once: half the bidirectional figure
+        t = op.bytes / (hw.interconnect / 2)
         return Timed(op, 0.0, t, t + overhead)
     compute = op.flops / hw.attained_peak(op.dtype, op.flops)
     memory = op.bytes / hw.attained_bandwidth(op.bytes)

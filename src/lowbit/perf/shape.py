@@ -38,6 +38,7 @@ class ModelShape:
     tied: bool
     experts: int = 0
     top_k: int = 0
+    qk_norm: bool = False
     blocks_path: str = "model.layers"
 
     @property
@@ -78,7 +79,8 @@ class ModelShape:
     def parameters(self) -> int:
         per_block = sum(lin.in_features * lin.out_features * lin.experts for lin in self.linears())
         embed = self.vocab * self.hidden * (1 if self.tied else 2)
-        return self.layers * (per_block + 2 * self.hidden) + embed + self.hidden
+        norms = 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
+        return self.layers * (per_block + norms) + embed + self.hidden
 
 
 def shape_from_config(config: Any) -> ModelShape:
@@ -107,6 +109,7 @@ def shape_from_config(config: Any) -> ModelShape:
             tied=bool(get("tie_word_embeddings", False)),
             experts=experts,
             top_k=int(get("num_experts_per_tok") or 0) if experts else 0,
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model config lacks a field the performance model needs: {exc}") from exc

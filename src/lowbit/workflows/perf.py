@@ -21,6 +21,7 @@ CATEGORY = {
     "input_norm": "norm",
     "post_norm": "norm",
     "final_norm": "norm",
+    "qk_norm": "norm",
 }
 
 
@@ -154,13 +155,7 @@ def profile_job(
 
     api.check_outputs(out, out.with_suffix(".html"), overwrite=overwrite)
     handle = api.load(model)
-    if plan is not None:
-        from lowbit.workflows.spine import _quantize
-
-        qm, _ = _quantize(handle, plan, calib or api.TextConfig(), "quantize")
-        dense = api.fake_quant_model(handle, qm)
-    else:
-        dense = handle.load_model()
+    dense = _dense_model(handle, plan, calib)
     bits = {"dense_bits": 32, "act_bits": 32, "kv_bits": 32}
     layout = replace(layout, runtime="eager")  # what runs here: transformers in eager PyTorch
     shape, _, hw, est = api.estimate_performance(
@@ -174,41 +169,53 @@ def profile_job(
         dense, batch=layout.batch, prompt=layout.prompt, gen=layout.gen, vocab=shape.vocab
     )
     est_d = est.to_dict()
-    comparison = {
-        "prefill": compare(est_d["prefill_ops"], measured.prefill_ops),
-        "decode": compare(est_d["decode_ops"], measured.decode_ops),
+    result = {
+        "model": model,
+        "plan": None if plan is None else plan.to_dict(),
+        "hardware": hw.to_dict(),
+        "layout": asdict(layout),
+        "end_to_end": _end_to_end(est, measured),
+        "comparison": {
+            "prefill": compare(est_d["prefill_ops"], measured.prefill_ops),
+            "decode": compare(est_d["decode_ops"], measured.decode_ops),
+        },
+        "measured": measured.to_dict(),
     }
-    end_to_end = {
+    _print_profile(result, f"{model}: measured against predicted on {hw.name}")
+    api.write_result(out, {**api.provenance_light("profile"), **result}, overwrite=overwrite)
+    from lowbit.report.perf import profile_report
+
+    profile_report(result).write(out.with_suffix(".html"), overwrite=overwrite)
+    return result
+
+
+def _dense_model(handle: Any, plan: Plan | None, calib: api.TextConfig | None) -> Any:
+    if plan is None:
+        return handle.load_model()
+    from lowbit.workflows.spine import _quantize
+
+    qm, _ = _quantize(handle, plan, calib or api.TextConfig(), "quantize")
+    return api.fake_quant_model(handle, qm)
+
+
+def _end_to_end(est: Any, measured: Any) -> dict[str, dict[str, float]]:
+    rows = {
         "prefill": {"predicted_s": est.ttft_s, "measured_s": measured.prefill_s},
         "decode_step": {
             "predicted_s": est.tpot_s or est.decode_first.seconds,
             "measured_s": measured.decode_step_s,
         },
     }
-    for v in end_to_end.values():
+    for v in rows.values():
         v["ratio"] = v["measured_s"] / v["predicted_s"]
-    result = {
-        "model": model,
-        "plan": None if plan is None else plan.to_dict(),
-        "hardware": hw.to_dict(),
-        "layout": asdict(layout),
-        "end_to_end": end_to_end,
-        "comparison": comparison,
-        "measured": measured.to_dict(),
-    }
-    table = Table(title=f"{model}: measured against predicted on {hw.name}")
+    return rows
+
+
+def _print_profile(result: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
     for col in ("", "predicted ms", "measured ms", "measured / predicted"):
         table.add_column(col, justify="right")
-    for name, v in end_to_end.items():
-        table.add_row(
-            name,
-            f"{v['predicted_s'] * 1e3:.2f}",
-            f"{v['measured_s'] * 1e3:.2f}",
-            f"{v['ratio']:.2f}",
-        )
+    for name, v in result["end_to_end"].items():
+        ms = (f"{v['predicted_s'] * 1e3:.2f}", f"{v['measured_s'] * 1e3:.2f}")
+        table.add_row(name, *ms, f"{v['ratio']:.2f}")
     console.print(table)
-    api.write_result(out, {**api.provenance_light("profile"), **result}, overwrite=overwrite)
-    from lowbit.report.perf import profile_report
-
-    profile_report(result).write(out.with_suffix(".html"), overwrite=overwrite)
-    return result

@@ -3,7 +3,7 @@
 # built-in model's package. Source it or run it; safe to run again.
 #   LOWBIT_VENV   where the environment lives            (default: .venv)
 #   LOWBIT_TORCH  the torch requirement to install first   (default: torch==2.13.0, the CPU
-#                 wheel; e.g. LOWBIT_TORCH="torch==2.5.1" with a CUDA index for a GPU machine)
+#                 wheel; e.g. LOWBIT_TORCH="torch==2.10.0" with a CUDA index for a GPU machine)
 #   LOWBIT_EXTRAS extras of lowbit to install             (default: none; tests use "dev")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-# torch first, so that lowbit's range (torch>=2.4) is met by this build and nothing else pulls a
+# torch first, so that lowbit's range (torch>=2.10) is met by this build and nothing else pulls a
 # different one.
 # An explicit LOWBIT_TORCH is always honoured; otherwise torch is installed only if missing.
 if [ -n "${LOWBIT_TORCH:-}" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

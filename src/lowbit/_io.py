@@ -50,21 +50,10 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(path: Path, *, overwrite: bool = False, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it to ``path`` only on success."""
-    path = Path(path)
-    check_new_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _public(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager

@@ -183,3 +183,16 @@ def test_naive_quantized_checkpoints_are_decompressed(tiny_llama, tmp_path):
     with safe_open(str(tmp_path / "naive" / "model.safetensors"), "pt") as f:
         assert f.get_slice("model.layers.0.mlp.up_proj.weight").get_dtype() == "I8"
     assert torch.equal(logits_of(load_compressed_tensors(tmp_path / "naive")), ref)
+
+
+def test_scale_dtypes_get_their_own_config_groups(tiny_llama, tmp_path):
+    from lowbit.export.compressed import quantization_config
+    from lowbit.formats import IntFormat, PerGroup
+    from lowbit.plan import LayerSpec
+
+    bf16 = LayerSpec(IntFormat(4, True, "bfloat16"), PerGroup(32), spec(4).algorithm)
+    plan = Plan(spec(4), (Rule("re:.*mlp\\..*", bf16),))
+    qm, _, _ = quantized(tiny_llama, plan)
+    groups = quantization_config(qm).config_groups.values()
+    dtypes = sorted(str(g.weights.scale_dtype) for g in groups)
+    assert dtypes == ["torch.bfloat16", "torch.float16"]

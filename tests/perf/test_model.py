@@ -247,3 +247,37 @@ def test_tiny_twin_overheads_cover_every_operator(tiny_llama):
     names = {op.name for op in _all_ops(Step(1, 1, 4))} - {"all_reduce"}
     assert names <= set(overheads)
     assert overheads["attention"] > 0 and overheads["input_norm"] > 0
+
+
+def test_w8a8_runs_only_8_bit_linears_in_int8():
+    prec = precision_for(SHAPE, uniform_plan(spec(8)), act_bits=8)
+    assert prec.compute == "int8"
+    ops = _ops(Step(1, 4, 4), prec=prec)
+    assert ops["q_proj"][0].dtype == "int8"
+    assert ops["attention"][0].dtype == "fp16" and ops["input_norm"][0].dtype == "fp16"
+    assert head_ops(SHAPE, prec, Step(1, 4, 4), 1)[1].dtype == "fp16"
+    mixed = precision_for(SHAPE, Plan(spec(8), (Rule("re:.*down_proj", None),)), act_bits=8)
+    assert mixed.compute == "fp16"  # a 16-bit layer: no int8 matmuls
+
+
+def test_transfers_run_at_half_the_bidirectional_interconnect():
+    hw = get_hardware("h100-sxm")
+    op = _ops(Step(4, 1, 8), tp=2)["all_reduce"][0]
+    assert op.bytes == 2 * (2 - 1) / 2 * 4 * 64 * 2
+    assert time_op(op, hw).seconds == pytest.approx(op.bytes / (900e9 / 2))
+
+
+def test_replicated_kv_heads_are_not_split_in_memory():
+    wide = Layout(tp=4)  # 2 KV heads over 4 GPUs: each GPU holds one KV head's rows
+    mem = memory_per_gpu(SHAPE, DENSE, wide)["weights"]
+    per_block = (64 * 64 * 2 + 64 * 96 * 3) / 4 + 2 * 64 * 32 / 2
+    expected = (per_block + 2 * 64) * 2 + 320 * 64 / 4 + 64  # blocks, norms, tied table, norm
+    assert mem == pytest.approx(expected * 2)  # fp16
+
+
+def test_qwen3_counts_its_q_and_k_norms():
+    qwen = shape_from_config(config_for("qwen3"))
+    assert qwen.qk_norm
+    names = [op.name for op in block_ops(0, qwen, DENSE, Step(1, 1, 4), 1)]
+    assert "qk_norm" in names and names.index("qk_norm") < names.index("rotary")
+    assert "qk_norm" not in [op.name for op in block_ops(0, SHAPE, DENSE, Step(1, 1, 4), 1)]

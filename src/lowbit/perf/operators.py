@@ -172,7 +172,7 @@ def block_ops(
             0.0,
             0.0,
             2.0 * rows * kv_heads * shape.head_dim * kv,
-            prec.compute,
+            prec.dense_compute,
         )
     )
     ops.append(attention_op(shape, prec, step, tp))
@@ -189,7 +189,7 @@ def block_ops(
                 h * shape.experts * dense,
                 rows * (h + shape.experts) * a,
                 0.0,
-                prec.compute,
+                prec.dense_compute,
             )
         )
     ops += [linear_op(lin[n], block, shape, prec, step, tp, ep) for n in ("gate_proj", "up_proj")]
@@ -218,7 +218,7 @@ def embedding_op(shape: ModelShape, prec: Precision, step: Step) -> Op:
         rows * shape.hidden * dense,
         rows * shape.hidden * prec.act_bits / 8,
         0.0,
-        prec.compute,
+        prec.dense_compute,
     )
 
 
@@ -227,9 +227,21 @@ def head_ops(shape: ModelShape, prec: Precision, step: Step, tp: int) -> list[Op
     h, b, v = shape.hidden, step.batch, _local(shape.vocab, tp)
     a, dense = prec.act_bits / 8, prec.dense_bits / 8
     norm = Op(
-        "final_norm", "elementwise", 4.0 * b * h, h * dense, 2.0 * b * h * a, 0.0, prec.compute
+        "final_norm",
+        "elementwise",
+        4.0 * b * h,
+        h * dense,
+        2.0 * b * h * a,
+        0.0,
+        prec.dense_compute,
     )
     head = Op(
-        "lm_head", "head", 2.0 * b * h * v, h * v * dense, b * (h * a + v * 4), 0.0, prec.compute
+        "lm_head",
+        "head",
+        2.0 * b * h * v,
+        h * v * dense,
+        b * (h * a + v * 4),
+        0.0,
+        prec.dense_compute,
     )
     return [norm, head]

@@ -1,5 +1,5 @@
 """Charts as inline SVG strings (matplotlib, no display): sensitivity heatmaps, per-block bars,
-proxy scatter plots and Pareto curves."""
+proxy scatter plots, Pareto curves, rooflines and performance lines."""
 
 from __future__ import annotations
 
@@ -92,9 +92,65 @@ def pareto(
         ax.scatter([x], [y], marker="x", s=60, zorder=3)
         ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_yscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title, legend=True)
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, *, legend: bool) -> str:
+    """Labels, title and grid (and the legend), then the figure as SVG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     return _svg(fig)
+
+
+def roofline_chart(
+    ops: dict[str, list[dict[str, Any]]], peak: float, bandwidth: float, title: str
+) -> str:
+    """Each operator at (FLOP per byte, attained FLOP/s) under the memory and compute roofs."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    lo, hi = 1e-2, 1e5
+    x = np.logspace(np.log10(lo), np.log10(hi), 200)
+    ax.plot(x, np.minimum(x * bandwidth, peak), color="black", lw=1.2, label="roof")
+    for (stage, rows), marker in zip(ops.items(), ("o", "s", "^"), strict=False):
+        for r in rows:
+            if r["kind"] == "comm" or not r["flops"] or not r["seconds"]:
+                continue
+            ax.scatter(r["intensity"], r["flops"] * r["count"] / r["seconds"], marker=marker, s=22)
+            ax.annotate(
+                f"{r['name']} ({stage})",
+                (r["intensity"], r["flops"] * r["count"] / r["seconds"]),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    xlabel = "arithmetic intensity (FLOP per byte)"
+    return _finish(fig, ax, xlabel, "attained FLOP/s", title, legend=False)
+
+
+def bars(values: dict[str, float], title: str, ylabel: str, scale: float = 1.0) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(list(values), [v / scale for v in values.values()])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return _svg(fig)
+
+
+def lines(
+    series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str
+) -> str:
+    """One line per series on a log₂ x axis (e.g. throughput against batch size)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    return _finish(fig, ax, xlabel, ylabel, title, legend=True)

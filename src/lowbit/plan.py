@@ -14,9 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig
+from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig, check_gptq_format
 from lowbit.errors import ArtefactError, ConfigError
-from lowbit.formats import Granularity, IntFormat, PerChannel, PerGroup, PerTensor, describe_scheme
+from lowbit.formats import (
+    Granularity,
+    MinMax,
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    WeightFormat,
+    clipping_from_dict,
+    describe_scheme,
+    format_from_dict,
+    format_to_dict,
+)
 from lowbit.formats.tensor import PERM_BITS
 
 PLAN_VERSION = 1
@@ -24,11 +35,17 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """How one linear layer is quantized."""
+    """How one linear layer is quantized. The format must accept the granularity (MX needs
+    groups of 32, NVFP4 of 16, LUT per-channel) and the algorithm the format (GPTQ: integers)."""
 
-    fmt: IntFormat
+    fmt: WeightFormat
     granularity: Granularity
     algorithm: AlgorithmConfig = field(default_factory=GPTQConfig)
+
+    def __post_init__(self) -> None:
+        self.fmt.check_granularity(self.granularity)
+        if isinstance(self.algorithm, GPTQConfig):
+            check_gptq_format(self.fmt)
 
     def describe(self) -> str:
         return f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
@@ -51,12 +68,7 @@ class LayerSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": {
-                "type": "int",
-                "bits": self.fmt.bits,
-                "symmetric": self.fmt.symmetric,
-                "scale_dtype": self.fmt.scale_dtype,
-            },
+            "format": format_to_dict(self.fmt),
             "granularity": _granularity_to_dict(self.granularity),
             "algorithm": _algorithm_to_dict(self.algorithm),
         }
@@ -64,14 +76,8 @@ class LayerSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
         try:
-            f = data["format"]
-            if f.get("type", "int") != "int":
-                raise ConfigError(f"unknown format type {f.get('type')!r}; known: 'int'")
-            fmt = IntFormat(
-                int(f["bits"]), bool(f.get("symmetric", True)), str(f.get("scale_dtype", "float16"))
-            )
             return cls(
-                fmt,
+                format_from_dict(data["format"]),
                 _granularity_from_dict(data["granularity"]),
                 _algorithm_from_dict(data.get("algorithm", {"name": "gptq"})),
             )
@@ -228,13 +234,15 @@ def _algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
             "block_size": a.block_size,
             "act_order": a.act_order.value,
         }
-    return {"name": "rtn"}
+    if isinstance(a.clipping, MinMax):  # the default: plans written before clipping existed
+        return {"name": "rtn"}
+    return {"name": "rtn", "clipping": a.clipping.to_dict()}
 
 
 def _algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:
     name = d.get("name")
     if name == "rtn":
-        return RTNConfig()
+        return RTNConfig(clipping_from_dict(d.get("clipping", {"type": "minmax"})))
     if name == "gptq":
         return GPTQConfig(
             float(d.get("damp", 0.01)), int(d.get("block_size", 128)), d.get("act_order", "static")

@@ -2,7 +2,7 @@
 
 from lowbit._registry import Registry
 from lowbit.algorithms.config import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig
-from lowbit.algorithms.gptq import GPTQResult, gptq_quantize
+from lowbit.algorithms.gptq import GPTQResult, check_gptq_format, gptq_quantize
 from lowbit.algorithms.hessian import HessianAccumulator
 from lowbit.algorithms.rtn import rtn_quantize
 
@@ -18,6 +18,7 @@ __all__ = [
     "GPTQResult",
     "HessianAccumulator",
     "RTNConfig",
+    "check_gptq_format",
     "gptq_quantize",
     "rtn_quantize",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from lowbit.errors import ConfigError
+from lowbit.formats import Clipping, MinMax
 
 
 class ActOrder(str, Enum):
@@ -25,7 +26,9 @@ class ActOrder(str, Enum):
 
 @dataclass(frozen=True)
 class RTNConfig:
-    """Round to nearest on a min-max grid; needs no calibration data."""
+    """Round to nearest on a min-max grid (or a clipped one); needs no calibration data."""
+
+    clipping: Clipping = field(default_factory=MinMax)
 
     name = "rtn"
     needs_calibration = False

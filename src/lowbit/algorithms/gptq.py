@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.algorithms.config import ActOrder, GPTQConfig
-from lowbit.errors import LowbitError
+from lowbit.errors import ConfigError, LowbitError
 from lowbit.formats import Granularity, IntFormat, PerGroup, PerTensor, QuantizedWeight
 from lowbit.formats.granularity import group_index
 from lowbit.formats.integer import choose_qparams, codes_to_values, quantize_to_codes
@@ -38,6 +38,7 @@ def gptq_quantize(
     W: torch.Tensor, H: torch.Tensor, fmt: IntFormat, granularity: Granularity, cfg: GPTQConfig
 ) -> GPTQResult:
     """Quantize ``W`` (out, in) given the Hessian ``H`` (in, in) of its inputs."""
+    check_gptq_format(fmt)
     W = W.detach().float().clone()
     H = H.detach().float().clone()
     in_f = W.shape[1]
@@ -74,6 +75,17 @@ def gptq_quantize(
         perm=keep_perm,
     )
     return GPTQResult(weight=weight, loss=loss, damp=damp)
+
+
+def check_gptq_format(fmt: object) -> None:
+    """GPTQ here chooses integer scales and zero points; other formats are refused, never
+    silently replaced by an integer grid."""
+    if not isinstance(fmt, IntFormat):
+        name = getattr(fmt, "name", type(fmt).__name__)
+        raise ConfigError(
+            f"algorithm 'gptq' does not support format {name!r} yet (only integer formats); "
+            "use algorithm 'rtn' for this format, or an integer format with GPTQ"
+        )
 
 
 def _sweep(

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.formats import Granularity, IntFormat, PerTensor, QuantizedWeight, choose_qparams
-from lowbit.formats.granularity import group_index
-from lowbit.formats.integer import quantize_to_codes
+from lowbit.formats import Clipping, Granularity, QuantizedWeight, WeightFormat, quantize_weight
 
 
-def rtn_quantize(W: torch.Tensor, fmt: IntFormat, granularity: Granularity) -> QuantizedWeight:
-    """Quantize ``W`` (out, in) to the nearest point of its min-max grid.
+def rtn_quantize(
+    W: torch.Tensor,
+    fmt: WeightFormat,
+    granularity: Granularity,
+    clipping: Clipping | None = None,
+    name: str = "weight",
+) -> QuantizedWeight:
+    """Quantize ``W`` (out, in) to the nearest point of ``fmt``'s grid over each group's range
+    (min-max unless ``clipping`` says otherwise); any format (INT, FP, NF4, LUT, MX, NVFP4).
 
-    Returns codes (out, in) and scales/zero points (out, n_groups) for ``granularity``.
+    Returns codes (out, in) and the format's parameters (out, n_groups) for ``granularity``;
+    ``name`` names the tensor in errors (NaN or infinite weights, a granularity the format
+    cannot use).
     """
-    W = W.float()
-    in_f = W.shape[1]
-    g_idx = group_index(in_f, granularity)
-    n_groups = granularity.groups(in_f)
-    scale, zero = choose_qparams(W, fmt, g_idx, n_groups, isinstance(granularity, PerTensor))
-    zero_cols = None if zero is None else zero[:, g_idx]
-    codes = quantize_to_codes(W, scale[:, g_idx], zero_cols, fmt)
-    return QuantizedWeight(
-        codes=codes.to(fmt.code_dtype),
-        scale=scale.to(fmt.torch_scale_dtype),
-        zero=None if zero is None else zero.to(fmt.code_dtype),
-        fmt=fmt,
-        granularity=granularity,
-    )
+    return quantize_weight(W, fmt, granularity, clipping, name)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from lowbit.errors import ConfigError
-from lowbit.formats.granularity import Granularity, PerTensor, group_reduce
+from lowbit.formats.granularity import Granularity, PerTensor, group_index, group_reduce
+from lowbit.formats.scaling import SCALE_DTYPES, storable_scale
+from lowbit.formats.tensor import QuantizedWeight, granularity_label
 
-_SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_SCALE_DTYPES = SCALE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,41 @@ class IntFormat:
         n_groups = granularity.groups(in_features)
         return self.bits + n_groups * (self.scale_bits + self.zero_bits) / in_features
 
+    @property
+    def signed_codes(self) -> bool:
+        return self.symmetric
+
+    def check_granularity(self, granularity: Granularity) -> None:
+        """Any granularity works."""
+
+    def describe(self, granularity: Granularity) -> str:
+        return (
+            f"W{self.bits} {granularity_label(granularity)} {'sym' if self.symmetric else 'asym'}"
+        )
+
+    def encode(
+        self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
+    ) -> QuantizedWeight:
+        """Round ``W`` (out, in) to the nearest code of the grid spanning [lo, hi] per group."""
+        W = W.float()
+        g_idx = group_index(W.shape[1], granularity)
+        scale, zero = qparams_from_range(lo, hi, self)
+        zero_cols = None if zero is None else zero[:, g_idx]
+        codes = quantize_to_codes(W, scale[:, g_idx], zero_cols, self)
+        return QuantizedWeight(
+            codes=codes.to(self.code_dtype),
+            scale=scale.to(self.torch_scale_dtype),
+            zero=None if zero is None else zero.to(self.code_dtype),
+            fmt=self,
+            granularity=granularity,
+        )
+
+    def decode(self, qw: QuantizedWeight) -> torch.Tensor:
+        """(q - zero)·scale (out, in) fp32, in storage column order."""
+        g_idx = group_index(qw.shape[1], qw.granularity)
+        zero = None if qw.zero is None else qw.zero.float()[:, g_idx]
+        return codes_to_values(qw.codes, qw.scale.float()[:, g_idx], zero)
+
 
 def choose_qparams(
     W: torch.Tensor, fmt: IntFormat, g_idx: torch.Tensor, n_groups: int, per_tensor: bool = False
@@ -89,6 +126,13 @@ def choose_qparams(
     W = W.float()
     wmax = group_reduce(W, g_idx, n_groups, "amax", per_tensor)
     wmin = group_reduce(W, g_idx, n_groups, "amin", per_tensor)
+    return qparams_from_range(wmin, wmax, fmt)
+
+
+def qparams_from_range(
+    wmin: torch.Tensor, wmax: torch.Tensor, fmt: IntFormat
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scales and zero points (rows, n_groups) for the per-group range [wmin, wmax] (fp32)."""
     levels = 2**fmt.bits - 1
     if fmt.symmetric:
         absmax = torch.maximum(wmax.abs(), wmin.abs())
@@ -107,10 +151,7 @@ def _storable_scale(scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
     """Round *up* to the storage dtype, so the min-max range still fits the grid and no value is
     clipped by more than half a step (rounding to nearest could shrink the scale); an all-zero
     group gets scale 1 (its codes are all zero). Tiny scales stay tiny (subnormal if need be)."""
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    stored = scale.to(fmt.torch_scale_dtype)
-    up = torch.nextafter(stored, torch.full_like(stored, torch.inf))
-    return torch.where(stored.float() < scale, up, stored).float()
+    return storable_scale(scale, fmt.torch_scale_dtype)
 
 
 def quantize_to_codes(

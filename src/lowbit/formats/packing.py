@@ -1,13 +1,19 @@
-"""Exact sub-byte packing of integer codes into a little-endian bit stream.
+"""Exact sub-byte packing of codes into a little-endian bit stream.
 
 ``pack(codes, bits)`` stores each code in ``bits`` bits (two's complement for signed formats);
-``unpack`` inverts it exactly. The packed size is ceil(n·bits / 8) bytes.
+``unpack`` inverts it exactly. The packed size is ceil(n·bits / 8) bytes. Code i occupies bits
+i·bits … i·bits + bits - 1 of the stream, least significant first: 4-bit codes are two nibbles
+per byte (the first in the low nibble), 6-bit codes four per three bytes. ``pack_weight`` /
+``unpack_weight`` store a whole :class:`QuantizedWeight` of any format.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from lowbit.formats.granularity import Granularity
+from lowbit.formats.tensor import QuantizedWeight, WeightFormat
 
 _CHUNK = 1 << 20  # codes per step (a multiple of 8, so every step ends on a byte boundary)
 
@@ -43,3 +49,51 @@ def unpack(packed: torch.Tensor, bits: int, count: int, signed: bool) -> torch.T
 
 def packed_nbytes(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
+
+
+def code_dtype(fmt: WeightFormat) -> torch.dtype:
+    """The dtype codes of ``fmt`` live in: int8 for two's complement codes, else uint8."""
+    return torch.int8 if fmt.signed_codes else torch.uint8
+
+
+def pack_codes(codes: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
+    """Codes of any format in ``fmt.bits`` bits each: FP4/NF4 as two nibbles per byte (first
+    value in the low nibble), FP6 as four values in three bytes, integers in two's complement."""
+    return pack(codes.cpu(), fmt.bits)
+
+
+def unpack_codes(packed: torch.Tensor, fmt: WeightFormat, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: ``count`` codes (flat) in :func:`code_dtype`."""
+    return unpack(packed, fmt.bits, count, fmt.signed_codes).to(code_dtype(fmt))
+
+
+def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
+    """The stored tensors of one weight: ``codes`` and ``zero`` packed to their bit width,
+    ``scale`` in its storage dtype (fp16/bf16/fp32 scales, E8M0 bytes, FP8 E4M3 block scales or
+    a LUT's fp16 table), ``perm`` as int32 and ``tensor_scale`` as fp32, when present."""
+    out = {"codes": pack_codes(qw.codes, qw.fmt), "scale": qw.scale.contiguous()}
+    if qw.zero is not None:
+        out["zero"] = pack(qw.zero.cpu(), qw.fmt.bits)
+    if qw.perm is not None:
+        out["perm"] = qw.perm.to(torch.int32)
+    if qw.tensor_scale is not None:
+        out["tensor_scale"] = qw.tensor_scale.float().reshape(())
+    return out
+
+
+def unpack_weight(
+    tensors: dict[str, torch.Tensor],
+    fmt: WeightFormat,
+    granularity: Granularity,
+    shape: tuple[int, int],
+) -> QuantizedWeight:
+    """Inverse of :func:`pack_weight` for a weight of ``shape`` (out, in)."""
+    out_f, in_f = shape
+    codes = unpack_codes(tensors["codes"], fmt, out_f * in_f).view(out_f, in_f)
+    scale = tensors["scale"]
+    zero = None
+    if "zero" in tensors:
+        zero = unpack(tensors["zero"], fmt.bits, scale.numel(), False).to(torch.uint8)
+        zero = zero.view(scale.shape)
+    perm = tensors["perm"].long() if "perm" in tensors else None
+    return QuantizedWeight(codes, scale, zero, fmt, granularity, perm, tensors.get("tensor_scale"))

@@ -1,33 +1,80 @@
-"""QuantizedWeight: the codes, scales, zero points and column permutation of one linear weight.
+"""QuantizedWeight: the codes, scales, zero points and column permutation of one linear weight,
+and the :class:`WeightFormat` protocol every format value follows.
 
 This is what algorithms return, what evaluation dequantizes, and what saving packs. Its
-:meth:`dequantize` is the single definition of the weight a real kernel would use.
+:meth:`QuantizedWeight.dequantize` is the single definition of the weight a real kernel would
+use; the arithmetic of each format lives in the format's own ``decode``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from lowbit.formats.granularity import Granularity, PerGroup, group_index
-from lowbit.formats.integer import IntFormat, codes_to_values
+from lowbit.formats.granularity import Granularity, PerGroup
 
 PERM_BITS = 32  # a saved column permutation costs one int32 per input column
+TENSOR_SCALE_BITS = 32  # a second-level per-tensor scale (NVFP4) is one fp32
+
+
+@runtime_checkable
+class WeightFormat(Protocol):
+    """What every format value (IntFormat, FloatFormat, NF4Format, LUTFormat, MXFormat,
+    NVFP4Format) provides.
+
+    - ``bits``: bits of one element code; ``scale_bits``: bits of one stored entry of
+      :attr:`QuantizedWeight.scale` (a float scale, an E8M0 byte, an FP8 block scale or a table
+      entry); zero points, when present, are stored in ``bits`` bits each.
+    - ``symmetric``: whether the clipping range is an absmax (True) or a [min, max] pair.
+    - ``signed_codes``: whether codes are two's complement (packing sign-extends them).
+    - ``encode(W, lo, hi, granularity)``: codes and parameters of ``W`` (out, in) for the
+      per-group clipping range ``lo``/``hi`` (rows, n_groups), fp32.
+    - ``decode(qw)``: the fp32 weight (out, in) in storage column order.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def scale_bits(self) -> int: ...
+    @property
+    def symmetric(self) -> bool: ...
+    @property
+    def signed_codes(self) -> bool: ...
+
+    def bits_per_weight(
+        self, in_features: int, granularity: Granularity, out_features: int = 1
+    ) -> float: ...
+    def check_granularity(self, granularity: Granularity) -> None: ...
+    def describe(self, granularity: Granularity) -> str: ...
+    def encode(
+        self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
+    ) -> QuantizedWeight: ...
+    def decode(self, qw: QuantizedWeight) -> torch.Tensor: ...
 
 
 @dataclass
 class QuantizedWeight:
     """``codes`` (out, in) in storage column order; ``scale``/``zero`` (out, n_groups) over the
-    groups of storage columns; ``perm`` (in,) maps storage column j to original column perm[j]
-    (None: storage order is the original order)."""
+    groups of storage columns (rows = 1 for per-tensor); ``perm`` (in,) maps storage column j to
+    original column perm[j] (None: storage order is the original order).
+
+    What ``scale`` holds depends on ``fmt``: float scales (INT, FP, NF4), E8M0 exponent bytes
+    (MX), FP8 E4M3 block scales (NVFP4, with the fp32 ``tensor_scale``), or for LUT formats the
+    per-row codebook (out, 2^bits). ``codes`` are format codes: integers (INT, MXINT8), bit
+    patterns (FP, MXFP, NVFP4) or table indices (NF4, LUT).
+    """
 
     codes: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor | None
-    fmt: IntFormat
+    fmt: Any  # a WeightFormat (Any: dataclass fields cannot hold a Protocol usefully)
     granularity: Granularity
     perm: torch.Tensor | None = None
+    tensor_scale: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -35,10 +82,7 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight (out, in) in the original column order."""
-        in_f = self.shape[1]
-        g_idx = group_index(in_f, self.granularity)
-        zero = None if self.zero is None else self.zero.float()[:, g_idx]
-        W = codes_to_values(self.codes, self.scale.float()[:, g_idx], zero)
+        W = self.fmt.decode(self)
         if self.perm is None:
             return W
         restored = torch.empty_like(W)
@@ -46,10 +90,14 @@ class QuantizedWeight:
         return restored
 
     def n_bits(self) -> int:
-        """Total stored bits: codes, scales, zero points and the permutation."""
+        """Total stored bits: codes, scales (or tables), zero points, a per-tensor scale and the
+        permutation."""
         out_f, in_f = self.shape
-        n_params = self.scale.numel()
-        total = out_f * in_f * self.fmt.bits + n_params * (self.fmt.scale_bits + self.fmt.zero_bits)
+        total = out_f * in_f * self.fmt.bits + self.scale.numel() * self.fmt.scale_bits
+        if self.zero is not None:
+            total += self.zero.numel() * self.fmt.bits
+        if self.tensor_scale is not None:
+            total += TENSOR_SCALE_BITS
         if self.perm is not None:
             total += PERM_BITS * in_f
         return total
@@ -59,7 +107,10 @@ class QuantizedWeight:
         return self.n_bits() / (out_f * in_f)
 
 
-def describe_scheme(fmt: IntFormat, granularity: Granularity) -> str:
-    sym = "sym" if fmt.symmetric else "asym"
-    gran = f"g{granularity.size}" if isinstance(granularity, PerGroup) else granularity.describe()
-    return f"W{fmt.bits} {gran} {sym}"
+def describe_scheme(fmt: WeightFormat, granularity: Granularity) -> str:
+    """A short label: ``W4 g128 sym`` for integers, ``MXFP4 g32`` or ``NF4 g64`` otherwise."""
+    return fmt.describe(granularity)
+
+
+def granularity_label(granularity: Granularity) -> str:
+    return f"g{granularity.size}" if isinstance(granularity, PerGroup) else granularity.describe()

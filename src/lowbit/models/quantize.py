@@ -187,7 +187,7 @@ def quantize_weight(
             raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
         out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
         return out.weight, out.loss, out.damp
-    return rtn_quantize(W, spec.fmt, spec.granularity), None, None
+    return rtn_quantize(W, spec.fmt, spec.granularity, spec.algorithm.clipping, name), None, None
 
 
 def capture_block_inputs(

@@ -3,10 +3,10 @@
 A directory with ``config.json`` and the tokenizer (copied from the source model),
 ``model.safetensors`` holding every tensor that was not quantized plus, per quantized layer,
 ``<name>.qcodes`` (codes packed to their bit width), ``<name>.qscale`` (scales in their storage
-dtype), ``<name>.qzero`` (packed zero points, asymmetric formats) and ``<name>.qperm`` (int32
-column permutation, when saved), and ``lowbit.json`` (the plan, each layer's format, and
-provenance). Loading rebuilds the dense model with the same dequantization used in evaluation,
-so its logits are identical.
+dtype), ``<name>.qzero`` (packed zero points, asymmetric formats), ``<name>.qperm`` (int32
+column permutation, when saved) and ``<name>.qtscale`` (fp32 per-tensor scale, NVFP4), and
+``lowbit.json`` (the plan, each layer's format, and provenance). Loading rebuilds the dense
+model with the same dequantization used in evaluation, so its logits are identical.
 """
 
 from __future__ import annotations
@@ -18,15 +18,24 @@ from typing import Any
 import torch
 
 from lowbit._io import atomic_dir
+from lowbit.algorithms import RTNConfig
 from lowbit.errors import ArtefactError, ModelSourceError
 from lowbit.formats import IntFormat, QuantizedWeight
-from lowbit.formats.packing import pack, unpack
+from lowbit.formats.packing import pack_weight, unpack_weight
 from lowbit.models.files import copy_model_files, safetensors_header
 from lowbit.models.quantize import QuantizedModel
 from lowbit.plan import LayerSpec, Plan
 
 LAYOUT = "lowbit-quantized-v1"
-_QSUFFIXES = (".qcodes", ".qscale", ".qzero", ".qperm")
+# pack_weight's tensors → their key suffix in model.safetensors
+_KEYS = {
+    "codes": "qcodes",
+    "scale": "qscale",
+    "zero": "qzero",
+    "perm": "qperm",
+    "tensor_scale": "qtscale",
+}
+_QSUFFIXES = tuple(f".{q}" for q in _KEYS.values())
 
 
 def save_quantized(
@@ -122,19 +131,11 @@ def _unquantized_tensors(qm: QuantizedModel) -> dict[str, torch.Tensor]:
 
 
 def _packed(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    tensors = {
-        f"{name}.qcodes": pack(qw.codes, qw.fmt.bits),
-        f"{name}.qscale": qw.scale.contiguous(),
-    }
-    if qw.zero is not None:
-        tensors[f"{name}.qzero"] = pack(qw.zero, qw.fmt.bits)
-    if qw.perm is not None:
-        tensors[f"{name}.qperm"] = qw.perm.to(torch.int32)
-    return tensors
+    return {f"{name}.{_KEYS[k]}": v for k, v in pack_weight(qw).items()}
 
 
 def _layer_meta(qw: QuantizedWeight) -> dict[str, Any]:
-    spec = LayerSpec(qw.fmt, qw.granularity)
+    spec = LayerSpec(qw.fmt, qw.granularity, RTNConfig())  # the algorithm is not stored
     return {
         "shape": list(qw.shape),
         **{k: v for k, v in spec.to_dict().items() if k != "algorithm"},
@@ -143,19 +144,15 @@ def _layer_meta(qw: QuantizedWeight) -> dict[str, Any]:
 
 def _unpacked(name: str, meta: dict[str, Any], reader: Any, keys: set[str]) -> QuantizedWeight:
     spec = LayerSpec.from_dict({**meta, "algorithm": {"name": "rtn"}})
-    fmt: IntFormat = spec.fmt
     out_f, in_f = meta["shape"]
     if f"{name}.qcodes" not in keys:
         raise ArtefactError(f"layer {name}: packed codes are missing from model.safetensors")
-    codes = unpack(reader.get_tensor(f"{name}.qcodes"), fmt.bits, out_f * in_f, fmt.symmetric)
-    codes = codes.to(fmt.code_dtype)
-    scale = reader.get_tensor(f"{name}.qscale")
-    zero = None
-    if not fmt.symmetric:
-        zero = unpack(reader.get_tensor(f"{name}.qzero"), fmt.bits, scale.numel(), False)
-        zero = zero.to(fmt.code_dtype).view(scale.shape)
-    perm = reader.get_tensor(f"{name}.qperm").long() if f"{name}.qperm" in keys else None
-    return QuantizedWeight(codes.view(out_f, in_f), scale, zero, fmt, spec.granularity, perm)
+    tensors = {
+        k: reader.get_tensor(f"{name}.{q}") for k, q in _KEYS.items() if f"{name}.{q}" in keys
+    }
+    if isinstance(spec.fmt, IntFormat) and not spec.fmt.symmetric and "zero" not in tensors:
+        raise ArtefactError(f"layer {name}: packed zero points are missing from model.safetensors")
+    return unpack_weight(tensors, spec.fmt, spec.granularity, (out_f, in_f))
 
 
 def _is_tied(model: Any, key: str) -> bool:

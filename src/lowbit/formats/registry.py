@@ -1,0 +1,91 @@
+"""The format registry (names → constructors, for ``lowbit ls formats`` and configs) and the
+typed dict round trip of format values used by plans and saved models."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from lowbit._registry import Registry
+from lowbit.errors import ConfigError
+from lowbit.formats.codebook import LUTFormat, NF4Format
+from lowbit.formats.floating import FloatFormat
+from lowbit.formats.integer import IntFormat
+from lowbit.formats.microscaling import MXFormat
+from lowbit.formats.nvfp4 import NVFP4Format
+from lowbit.formats.tensor import WeightFormat
+
+FORMATS: Registry[Callable[..., Any]] = Registry("format")
+# the "type" field of a serialized format → its class (field names = dataclass fields)
+FORMAT_TYPES: Registry[type] = Registry("format type")
+for _tag, _cls in [
+    ("int", IntFormat),
+    ("float", FloatFormat),
+    ("nf4", NF4Format),
+    ("lut", LUTFormat),
+    ("mx", MXFormat),
+    ("nvfp4", NVFP4Format),
+]:
+    FORMAT_TYPES.register(_tag, _cls)
+
+
+def _float(e: int, m: int, doc: str) -> Callable[..., FloatFormat]:
+    def make(scale_dtype: str = "float16") -> FloatFormat:
+        return FloatFormat(e, m, scale_dtype)
+
+    make.__doc__ = doc
+    return make
+
+
+def _mx(element: str, doc: str) -> Callable[[], MXFormat]:
+    def make() -> MXFormat:
+        return MXFormat(element)
+
+    make.__doc__ = doc
+    return make
+
+
+FORMATS.register("int", IntFormat)
+FORMATS.register("fp8_e4m3", _float(4, 3, "FP8 E4M3 (OCP, float8_e4m3fn): max 448, no inf"))
+FORMATS.register("fp8_e5m2", _float(5, 2, "FP8 E5M2 (OCP, IEEE-like): max 57344"))
+FORMATS.register("fp6_e3m2", _float(3, 2, "FP6 E3M2 (OCP MX): max 28"))
+FORMATS.register("fp6_e2m3", _float(2, 3, "FP6 E2M3 (OCP MX): max 7.5"))
+FORMATS.register("fp4_e2m1", _float(2, 1, "FP4 E2M1 (OCP MX): 0, 0.5, 1, 1.5, 2, 3, 4, 6"))
+FORMATS.register("nf4", NF4Format)
+FORMATS.register("lut", LUTFormat)
+FORMATS.register("mxfp8", _mx("fp8_e4m3", "MXFP8: FP8 E4M3 in blocks of 32, E8M0 scale"))
+FORMATS.register("mxfp8_e5m2", _mx("fp8_e5m2", "MXFP8 E5M2: blocks of 32, E8M0 scale"))
+FORMATS.register("mxfp6", _mx("fp6_e2m3", "MXFP6: FP6 E2M3 in blocks of 32, E8M0 scale"))
+FORMATS.register("mxfp6_e3m2", _mx("fp6_e3m2", "MXFP6 E3M2: blocks of 32, E8M0 scale"))
+FORMATS.register("mxfp4", _mx("fp4_e2m1", "MXFP4: FP4 E2M1 in blocks of 32, E8M0 scale"))
+FORMATS.register("mxint8", _mx("int8", "MXINT8: INT8 (k/64) in blocks of 32, E8M0 scale"))
+FORMATS.register("nvfp4", NVFP4Format)
+
+
+def format_to_dict(fmt: WeightFormat) -> dict[str, Any]:
+    """``{"type": <tag>, **fields}``; IntFormat gives {"type": "int", "bits", "symmetric",
+    "scale_dtype"} as plans always have."""
+    for tag, cls in FORMAT_TYPES:
+        if type(fmt) is cls:
+            return {"type": tag, **dataclasses.asdict(fmt)}  # type: ignore[call-overload]
+    raise ConfigError(f"format {fmt!r} has no registered type")
+
+
+def format_from_dict(data: dict[str, Any]) -> WeightFormat:
+    """Inverse of :func:`format_to_dict`; a missing type means "int" (plans before issue 3).
+
+    A missing required field raises KeyError(field), as reading ``data[field]`` would."""
+    cls = FORMAT_TYPES.get(str(data.get("type", "int")))
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and f.name not in data:
+            raise KeyError(f.name)
+    known = {f.name for f in fields}
+    unknown = sorted(set(data) - known - {"type"})
+    if unknown:
+        raise ConfigError(
+            f"format {data!r} has unknown field(s) {unknown}; {cls.__name__} takes {sorted(known)}"
+        )
+    return cls(**{k: v for k, v in data.items() if k != "type"})

@@ -395,3 +395,21 @@ def estimate_performance(
     else:
         hw = get_hardware(hardware)
     return shape, prec, hw, estimate(shape, prec, hw, layout)
+
+
+def evaluate_tasks(model: Any, handle: Any, cfg: Any) -> Any:
+    """Run ``model`` (with ``handle``'s tokenizer) on the tasks of ``cfg`` (a TaskConfig)
+    through the lm-evaluation-harness; returns a TaskRun with every sample."""
+    from lowbit.evaluation.harness import run_tasks
+    from lowbit.evaluation.text import data_dir
+    from lowbit.models.sources import cache_root
+
+    tokenizer = handle.load_tokenizer()
+    return run_tasks(model, tokenizer, cfg, data_root=data_dir(), cache=cache_root())
+
+
+def compare_task_runs(reference: Any, quantized: Any) -> dict[str, Any]:
+    """Flips, error overlap, FP/FN, McNemar and categories of two TaskRuns."""
+    from lowbit.evaluation.compare import compare_runs
+
+    return compare_runs(reference, quantized)

@@ -1,4 +1,5 @@
-"""``lowbit eval``: perplexity, and KL divergence and agreement against a reference."""
+"""``lowbit eval``: perplexity, KL divergence and agreement against a reference, and accuracy
+on tasks through the lm-evaluation-harness."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.options import AllowPickle, Ctx, EvalText, EvalWindows, Overwrite
+from lowbit.cli.options import (
+    AllowPickle,
+    BatchSize,
+    Ctx,
+    EvalWindows,
+    Limit,
+    Overwrite,
+    Tasks,
+    TaskSourceOption,
+)
+
+DEFAULT_TEXT = "builtin:python-docs"
 
 
 def evaluate(
@@ -22,26 +34,44 @@ def evaluate(
             "model it came from)."
         ),
     ] = None,
-    eval_text: EvalText = "builtin:python-docs",
+    eval_text: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-text",
+            help="Evaluation text: a file, builtin:python-docs, or a hub dataset "
+            f"NAME:CONFIG:SPLIT. Default {DEFAULT_TEXT}, or none when --tasks is given.",
+        ),
+    ] = None,
     ctx: Ctx = 512,
     windows: EvalWindows = 40,
+    tasks: Tasks = None,
+    limit: Limit = None,
+    task_source: TaskSourceOption = "auto",
+    batch_size: BatchSize = 16,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-eval.json"),
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
-    """Evaluate MODEL on a text: perplexity; KL divergence, top-1 agreement and Δp against
-    the reference.
+    """Evaluate MODEL on a text (perplexity; KL divergence, top-1 agreement and Δp against the
+    reference) and, with --tasks, on tasks through the lm-evaluation-harness.
 
-    Example: lowbit eval smol-w4 --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw
+    Examples: lowbit eval smol-w4 --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw ;
+    lowbit eval smollm2-135m --tasks piqa,arc_easy,mmlu --limit 100
     """
     from lowbit.api import TextConfig
+    from lowbit.evaluation.harness import TaskConfig
     from lowbit.workflows import eval_job
 
+    task_cfg = None
+    if tasks is not None:
+        task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
+    text = eval_text if eval_text is not None or tasks is not None else DEFAULT_TEXT
     eval_job(
         model,
-        TextConfig(eval_text, ctx, windows),
+        TextConfig(text, ctx, windows) if text is not None else None,
         output,
         reference=reference,
+        tasks=task_cfg,
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

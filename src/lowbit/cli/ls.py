@@ -16,6 +16,7 @@ class What(str, Enum):
     models = "models"
     texts = "texts"
     hardware = "hardware"
+    tasks = "tasks"
 
 
 def ls(what: Annotated[What, typer.Argument(help="What to list.")] = What.models) -> None:

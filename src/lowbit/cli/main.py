@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from lowbit.cli import compare as compare_cmd
 from lowbit.cli import eval as eval_cmd
 from lowbit.cli import export as export_cmd
 from lowbit.cli import ls as ls_cmd
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("eval")(eval_cmd.evaluate)
+app.command("compare")(compare_cmd.compare)
 app.command("export")(export_cmd.export)
 app.command("sensitivity")(sensitivity_cmd.sensitivity)
 app.command("plan")(plan_cmd.plan)

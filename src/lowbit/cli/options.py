@@ -40,3 +40,25 @@ AllowPickle = Annotated[
         "--allow-pickle", help="Allow loading .bin (pickled) weights: only for files you trust."
     ),
 ]
+Tasks = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks",
+        help="Comma-separated tasks: lambada_openai, hellaswag, piqa, winogrande, arc_easy, "
+        "arc_challenge, mmlu (or mmlu_stem, mmlu_<subject>, ...), read from local files when "
+        "the data directory has them; any other lm-evaluation-harness task name (hub).",
+    ),
+]
+Limit = Annotated[
+    int | None, typer.Option("--limit", help="Evaluate the first N items of each task.")
+]
+TaskSourceOption = Annotated[
+    str,
+    typer.Option(
+        "--task-source",
+        help="auto (local files when present, else the hub), local or hub.",
+    ),
+]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", help="Log-likelihood requests per forward pass.")
+]

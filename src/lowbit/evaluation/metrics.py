@@ -40,6 +40,7 @@ class EvalResult:
     kl: dict[str, float] | None = None
     top1_agreement: float | None = None
     delta_p: dict[str, float] | None = None
+    kl_histogram: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -111,12 +112,27 @@ def _finish(acc: Accumulator) -> EvalResult:
             "mean": float(kl.mean()),
             "median": float(kl.median()),
             "p90": float(torch.quantile(kl, 0.90)),
+            "p95": float(torch.quantile(kl, 0.95)),
             "p99": float(torch.quantile(kl, 0.99)),
+            "p999": float(torch.quantile(kl, 0.999)),
             "max": float(kl.max()),
         }
+        result["kl_histogram"] = kl_histogram(kl)
         result["top1_agreement"] = float(torch.cat(acc.agree).double().mean())
         result["delta_p"] = {"mean": float(dp.mean()), "rms": float(dp.pow(2).mean().sqrt())}
     return EvalResult(**result)
+
+
+KL_HIST_EDGES = tuple(10.0 ** (e / 4) for e in range(-28, 9))  # 1e-7 … 100 nats, 4 per decade
+
+
+def kl_histogram(kl: torch.Tensor) -> dict[str, list[float]]:
+    """Counts of per-token KL divergence in log-spaced bins: ``counts[0]`` below the first
+    edge, ``counts[i]`` in [edges[i-1], edges[i]), the last at or above the last edge."""
+    edges = torch.tensor(KL_HIST_EDGES, dtype=kl.dtype)
+    idx = torch.bucketize(kl, edges, right=True)
+    counts = torch.bincount(idx, minlength=len(KL_HIST_EDGES) + 1)
+    return {"edges": list(KL_HIST_EDGES), "counts": [int(c) for c in counts]}
 
 
 def _check_ctx(models: dict[str, Any], windows: torch.Tensor) -> None:

@@ -44,8 +44,14 @@ def heatmap(values: list[list[float | None]], rows: list[str], cols: list[str], 
     return _svg(fig)
 
 
-def grouped_bars(series: dict[str, list[float]], labels: list[str], title: str, ylabel: str) -> str:
-    """One group of bars per label (e.g. block), one bar per series (e.g. spec); log scale."""
+def grouped_bars(
+    series: dict[str, list[float]],
+    labels: list[str],
+    title: str,
+    ylabel: str,
+    yscale: str = "log",
+) -> str:
+    """One group of bars per label (e.g. block), one bar per series (e.g. spec)."""
     import numpy as np
 
     plt = _pyplot()
@@ -53,13 +59,28 @@ def grouped_bars(series: dict[str, list[float]], labels: list[str], title: str, 
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(labels))
     for k, (name, vals) in enumerate(series.items()):
-        ax.bar(x + k * width, [max(v, 1e-12) for v in vals], width, label=name)
-    ax.set_yscale("log")
-    ax.set_xticks(x + 0.4 - width / 2, labels, fontsize=7)
+        shown = [max(v, 1e-12) for v in vals] if yscale == "log" else vals
+        ax.bar(x + k * width, shown, width, label=name)
+    ax.set_yscale(yscale)
+    ax.set_xticks(x + 0.4 - width / 2, labels, fontsize=7, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return _svg(fig)
+
+
+def histogram(edges: list[float], counts: list[int], xlabel: str, title: str) -> str:
+    """Counts in log-spaced bins (``counts[0]`` below ``edges[0]``, the last at or above
+    ``edges[-1]``), as a fraction of the total on a log x axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    total = max(sum(counts), 1)
+    lefts = [edges[0] / 10**0.25, *edges]
+    rights = [*edges, edges[-1] * 10**0.25]
+    widths = [r - left for left, r in zip(lefts, rights, strict=True)]
+    ax.bar(lefts, [c / total for c in counts], widths, align="edge", edgecolor="white")
+    ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, "fraction of tokens", title, legend=False)
 
 
 def scatter(xs: list[float], ys: list[float], xlabel: str, ylabel: str, title: str) -> str:

@@ -81,3 +81,59 @@ def _size(n: int | None) -> str:
     if n is None:
         return "—"
     return f"{n / 1e6:.1f} MB"
+
+
+def task_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
+    """One row per task or group: accuracy, length-normalised accuracy, perplexity."""
+    table = Table(title=title, title_justify="left")
+    for header in ("task", "acc", "acc_norm", "perplexity"):
+        table.add_column(header, justify="left" if header == "task" else "right")
+    shown = {k: v for k, v in metrics.items() if not _is_mmlu_subject(k)}
+    for name, m in shown.items():
+        table.add_row(
+            name,
+            _fmt(m.get("acc"), "{:.4f}"),
+            _fmt(m.get("acc_norm"), "{:.4f}"),
+            _fmt(m.get("perplexity"), "{:.3f}"),
+        )
+    return table
+
+
+def _is_mmlu_subject(name: str) -> bool:
+    groups = {"mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"}
+    return name.startswith("mmlu_") and name not in groups
+
+
+def comparison_table(tasks: dict[str, dict[str, Any]], title: str) -> Table:
+    """One row per task: accuracies, flips both ways, flip rate, error overlap, McNemar p."""
+    table = Table(title=title, title_justify="left")
+    headers = (
+        "task",
+        "n",
+        "acc ref",
+        "acc quant",
+        "Δ",
+        "→wrong",
+        "→right",
+        "flips",
+        "Jaccard",
+        "p",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header == "task" else "right")
+    for name, c in tasks.items():
+        if _is_mmlu_subject(name):
+            continue
+        table.add_row(
+            name,
+            str(c["n"]),
+            f"{c['acc_ref']:.4f}",
+            f"{c['acc_quant']:.4f}",
+            f"{c['delta']:+.4f}",
+            str(c["flips_to_wrong"]),
+            str(c["flips_to_right"]),
+            f"{c['flip_rate']:.2%}",
+            f"{c['error_jaccard']:.3f}",
+            f"{c['mcnemar']['p_exact']:.3g}",
+        )
+    return table

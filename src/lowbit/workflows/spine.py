@@ -59,17 +59,52 @@ def quantize_job(
 
 def eval_job(
     model: str,
-    evalcfg: api.TextConfig,
+    evalcfg: api.TextConfig | None,
     result_path: Path,
     *,
     reference: str | None = None,
+    tasks: Any | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Perplexity of ``model``; with ``reference`` (a model source), KL divergence to it too.
-    A saved quantized model is compared with the model it came from unless told otherwise."""
+    A saved quantized model is compared with the model it came from unless told otherwise.
+    With ``tasks`` (a TaskConfig), accuracy on tasks too, every sample kept."""
     api.check_outputs(result_path, overwrite=overwrite)
     candidate, handle, manifest = api.load_for_eval(model, allow_pickle=allow_pickle)
+    out: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    if evalcfg is not None:
+        text_results, data["eval"] = _eval_text(model, candidate, handle, manifest, evalcfg,
+                                                reference, allow_pickle)  # fmt: skip
+        out["results"] = {k: v.to_dict() for k, v in text_results.items()}
+    if tasks is not None:
+        from lowbit.evaluation.compare import category_rows
+        from lowbit.workflows.tasks import run_tasks_for
+
+        run = run_tasks_for(model, candidate, handle, tasks)
+        out["tasks"] = run.to_dict()
+        out["categories"] = category_rows(run.samples)
+    config = {
+        "eval": asdict(evalcfg) if evalcfg else None,
+        "reference": reference,
+        "tasks": None if tasks is None else {**asdict(tasks), "source": tasks.source.value},
+    }
+    prov = api.provenance("eval", handle, config, data, {})
+    result = {**prov, **out}
+    api.write_result(result_path, result, overwrite=overwrite)
+    return result
+
+
+def _eval_text(
+    model: str,
+    candidate: Any,
+    handle: Any,
+    manifest: dict[str, Any] | None,
+    evalcfg: api.TextConfig,
+    reference: str | None,
+    allow_pickle: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     windows = api.text_windows(handle, evalcfg, calibration=False)
     ref_model = None
     if reference is not None:
@@ -81,16 +116,7 @@ def eval_job(
         results = api.evaluate(ref_model, {"model": candidate}, windows, progress=update)
     rows = [_row(model if name == "model" else name, r) for name, r in results.items()]
     console.print(results_table(rows, f"{model} on {windows.info['source']}"))
-    prov = api.provenance(
-        "eval",
-        handle,
-        {"eval": asdict(evalcfg), "reference": reference},
-        {"eval": windows.info},
-        {},
-    )
-    out = {**prov, "results": {k: v.to_dict() for k, v in results.items()}}
-    api.write_result(result_path, out, overwrite=overwrite)
-    return out
+    return results, windows.info
 
 
 def run_job(

@@ -1,0 +1,78 @@
+"""``lowbit compare``: the quantized model against the reference, per sample and per token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lowbit.cli.options import (
+    AllowPickle,
+    BatchSize,
+    Ctx,
+    EvalWindows,
+    Limit,
+    Overwrite,
+    Tasks,
+    TaskSourceOption,
+)
+
+
+def compare(
+    reference: Annotated[
+        str, typer.Argument(help="The reference: a model source, or a `lowbit eval --tasks` JSON.")
+    ],
+    quantized: Annotated[
+        str,
+        typer.Argument(
+            help="The quantized model: a saved or exported directory, a GGUF file, any model "
+            "source, or a `lowbit eval --tasks` JSON."
+        ),
+    ],
+    tasks: Tasks = None,
+    limit: Limit = None,
+    task_source: TaskSourceOption = "auto",
+    batch_size: BatchSize = 16,
+    eval_text: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-text",
+            help="Text for per-token KL statistics (a file, builtin:python-docs or "
+            "NAME:CONFIG:SPLIT); none by default.",
+        ),
+    ] = None,
+    ctx: Ctx = 512,
+    windows: EvalWindows = 40,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-compare.json"),
+    report: Annotated[
+        Path | None, typer.Option("--report", help="HTML report (default: OUTPUT with .html).")
+    ] = None,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Compare QUANTIZED with REFERENCE: accuracy, flips, error overlap, FP/FN and McNemar per
+    task, accuracy by category and flips by margin (--tasks), and per-token KL statistics
+    (--eval-text); one JSON result and an HTML report.
+
+    Example: lowbit compare smollm2-135m smol-w4 --tasks piqa,mmlu --limit 200
+    --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw
+    """
+    from lowbit.api import TextConfig
+    from lowbit.evaluation.harness import TaskConfig
+    from lowbit.workflows.tasks import compare_job
+
+    task_cfg = None
+    if tasks is not None:
+        task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
+    text = TextConfig(eval_text, ctx, windows) if eval_text is not None else None
+    compare_job(
+        reference,
+        quantized,
+        task_cfg,
+        text,
+        output,
+        report or output.with_suffix(".html"),
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+    )

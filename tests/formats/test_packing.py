@@ -78,3 +78,83 @@ def test_chunked_packing_crosses_step_boundaries(bits, monkeypatch):
     packed = packing.pack(codes, bits)
     assert packed.numel() == (1001 * bits + 7) // 8
     assert torch.equal(packing.unpack(packed, bits, 1001, signed=True), codes)
+
+
+# --- whole weights of every format ------------------------------------------------------------
+
+ALL_FORMATS = [
+    pytest.param("int", (4,), "g", id="int4"),
+    pytest.param("int", (3, False), "g", id="uint3"),
+    pytest.param("fp8_e4m3", (), "g", id="fp8_e4m3"),
+    pytest.param("fp8_e5m2", (), "c", id="fp8_e5m2"),
+    pytest.param("fp6_e3m2", (), "g", id="fp6_e3m2"),
+    pytest.param("fp6_e2m3", (), "t", id="fp6_e2m3"),
+    pytest.param("fp4_e2m1", (), "g", id="fp4_e2m1"),
+    pytest.param("nf4", (), "g", id="nf4"),
+    pytest.param("lut", (3,), "c", id="lut3"),
+    pytest.param("mxfp8", (), "mx", id="mxfp8"),
+    pytest.param("mxfp6", (), "mx", id="mxfp6"),
+    pytest.param("mxfp4", (), "mx", id="mxfp4"),
+    pytest.param("mxint8", (), "mx", id="mxint8"),
+    pytest.param("nvfp4", (), "nv", id="nvfp4"),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "gran"), ALL_FORMATS)
+def test_every_format_round_trips_through_its_packed_tensors(name, args, gran):
+    from lowbit.formats import FORMATS, PerChannel, PerGroup, PerTensor, quantize_weight
+    from lowbit.formats.packing import pack_weight, unpack_weight
+
+    granularity = {
+        "g": PerGroup(32),
+        "c": PerChannel(),
+        "t": PerTensor(),
+        "mx": PerGroup(32),
+        "nv": PerGroup(16),
+    }[gran]
+    fmt = FORMATS.get(name)(*args)
+    W = torch.randn(6, 96, generator=torch.Generator().manual_seed(len(name)))
+    qw = quantize_weight(W, fmt, granularity)
+    packed = pack_weight(qw)
+    assert packed["codes"].dtype == torch.uint8
+    assert packed["codes"].numel() == packed_nbytes(6 * 96, fmt.bits)  # e.g. FP6: 3 bytes per 4
+    back = unpack_weight(packed, fmt, granularity, (6, 96))
+    assert torch.equal(back.codes, qw.codes) and back.codes.dtype == qw.codes.dtype
+    assert torch.equal(back.scale.view(torch.uint8), qw.scale.view(torch.uint8))
+    assert torch.equal(back.dequantize(), qw.dequantize())
+    assert back.n_bits() == qw.n_bits()
+    stored = sum(t.numel() * t.element_size() * 8 for t in packed.values())
+    padding = (-6 * 96 * fmt.bits) % 8  # the last byte of codes (and of zero points)
+    padding += 0 if qw.zero is None else (-qw.zero.numel() * fmt.bits) % 8
+    assert stored == qw.n_bits() + padding
+
+
+def test_fp4_codes_are_two_nibbles_per_byte_first_in_the_low_nibble():
+    from lowbit.formats import FP4_E2M1
+    from lowbit.formats.packing import pack_codes, unpack_codes
+
+    codes = FP4_E2M1.to_codes(torch.tensor([0.5, -6.0, 3.0, 0.0]))  # 0x1, 0xF, 0x5, 0x0
+    assert codes.tolist() == [0x1, 0xF, 0x5, 0x0]
+    assert pack_codes(codes, FP4_E2M1).tolist() == [0xF1, 0x05]
+    assert torch.equal(unpack_codes(pack_codes(codes, FP4_E2M1), FP4_E2M1, 4), codes)
+
+
+def test_fp6_codes_are_four_values_in_three_bytes():
+    from lowbit.formats import FP6_E2M3
+    from lowbit.formats.packing import pack_codes, unpack_codes
+
+    codes = torch.tensor([0b000001, 0b100000, 0b111111, 0b010101], dtype=torch.uint8)
+    # little-endian stream: 000001 | 100000 | 111111 | 010101 (each least significant bit first)
+    # byte 0 = bits 0-7 = 00 000001 → low 6 bits code 0, top 2 bits = low 2 of code 1 (00)
+    assert pack_codes(codes, FP6_E2M3).tolist() == [0b00000001, 0b11111000, 0b01010111]
+    assert torch.equal(unpack_codes(pack_codes(codes, FP6_E2M3), FP6_E2M3, 4), codes)
+
+
+def test_mxint8_codes_stay_signed():
+    from lowbit.formats import MXFormat
+    from lowbit.formats.packing import pack_codes, unpack_codes
+
+    fmt = MXFormat("int8")
+    codes = torch.tensor([-127, -1, 0, 1, 127], dtype=torch.int8)
+    assert pack_codes(codes, fmt).tolist() == [129, 255, 0, 1, 127]
+    assert torch.equal(unpack_codes(pack_codes(codes, fmt), fmt, 5), codes)

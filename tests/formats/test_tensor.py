@@ -98,3 +98,54 @@ def test_n_bits(fmt, granularity, out_f, in_f, perm, n_bits):
 )
 def test_describe_scheme(fmt, granularity, text):
     assert describe_scheme(fmt, granularity) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "granularity", "out_f", "in_f", "bpw"),
+    [
+        ("mxfp4", (), PerGroup(32), 8, 128, 4 + 8 / 32),
+        ("mxfp6", (), PerGroup(32), 8, 128, 6 + 8 / 32),
+        ("mxfp8", (), PerGroup(32), 8, 128, 8 + 8 / 32),
+        ("mxint8", (), PerGroup(32), 8, 128, 8 + 8 / 32),
+        ("nvfp4", (), PerGroup(16), 8, 128, 4 + 8 / 16 + 32 / (8 * 128)),
+        ("nf4", (), PerGroup(64), 8, 128, 4 + 16 / 64),
+        ("nf4", ("float32",), PerGroup(64), 8, 128, 4 + 32 / 64),
+        ("fp8_e4m3", (), PerChannel(), 8, 128, 8 + 16 / 128),
+        ("fp8_e4m3", (), PerTensor(), 8, 128, 8 + 16 / (8 * 128)),
+        ("fp4_e2m1", ("bfloat16",), PerGroup(32), 8, 128, 4 + 16 / 32),
+        ("fp6_e3m2", (), PerGroup(48), 8, 128, 6 + 3 * 16 / 128),
+        ("lut", (4,), PerChannel(), 8, 128, 4 + 16 * 16 / 128),
+    ],
+)
+def test_bits_per_weight_of_every_format_by_hand(name, args, granularity, out_f, in_f, bpw):
+    from lowbit.formats import FORMATS, quantize_weight
+
+    fmt = FORMATS.get(name)(*args)
+    assert fmt.bits_per_weight(in_f, granularity, out_f) == pytest.approx(bpw, rel=1e-12)
+    qw = quantize_weight(torch.randn(out_f, in_f), fmt, granularity)
+    assert qw.bits_per_weight() == pytest.approx(bpw, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "granularity", "text"),
+    [
+        ("mxfp4", PerGroup(32), "MXFP4 g32"),
+        ("nvfp4", PerGroup(16), "NVFP4 g16"),
+        ("nf4", PerGroup(64), "NF4 g64"),
+        ("fp8_e4m3", PerChannel(), "FP8_E4M3 per-channel"),
+    ],
+)
+def test_describe_scheme_of_other_formats(name, granularity, text):
+    from lowbit.formats import FORMATS
+
+    assert describe_scheme(FORMATS.get(name)(), granularity) == text
+
+
+def test_dequantize_restores_the_permutation_for_any_format():
+    from lowbit.formats import FORMATS, quantize_weight
+
+    W = torch.randn(4, 64)
+    qw = quantize_weight(W, FORMATS.get("mxfp4")(), PerGroup(32))
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    permuted = QuantizedWeight(qw.codes, qw.scale, None, qw.fmt, qw.granularity, perm)
+    assert torch.equal(permuted.dequantize()[:, perm], qw.dequantize())

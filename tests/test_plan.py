@@ -209,3 +209,75 @@ def test_plan_bits_agree_with_what_gptq_stores(act_order, granularity):
     W, X = torch.randn(12, 40), torch.randn(200, 40)
     qw = gptq_quantize(W, X.T @ X, spec.fmt, spec.granularity, spec.algorithm).weight
     assert qw.bits_per_weight() == pytest.approx(spec.bits_per_weight(12, 40))
+
+
+# --- every format, and clipping, in plans ------------------------------------------------------
+
+
+def _new_format_specs():
+    from lowbit.formats import FORMATS, LUTFormat, MSEClip, Percentile
+
+    rtn = RTNConfig()
+    return [
+        LayerSpec(FORMATS.get("mxfp4")(), PerGroup(32), rtn),
+        LayerSpec(FORMATS.get("mxint8")(), PerGroup(32), RTNConfig(MSEClip(10, 0.3))),
+        LayerSpec(FORMATS.get("nvfp4")(), PerGroup(16), rtn),
+        LayerSpec(FORMATS.get("nf4")("bfloat16"), PerGroup(64), RTNConfig(Percentile(99.9))),
+        LayerSpec(FORMATS.get("fp8_e4m3")(), PerChannel(), rtn),
+        LayerSpec(FORMATS.get("fp6_e2m3")(), PerTensor(), rtn),
+        LayerSpec(LUTFormat(3), PerChannel(), rtn),
+    ]
+
+
+def test_every_format_round_trips_in_a_plan(tmp_path):
+    specs = _new_format_specs()
+    plan = Plan(default=specs[0], rules=tuple(Rule(f"layer{i}", s) for i, s in enumerate(specs)))
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    for suffix in (".json", ".yaml"):
+        path = tmp_path / f"plan{suffix}"
+        path.write_text(plan.dumps("yaml" if suffix == ".yaml" else "json"))
+        assert Plan.load(path) == plan
+
+
+def test_format_and_clipping_fields_in_the_dict():
+    spec = _new_format_specs()[1]
+    data = spec.to_dict()
+    assert data["format"] == {"type": "mx", "element": "int8"}
+    assert data["algorithm"] == {
+        "name": "rtn",
+        "clipping": {"type": "mse", "steps": 10, "max_shrink": 0.3},
+    }
+    assert W8.to_dict()["algorithm"] == {"name": "rtn"}  # min-max: the dict plans always had
+
+
+@pytest.mark.parametrize(
+    ("spec_index", "text", "bits"),
+    [
+        (0, "RTN MXFP4 g32", 4 + 8 / 32),
+        (2, "RTN NVFP4 g16", 4 + 8 / 16 + 32 / (64 * 1024)),
+        (3, "RTN NF4 g64", 4 + 16 / 64),
+        (6, "RTN LUT3 per-channel", 3 + 8 * 16 / 1024),
+    ],
+)
+def test_describe_and_bits_of_other_formats(spec_index, text, bits):
+    spec = _new_format_specs()[spec_index]
+    assert spec.describe() == text
+    assert spec.bits_per_weight(64, 1024) == pytest.approx(bits, rel=1e-12)
+
+
+def test_gptq_with_a_non_integer_format_is_refused_early():
+    from lowbit.formats import FORMATS
+
+    with pytest.raises(ConfigError, match="algorithm 'gptq' does not support format 'mxfp4'"):
+        LayerSpec(FORMATS.get("mxfp4")(), PerGroup(32))  # GPTQ is the default algorithm
+
+
+def test_a_block_format_with_the_wrong_group_is_refused_early():
+    from lowbit.formats import FORMATS
+
+    with pytest.raises(ConfigError, match=r"mxfp4 uses blocks of 32.*got group 128"):
+        LayerSpec(FORMATS.get("mxfp4")(), PerGroup(128), RTNConfig())
+    data = _new_format_specs()[0].to_dict()
+    data["granularity"] = {"type": "group", "size": 64}
+    with pytest.raises(ConfigError, match="mxfp4 uses blocks of 32"):
+        LayerSpec.from_dict(data)

@@ -196,3 +196,15 @@ def test_inputs_are_not_modified():
     W0, H0 = W.clone(), H.clone()
     gptq_quantize(W, H, IntFormat(3), PerGroup(16), GPTQConfig(act_order=ActOrder.GROUP))
     assert torch.equal(W, W0) and torch.equal(H, H0)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nf4", "fp8_e4m3", "nvfp4"])
+def test_non_integer_formats_are_refused_by_name(name):
+    from lowbit.errors import ConfigError
+    from lowbit.formats import FORMATS
+
+    W = torch.randn(4, 32)
+    with pytest.raises(
+        ConfigError, match=f"algorithm 'gptq' does not support format '{name}'.*rtn"
+    ):
+        gptq_quantize(W, torch.eye(32), FORMATS.get(name)(), PerGroup(16), GPTQConfig())

@@ -89,3 +89,50 @@ def test_low_precision_inputs_are_quantized_as_their_fp32_values(dtype):
     ref = rtn_quantize(W.float(), IntFormat(4), PerGroup(16))
     assert torch.equal(qw.codes, ref.codes) and torch.equal(qw.scale, ref.scale)
     assert torch.equal(W, W0)
+
+
+# --- any format, any clipping ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "granularity"),
+    [
+        ("fp8_e4m3", (), PerChannel()),
+        ("fp4_e2m1", (), PerGroup(16)),
+        ("nf4", (), PerGroup(16)),
+        ("lut", (3,), PerChannel()),
+        ("mxfp4", (), PerGroup(32)),
+        ("mxint8", (), PerGroup(32)),
+        ("nvfp4", (), PerGroup(16)),
+    ],
+)
+def test_rtn_takes_any_format(name, args, granularity):
+    from lowbit.formats import FORMATS, quantize_weight
+
+    fmt = FORMATS.get(name)(*args)
+    W = _weight()[:, :64]
+    qw = rtn_quantize(W, fmt, granularity)
+    assert qw.fmt == fmt and qw.shape == (10, 64)
+    reference = quantize_weight(W, fmt, granularity)
+    assert torch.equal(qw.dequantize(), reference.dequantize())
+    rel = float(((W - qw.dequantize()) ** 2).sum() / (W**2).sum())
+    assert rel < 0.05  # every 3-bit-or-more format keeps 95% of the energy
+
+
+def test_rtn_clipping_is_applied():
+    from lowbit.formats import MSEClip
+
+    W = _weight(5)
+    fmt = IntFormat(3)
+    plain = rtn_quantize(W, fmt, PerGroup(16))
+    clipped = rtn_quantize(W, fmt, PerGroup(16), MSEClip())
+    assert ((W - clipped.dequantize()) ** 2).sum() < ((W - plain.dequantize()) ** 2).sum()
+
+
+def test_rtn_names_the_layer_with_bad_weights():
+    from lowbit.errors import DataError
+
+    W = _weight()
+    W[0, 0] = float("nan")
+    with pytest.raises(DataError, match="'mlp.down_proj'"):
+        rtn_quantize(W, IntFormat(4), PerChannel(), name="mlp.down_proj")

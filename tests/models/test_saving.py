@@ -7,7 +7,16 @@ import torch
 
 from lowbit.algorithms import ActOrder, GPTQConfig, RTNConfig
 from lowbit.errors import OutputExistsError
-from lowbit.formats import IntFormat, PerChannel, PerGroup
+from lowbit.formats import (
+    IntFormat,
+    LUTFormat,
+    MSEClip,
+    MXFormat,
+    NF4Format,
+    NVFP4Format,
+    PerChannel,
+    PerGroup,
+)
 from lowbit.models.fakequant import apply_weights
 from lowbit.models.quantize import PipelineConfig, quantize_model
 from lowbit.models.saving import load_quantized, save_quantized
@@ -88,3 +97,27 @@ def test_interrupted_save_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         saving.save_quantized(qm, tmp_path / "q", {})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        LayerSpec(MXFormat("fp4_e2m1"), PerGroup(32), RTNConfig()),
+        LayerSpec(NVFP4Format(), PerGroup(16), RTNConfig()),
+        LayerSpec(NF4Format(), PerGroup(16), RTNConfig(MSEClip(steps=4))),
+        LayerSpec(LUTFormat(3, iterations=3), PerChannel(), RTNConfig()),
+    ],
+    ids=lambda s: s.describe(),
+)
+def test_other_formats_save_and_load_with_identical_logits(tiny_llama, tmp_path, spec):
+    handle = resolve_model(str(tiny_llama))
+    ids = torch.randint(0, handle.config.vocab_size, (2, 16), generator=torch.Generator())
+    qm = quantize_model(handle, uniform_plan(spec), None)
+    evaluated = apply_weights(handle.load_model(), qm.weights)
+    model, weights, manifest = load_quantized(save_quantized(qm, tmp_path / "q", {}))
+    with torch.inference_mode():
+        assert torch.equal(evaluated(input_ids=ids).logits, model(input_ids=ids).logits)
+    for name, qw in qm.weights.items():
+        assert torch.equal(weights[name].codes, qw.codes)
+        assert torch.equal(weights[name].scale.view(torch.uint8), qw.scale.view(torch.uint8))
+    assert manifest["plan"] == uniform_plan(spec).to_dict()

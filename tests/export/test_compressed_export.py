@@ -196,3 +196,17 @@ def test_scale_dtypes_get_their_own_config_groups(tiny_llama, tmp_path):
     groups = quantization_config(qm).config_groups.values()
     dtypes = sorted(str(g.weights.scale_dtype) for g in groups)
     assert dtypes == ["torch.bfloat16", "torch.float16"]
+
+
+@pytest.mark.parametrize("name", ["fp4_e2m1", "nf4", "mxfp4"])
+def test_non_integer_formats_are_refused(tiny_llama, tmp_path, name):
+    """A 4-bit float or codebook must never be written as 4-bit integers."""
+    from lowbit.algorithms import RTNConfig
+    from lowbit.formats import FORMATS, PerGroup
+    from lowbit.plan import LayerSpec
+
+    plan = uniform_plan(LayerSpec(FORMATS.get(name)(), PerGroup(32), RTNConfig()))
+    qm, model, _ = quantized(tiny_llama, plan)
+    with pytest.raises(ExportError, match=f"format {name} is not an integer format"):
+        _export(qm, model, tmp_path / "ct")
+    assert list(tmp_path.iterdir()) == []

@@ -187,3 +187,18 @@ def test_full_disk_leaves_nothing_behind(tiny_llama, tmp_path, monkeypatch):
 
 def test_ids_fixture_is_in_vocabulary():
     assert int(IDS.max()) < 318
+
+
+@pytest.mark.parametrize("name", ["fp4_e2m1", "nf4", "mxfp4"])
+def test_non_integer_formats_are_not_written_as_q4_0(tiny_llama, tmp_path, name):
+    """FP4 and NF4 with fp16 scales in groups of 32 look like Q4_0 by their bits; they are not."""
+    from lowbit.algorithms import RTNConfig
+    from lowbit.formats import FORMATS, PerGroup
+    from lowbit.plan import LayerSpec
+
+    qm, model, _ = quantized(
+        tiny_llama, uniform_plan(LayerSpec(FORMATS.get(name)(), PerGroup(32), RTNConfig()))
+    )
+    with pytest.raises(ExportError, match=f"{name}: not an integer format"):
+        _export(qm, model, tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,7 @@ from lowbit.export.common import (
     refuse,
     scheme_of,
 )
-from lowbit.formats import PerChannel, PerGroup, QuantizedWeight
+from lowbit.formats import IntFormat, PerChannel, PerGroup, QuantizedWeight
 from lowbit.models.files import copy_model_files
 
 VLLM_BITS = (4, 8)  # weight-only integer widths vLLM's compressed-tensors kernels serve
@@ -74,6 +74,11 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
 
 
 def _unsupported(qw: QuantizedWeight) -> str | None:
+    if not isinstance(qw.fmt, IntFormat):
+        return (
+            f"format {qw.fmt.name} is not an integer format; this exporter writes integer "
+            "weights only (MX, NVFP4, FP and codebook formats are not exported yet)"
+        )
     if qw.perm is not None:
         return (
             "GPTQ act-order 'group' saved a column permutation, which compressed-tensors "

@@ -31,7 +31,7 @@ from lowbit.export.common import (
     predicted_bytes,
     refuse,
 )
-from lowbit.formats import PerGroup, QuantizedWeight
+from lowbit.formats import IntFormat, PerGroup, QuantizedWeight
 
 # model_type → (GGUF architecture, whether llama.cpp reorders the q/k rows)
 ARCHES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen3": ("qwen3", False)}
@@ -39,6 +39,8 @@ ARCHES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen3": ("qwen3
 
 def gguf_type_name(qw: QuantizedWeight) -> str | None:
     """The GGML block type ``qw`` maps onto exactly (Q4_1: up to the fp16 minimum), or None."""
+    if not isinstance(qw.fmt, IntFormat):  # FP4/NF4 are 4-bit too, but not Q4_0's grid
+        return None
     if qw.perm is not None or qw.granularity != PerGroup(gguf_blocks.BLOCK):
         return None
     if qw.fmt.scale_dtype != "float16" or qw.shape[1] % gguf_blocks.BLOCK:
@@ -49,6 +51,8 @@ def gguf_type_name(qw: QuantizedWeight) -> str | None:
 
 
 def _why_not(qw: QuantizedWeight) -> str:
+    if not isinstance(qw.fmt, IntFormat):
+        return f"{qw.fmt.name}: not an integer format; GGUF export writes Q4_0/Q4_1/Q8_0 only"
     if qw.perm is not None:
         return "GPTQ act-order 'group' saved a column permutation; GGUF blocks have none"
     if qw.fmt.scale_dtype != "float16":

@@ -51,7 +51,13 @@ class TaskConfig:
             raise ConfigError(f"--limit must be a positive number of items, got {self.limit!r}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size!r}")
-        object.__setattr__(self, "source", TaskSource(self.source))
+        try:
+            object.__setattr__(self, "source", TaskSource(self.source))
+        except ValueError:
+            known = ", ".join(s.value for s in TaskSource)
+            raise ConfigError(
+                f"--task-source must be one of {known}, got {self.source!r}"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ def _write_task(tmp: Path, final: Path, task: LocalTask, root: Path) -> str:
 
 def _write_mmlu(tmp: Path, final: Path, root: Path) -> None:
     subjects = task_data.mmlu_subjects(root)
+    present = sorted({mmlu_category_of(s) for s in subjects}, key=MMLU_CATEGORIES.index)
     for subject in subjects:
         data = {}
         for split in ("test", "dev"):
@@ -161,7 +162,7 @@ def _write_mmlu(tmp: Path, final: Path, root: Path) -> None:
         }
         _write_yaml(tmp / f"{LOCAL_PREFIX}mmlu_{subject}.yaml", config)
     aggregate = [{"metric": "acc", "weight_by_size": True}]
-    for category in MMLU_CATEGORIES:
+    for category in present:  # a category without subjects would be an empty group
         group = {
             "group": f"{LOCAL_PREFIX}mmlu_{category}",
             "group_alias": category,
@@ -172,7 +173,7 @@ def _write_mmlu(tmp: Path, final: Path, root: Path) -> None:
         _write_yaml(tmp / f"_{LOCAL_PREFIX}mmlu_{category}.yaml", group)
     top = {
         "group": f"{LOCAL_PREFIX}mmlu",
-        "task": [f"{LOCAL_PREFIX}mmlu_{c}" for c in MMLU_CATEGORIES],
+        "task": [f"{LOCAL_PREFIX}mmlu_{c}" for c in present],
         "aggregate_metric_list": aggregate,
         "metadata": {"version": 2},
     }

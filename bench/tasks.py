@@ -1,0 +1,160 @@
+"""Tasks (issue 4): harness parity, forward cost, and accuracy / flips / KL of RTN and GPTQ.
+
+Steps (outputs under bench/results/tasks):
+(1) parity: the fp32 built-in model on the local tasks through lowbit's bridge (in-memory model)
+    and through the harness directly (`lm_eval.simple_evaluate(model="hf", pretrained=<the
+    model's directory>, include_path=<lowbit's task directory>)`): per-sample agreement;
+(2) cost: the bare forward passes the requests need (each distinct token sequence the harness
+    scores, tokenized by the harness's own HFLM, once, in length-sorted batches of the same
+    size) against lowbit's task time on the same model, in the same process;
+(3) RTN and GPTQ, INT4 and INT3, group 64, symmetric (128 × 512 calibration windows of
+    wiki.valid.tokens, seed 0): `lowbit eval --tasks` of each and of the reference, then
+    `lowbit compare ref.json quant.json`; text KL on WikiText-2 raw test, 40 × 512.
+
+Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "tasks"
+LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
+MAIN = ("lambada_openai", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge")
+MODELS = {
+    "RTN W4 g64": ("rtn", 4),
+    "GPTQ W4 g64": ("gptq", 4),
+    "RTN W3 g64": ("rtn", 3),
+    "GPTQ W3 g64": ("gptq", 3),
+}
+
+
+def run(cmd: list[str]) -> float:
+    print("$ lowbit", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([*LOWBIT, *cmd], check=True, cwd=OUT)
+    return time.perf_counter() - t0
+
+
+def parity_and_cost(tasks: tuple[str, ...], limit: int) -> dict:
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from lowbit import api
+    from lowbit.evaluation.harness import TaskConfig
+    from lowbit.evaluation.samples import record_from_harness
+
+    torch.manual_seed(0)
+    handle = api.load("smollm2-135m")
+    model = handle.load_model()
+    run_ = api.evaluate_tasks(model, handle, TaskConfig(tasks, limit))
+    include = run_.info["task_dir"]
+    direct = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(handle.path), "dtype": "float32", "device": "cpu"},
+        tasks=[f"local_{t}" for t in tasks],
+        task_manager=TaskManager(include_path=include, include_defaults=False),
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        batch_size=16,
+    )
+    parity = {}
+    for name, recs in direct["samples"].items():
+        task = name.removeprefix("local_")
+        theirs = {s["doc_id"]: record_from_harness(s) for s in recs}
+        ours = {s.doc_id: s for s in run_.samples[task]}
+        same = sum(theirs[i].correct == ours[i].correct for i in ours)
+        max_dll = max(
+            abs(a - b) for i in ours for a, b in zip(ours[i].scores, theirs[i].scores, strict=True)
+        )
+        parity[task] = {
+            "n": len(ours),
+            "same_verdict": same,
+            "acc_lowbit": run_.metrics[task]["acc"],
+            "acc_harness": direct["results"][name]["acc,none"],
+            "max_abs_loglik_diff": max_dll,
+        }
+    bare = bare_forward_seconds(HFLM(pretrained=model, tokenizer=handle.load_tokenizer()),
+                                model, direct["samples"])  # fmt: skip
+    cost = {"lowbit_task_s": run_.info["seconds"], **bare}
+    cost["ratio"] = cost["lowbit_task_s"] / cost["bare_forward_s"]
+    return {"parity": parity, "cost": cost}
+
+
+def bare_forward_seconds(lm, model, samples: dict, batch: int = 16) -> dict:
+    """Time one forward pass over each distinct sequence the requests need."""
+    import torch
+
+    seqs = set()
+    for recs in samples.values():
+        for s in recs:
+            for context, continuation in s["arguments"]:
+                ctx, cont = lm._encode_pair(context, continuation)
+                seqs.add(tuple((ctx + cont)[-(lm.max_length + 1) :][:-1]))
+    ordered = sorted(seqs, key=len, reverse=True)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(ordered), batch):
+            chunk = ordered[i : i + batch]
+            width = len(chunk[0])
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            for r, seq in enumerate(chunk):
+                ids[r, : len(seq)] = torch.tensor(seq)
+            model(input_ids=ids, use_cache=False)
+    tokens = sum(len(s) for s in ordered)
+    return {"bare_forward_s": time.perf_counter() - t0, "sequences": len(ordered), "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=25)
+    parser.add_argument("--mmlu-limit", type=int, default=2)
+    args = parser.parse_args()
+    from lowbit.evaluation.text import data_dir
+
+    data = data_dir()
+    valid = str(data / "wikitext-2" / "wiki.valid.tokens")
+    test = str(data / "wikitext-2-raw" / "wiki.test.raw")
+    OUT.mkdir(parents=True, exist_ok=True)
+    record: dict = {"limit": args.limit, "mmlu_limit": args.mmlu_limit}
+    record |= parity_and_cost(MAIN, args.limit)
+    print(json.dumps(record, indent=1), flush=True)
+    sets = {"main": (",".join(MAIN), args.limit), "mmlu": ("mmlu", args.mmlu_limit)}
+    for part, (tasks, limit) in sets.items():
+        t = run(["eval", "smollm2-135m", "--tasks", tasks, "--limit", str(limit),
+                 "-o", f"ref-{part}.json", "--overwrite"])  # fmt: skip
+        record[f"reference {part} s"] = t
+    calib = ["--calib-text", valid, "--calib-windows", "128", "--ctx", "512", "--seed", "0"]
+    for name, (algo, bits) in MODELS.items():
+        d = f"{algo}-w{bits}g64"
+        q = ["quantize", "smollm2-135m", "-o", d, "--bits", str(bits), "--group-size", "64"]
+        entry = {"quantize_s": run([*q, "--algorithm", algo, *calib, "--overwrite"])}
+        for part, (tasks, limit) in sets.items():
+            text = ["--eval-text", test, "--windows", "40"] if part == "main" else []
+            entry[f"eval {part} s"] = run(["eval", d, "--tasks", tasks, "--limit", str(limit),
+                                           *text, "-o", f"{d}-{part}.json", "--overwrite"])  # fmt: skip
+            run(["compare", f"ref-{part}.json", f"{d}-{part}.json", "-o",
+                 f"{d}-{part}.compare.json", "--overwrite"])  # fmt: skip
+            entry[part] = json.loads((OUT / f"{d}-{part}.compare.json").read_text())["comparison"]
+            if part == "main":
+                res = json.loads((OUT / f"{d}-main.json").read_text())["results"]["model"]
+                entry["text"] = {
+                    k: res[k] for k in ("perplexity", "kl", "top1_agreement", "delta_p")
+                }
+        record[name] = entry
+        (OUT / "tasks.json").write_text(json.dumps(record, indent=1))
+    (OUT / "tasks.json").write_text(json.dumps(record, indent=1))
+    print("written", OUT / "tasks.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -397,7 +397,7 @@ def estimate_performance(
     return shape, prec, hw, estimate(shape, prec, hw, layout)
 
 
-def evaluate_tasks(model: Any, handle: Any, cfg: Any) -> Any:
+def evaluate_tasks(model: Any, handle: Any, cfg: Any, *, progress: Any = None) -> Any:
     """Run ``model`` (with ``handle``'s tokenizer) on the tasks of ``cfg`` (a TaskConfig)
     through the lm-evaluation-harness; returns a TaskRun with every sample."""
     from lowbit.evaluation.harness import run_tasks
@@ -405,7 +405,8 @@ def evaluate_tasks(model: Any, handle: Any, cfg: Any) -> Any:
     from lowbit.models.sources import cache_root
 
     tokenizer = handle.load_tokenizer()
-    return run_tasks(model, tokenizer, cfg, data_root=data_dir(), cache=cache_root())
+    root, cache = data_dir(), cache_root()
+    return run_tasks(model, tokenizer, cfg, data_root=root, cache=cache, progress=progress)
 
 
 def compare_task_runs(reference: Any, quantized: Any) -> dict[str, Any]:

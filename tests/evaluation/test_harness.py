@@ -29,7 +29,26 @@ def run(tiny_llama: Path, data_root: Path, tmp_path_factory: pytest.TempPathFact
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     cache = tmp_path_factory.mktemp("cache")
-    return run_tasks(model, tok, TaskConfig(ALL, limit=None), data_root=data_root, cache=cache)
+    calls: list[tuple[int, int]] = []
+    cfg = TaskConfig(ALL, limit=None)
+    run = run_tasks(
+        model,
+        tok,
+        cfg,
+        data_root=data_root,
+        cache=cache,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    run.info["progress_calls"] = calls
+    return run
+
+
+def test_progress_counts_every_request(run) -> None:
+    calls = run.info["progress_calls"]
+    done, total = calls[-1]
+    # one request per choice: piqa 3×2, winogrande 2×2, arc 3+4, hellaswag 2×4, lambada 2, mmlu 2×4
+    assert done == total == 6 + 4 + 7 + 8 + 2 + 8
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
 def test_every_sample_is_kept_and_metrics_are_their_mean(run) -> None:

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -135,11 +136,17 @@ def _check_hub_names(names: list[str], local: list[str]) -> None:
 
 
 def run_tasks(
-    model: Any, tokenizer: Any, cfg: TaskConfig, *, data_root: Path, cache: Path
+    model: Any,
+    tokenizer: Any,
+    cfg: TaskConfig,
+    *,
+    data_root: Path,
+    cache: Path,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TaskRun:
-    """Evaluate ``model`` on ``cfg.tasks`` through the harness; every sample is kept."""
+    """Evaluate ``model`` on ``cfg.tasks`` through the harness; every sample is kept.
+    ``progress(done, total)`` is called as log-likelihood requests finish."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks = resolve(cfg, data_root)
@@ -149,7 +156,12 @@ def run_tasks(
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     manager = TaskManager(include_path=str(include) if include else None, include_defaults=any_hub)
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device)
+    lm = _bridge_class()(
+        pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device
+    )
+    if progress is not None:
+        lm.progress = _Progress(progress)
+        lm.cache_hook = lm.progress
     t0 = time.perf_counter()
     try:
         raw = lm_eval.simple_evaluate(
@@ -171,6 +183,38 @@ def run_tasks(
     if raw is None:
         raise DataError("the harness returned no result (is this a distributed worker?)")
     return _collect(raw, tasks, cfg, include, tokenizer, seconds)
+
+
+class _Progress:
+    """Counts finished requests: the harness reports each one to its cache hook."""
+
+    def __init__(self, callback: Callable[[int, int], None]) -> None:
+        self.callback, self.done, self.total = callback, 0, 0
+
+    def start(self, total: int) -> None:
+        self.total += total
+        self.callback(self.done, self.total)
+
+    def add_partial(self, attr: str, req: Any, res: Any) -> None:
+        self.done += 1
+        self.callback(self.done, self.total)
+
+
+def _bridge_class() -> type:
+    """The harness's HFLM, reporting progress through lowbit instead of its own bars."""
+    from lm_eval.models.huggingface import HFLM
+
+    class LowbitHFLM(HFLM):  # type: ignore[misc, valid-type]
+        progress: _Progress | None = None
+
+        def _loglikelihood_tokens(self, requests: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.progress is None:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            self.progress.start(len(requests))
+            kwargs["disable_tqdm"] = True
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+    return LowbitHFLM
 
 
 def _display(harness_name: str) -> str:

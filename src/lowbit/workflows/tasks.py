@@ -19,7 +19,8 @@ from lowbit.report.console import console, progress_bar, task_table
 def run_tasks_for(label: str, model: Any, handle: Any, cfg: Any) -> Any:
     """Run the tasks and print their table."""
     console.print(f"[bold]{label}[/]: tasks {', '.join(cfg.tasks)}" + _limit_note(cfg))
-    run = api.evaluate_tasks(model, handle, cfg)
+    with progress_bar(f"{label}: log-likelihood requests", None) as update:
+        run = api.evaluate_tasks(model, handle, cfg, progress=update)
     console.print(task_table(run.metrics, f"{label}: task accuracy ({run.info['seconds']:.0f} s)"))
     return run
 

@@ -129,3 +129,10 @@ def test_resolution_prefers_local_files(data_root: Path, tmp_path: Path) -> None
 def test_bad_task_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         TaskConfig(**kwargs)
+
+
+def test_other_names_resolve_to_the_harness_tasks(data_root: Path) -> None:
+    tasks = resolve(TaskConfig(("piqa", "boolq")), data_root)
+    assert [(t.harness_name, t.local) for t in tasks] == [("local_piqa", True), ("boolq", False)]
+    with pytest.raises(UnknownNameError, match="did you mean 'hellaswag'"):
+        resolve(TaskConfig(("helaswag",), source=TaskSource.HUB), data_root)

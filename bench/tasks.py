@@ -56,7 +56,7 @@ def parity_and_cost(tasks: tuple[str, ...], limit: int) -> dict:
     handle = api.load("smollm2-135m")
     model = handle.load_model()
     run_ = api.evaluate_tasks(model, handle, TaskConfig(tasks, limit))
-    include = run_.info["task_dir"]
+    include = run_.info["task_dirs"]
     direct = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(handle.path), "dtype": "float32", "device": "cpu"},

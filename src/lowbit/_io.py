@@ -48,6 +48,30 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def cache_dir_once(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory to fill and publish it as ``path`` with one rename. If another
+    process published ``path`` first, its directory is kept and ours discarded: a complete
+    cache entry is never replaced while someone may be reading it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        _public(tmp, directory=True)
+        for child in tmp.rglob("*"):
+            _public(child, directory=child.is_dir())
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(path: Path, *, overwrite: bool = False, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it to ``path`` only on success."""
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, mode) as handle:

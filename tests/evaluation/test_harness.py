@@ -75,13 +75,14 @@ def test_mmlu_keeps_subjects_and_categories(run) -> None:
 def test_info_records_selection_and_tokenizer(run) -> None:
     assert run.info["tasks"]["piqa"] == "local"
     assert run.info["limit"] is None and len(run.info["tokenizer"]) == 16
-    assert Path(run.info["task_dir"], "local_piqa.yaml").is_file()
+    assert any(Path(d, "local_piqa.yaml").is_file() for d in run.info["task_dirs"])
 
 
 def test_local_yaml_includes_the_harness_standard_task(run) -> None:
     import yaml
 
-    cfg = yaml.safe_load(Path(run.info["task_dir"], "local_piqa.yaml").read_text())
+    (path,) = [Path(d, "local_piqa.yaml") for d in run.info["task_dirs"] if "piqa" in d]
+    cfg = yaml.safe_load(path.read_text())
     assert cfg["include"].endswith("piqa/piqa.yaml") and Path(cfg["include"]).is_file()
     assert cfg["dataset_path"] == "json" and cfg["validation_split"] == "validation"
 
@@ -89,8 +90,8 @@ def test_local_yaml_includes_the_harness_standard_task(run) -> None:
 def test_prompts_are_the_standard_tasks(data_root: Path, tmp_path: Path) -> None:
     from lm_eval.tasks import TaskManager
 
-    include = task_defs.write_task_dir(data_root, tmp_path)
-    tm = TaskManager(include_path=str(include), include_defaults=False)
+    include = task_defs.write_task_dirs(data_root, tmp_path, ["piqa", "arc_easy", "mmlu"])
+    tm = TaskManager(include_path=[str(p) for p in include], include_defaults=False)
     tasks = tm.load(["local_piqa", "local_arc_easy", "local_mmlu_abstract_algebra"])["tasks"]
     by_name = {str(k).split(":")[0] if ":" in str(k) else str(k): v for k, v in tasks.items()}
     piqa = next(v for k, v in by_name.items() if "piqa" in k)
@@ -136,3 +137,39 @@ def test_other_names_resolve_to_the_harness_tasks(data_root: Path) -> None:
     assert [(t.harness_name, t.local) for t in tasks] == [("local_piqa", True), ("boolq", False)]
     with pytest.raises(UnknownNameError, match="did you mean 'hellaswag'"):
         resolve(TaskConfig(("helaswag",), source=TaskSource.HUB), data_root)
+
+
+def test_task_dirs_are_per_task_and_reused(tmp_path: Path) -> None:
+    """A data directory holding only PIQA serves PIQA; a second call reuses the conversion."""
+    import shutil
+
+    full = make_task_data(tmp_path / "full")
+    only = tmp_path / "only"
+    shutil.copytree(full / "piqa", only / "piqa")
+    (first,) = task_defs.write_task_dirs(only, tmp_path / "cache", ["piqa"])
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+    (again,) = task_defs.write_task_dirs(only, tmp_path / "cache", ["piqa"])
+    assert again == first and (again / "manifest.json").stat().st_mtime_ns == stamp
+    (only / "piqa" / "valid-labels.lst").write_text("1\n1\n0\n")
+    (changed,) = task_defs.write_task_dirs(only, tmp_path / "cache", ["piqa"])
+    assert changed != first  # new data, new conversion
+
+
+def test_generation_tasks_are_refused_before_running(tmp_path: Path) -> None:
+    from lm_eval.tasks import TaskManager
+
+    from lowbit.evaluation.harness import check_supported
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"q": "2+2", "a": "4"}\n')
+    (gen / "gen.yaml").write_text(
+        "task: gen_task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: generate_until\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    tm = TaskManager(include_path=str(gen), include_defaults=False)
+    with pytest.raises(ConfigError, match="'gen_task' .generate_until"):
+        check_supported(tm, ["gen_task"])

@@ -48,6 +48,26 @@ def test_perplexity_and_kl_match_an_independent_computation(models):
     agree = (lr.argmax(-1) == ln.argmax(-1)).double().mean()
     assert res["noisy"].top1_agreement == pytest.approx(float(agree))
     assert res["noisy"].tokens == windows.shape[0] * (windows.shape[1] - 1)
+    flat = kl.reshape(-1).double()
+    for q in (1, 5, 10, 90, 95, 99):
+        assert res["noisy"].kl[f"p{q}"] == pytest.approx(float(flat.quantile(q / 100)), rel=1e-4)
+    assert res["noisy"].kl["stderr"] == pytest.approx(
+        float(flat.std() / flat.numel() ** 0.5), rel=1e-3
+    )
+    assert res["noisy"].ln_ppl_ratio == pytest.approx(
+        float(nll_noisy - nll_ref), rel=1e-4, abs=1e-7
+    )
+    # the histogram, checked against numpy's: counts[0] below the first edge, the last at or above
+    import numpy as np
+
+    hist = res["noisy"].kl_histogram
+    edges = np.array(hist["edges"])
+    inner, _ = np.histogram(flat.numpy(), bins=edges)
+    assert hist["counts"][1:-1] == inner.tolist()[:-1] + [
+        inner[-1] - int((flat.numpy() == edges[-1]).sum())
+    ]
+    assert hist["counts"][0] == int((flat.numpy() < edges[0]).sum())
+    assert sum(hist["counts"]) == flat.numel()
 
 
 def test_a_model_against_itself(models):

@@ -56,7 +56,9 @@ def _exact_two_sided(b: int, c: int) -> float:
 def test_mcnemar_matches_direct_binomial_sum(b: int, c: int) -> None:
     out = mcnemar(b, c)
     assert out["p_exact"] == pytest.approx(_exact_two_sided(b, c), rel=1e-9)
-    assert out["chi2"] == pytest.approx((abs(b - c) - 1) ** 2 / (b + c))
+    assert out["chi2"] == pytest.approx(max(abs(b - c) - 1, 0) ** 2 / (b + c))
+    if b == c:
+        assert out["chi2"] == 0 and out["p_chi2"] == 1.0
 
 
 def test_fp_fn_against_gold_labels() -> None:
@@ -101,10 +103,31 @@ def test_record_from_harness_sample() -> None:
     r = record_from_harness(mc)
     assert (r.pred, r.gold, r.correct, r.correct_norm) == (1, 2, False, True)
     assert r.margin == pytest.approx(1.0)
+    args = [("A sat", " cont"), ("B sat", " cont")]
     wino = {"doc_id": 0, "target": "cont", "filtered_resps": [(-5.0, False), (-4.0, False)],
-            "acc": 0.0}  # fmt: skip
+            "acc": 0.0, "arguments": args}  # fmt: skip
     assert record_from_harness(wino).gold == 0  # predicted 1 and wrong: gold is the other
+    resps = [(-3.0, 0), (-1.0, 0), (-2.0, 0)]
+    text = {"doc_id": 2, "target": "7", "acc": 1.0, "filtered_resps": resps,
+            "arguments": [("q", " 3"), ("q", " 7"), ("q", " 5")]}  # fmt: skip
+    assert record_from_harness(text).gold == 1  # a numeric answer text is a choice, not an index
     lam = {"doc_id": 1, "target": " word", "filtered_resps": [(-2.0, True)], "acc": 1}
     r = record_from_harness(lam)
     assert (r.pred, r.margin, r.gold, r.correct) == (None, None, None, True)
     assert SampleRecord.from_dict(r.to_dict()) == r
+
+
+def test_acc_norm_is_compared_where_present() -> None:
+    ref = [SampleRecord(i, f"d{i}", f"p{i}", True, (0.0, -1.0), None, n) for i, n in
+           enumerate([True, False, True])]  # fmt: skip
+    quant = [SampleRecord(i, f"d{i}", f"p{i}", True, (0.0, -1.0), None, n) for i, n in
+             enumerate([False, False, True])]  # fmt: skip
+    c = compare_samples(ref, quant, task="t")
+    assert c.flip_rate == 0.0  # acc did not change
+    assert c.acc_norm is not None and c.acc_norm["flips_to_wrong"] == 1
+    assert c.acc_norm["acc_ref"] == pytest.approx(2 / 3) and c.acc_norm[
+        "acc_quant"
+    ] == pytest.approx(1 / 3)
+    assert compare_samples(ref[:1], ref[:1], task="t").acc_norm["flip_rate"] == 0.0
+    plain = [rec(0, True, (0.0, -1.0))]
+    assert compare_samples(plain, plain, task="t").acc_norm is None

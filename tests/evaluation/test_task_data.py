@@ -31,7 +31,8 @@ def test_documents_take_the_hub_layouts(root: Path) -> None:
         "answerKey": "B",
     }
     hs = task_data.hellaswag(root)
-    assert hs[0]["activity_label"] == "Cooking" and hs[0]["ctx_a"] == "A man cuts onions. he"
+    assert hs[0]["activity_label"] == "Cooking" and hs[0]["ctx_a"] == "A man cuts onions."
+    assert hs[0]["ctx_b"] == "he"
     assert hs[0]["label"] == "2" and len(hs[0]["endings"]) == 4
     mmlu = task_data.mmlu(root, "abstract_algebra", "test")
     assert mmlu == [
@@ -88,3 +89,37 @@ def test_real_files_have_their_published_sizes() -> None:
     subjects = task_data.mmlu_subjects(root)
     assert len(subjects) == 57
     assert sum(len(task_data.mmlu(root, s, "test")) for s in subjects) == 14042
+
+
+HUB_HELLASWAG = [  # hub-layout items (Rowan/hellaswag fields) of the kinds the file holds
+    {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+     "ctx_b": "he", "endings": ["is using wrap.", "is ripping tiles off.", "holds a cube.",
+                                "starts pulling up roofing."], "label": "3"},
+    {"activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell. She bends down.",
+     "ctx_b": "the lady", "endings": ["swings.", "pulls.", "stands.", "lifts the weight."],
+     "label": "3"},
+    {"activity_label": "Home and Garden", "ctx_a": "[header] How to dry a rug. [title] Hang it.",
+     "ctx_b": "", "endings": ["Wait. [step] Then fold it.", "b.", "c.", "d."], "label": "0"},
+]  # fmt: skip
+
+
+def test_hellaswag_prompts_equal_the_standard_tasks(tmp_path: Path) -> None:
+    """llama.cpp's file joins ``activity_label: ctx_a ctx_b``; read back, the harness's own
+    ``process_docs`` must give the same query, choices and gold as for the hub item."""
+    import bz2
+
+    from datasets import Dataset
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    lines = []
+    for d in HUB_HELLASWAG:
+        ctx = d["ctx_a"] + (" " + d["ctx_b"] if d["ctx_b"] else "")
+        lines += [f"{d['activity_label']}: {ctx}", d["label"], *d["endings"]]
+    (tmp_path / "hellaswag").mkdir()
+    with bz2.open(tmp_path / "hellaswag" / "hellaswag_val_full.txt.bz2", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    ours = process_docs(Dataset.from_list(task_data.hellaswag(tmp_path)))
+    hub = process_docs(Dataset.from_list(HUB_HELLASWAG))
+    for a, b in zip(ours, hub, strict=True):
+        assert (a["query"], a["choices"], a["gold"]) == (b["query"], b["choices"], b["gold"])
+    assert hub[0]["query"].endswith("roof. He")

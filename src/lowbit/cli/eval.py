@@ -62,6 +62,13 @@ def evaluate(
     from lowbit.evaluation.harness import TaskConfig
     from lowbit.workflows import eval_job
 
+    if reference is not None and tasks is not None and eval_text is None:
+        from lowbit.errors import ConfigError
+
+        raise ConfigError(
+            "--reference applies to the text evaluation; add --eval-text, or compare task "
+            "answers with `lowbit compare REFERENCE MODEL --tasks ...`"
+        )
     task_cfg = None
     if tasks is not None:
         task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)

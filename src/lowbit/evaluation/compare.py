@@ -15,10 +15,9 @@ MMLU_PREFIX = task_defs.MMLU + "_"
 
 def group_of(task: str) -> tuple[str, str]:
     """(kind, group) of a leaf task: its MMLU category, else its task family."""
-    if task.startswith(MMLU_PREFIX) and task.removeprefix(MMLU_PREFIX) not in (
-        task_defs.MMLU_CATEGORIES
-    ):
-        return "MMLU category", task_defs.mmlu_category_of(task.removeprefix(MMLU_PREFIX))
+    subject = task.removeprefix(MMLU_PREFIX)
+    if task.startswith(MMLU_PREFIX) and task_defs.is_mmlu_subject(subject):
+        return "MMLU category", task_defs.mmlu_category_of(subject)
     if task in task_defs.LOCAL_TASKS:
         return "task family", task_defs.LOCAL_TASKS.get(task).family
     return "task family", "other"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,10 +150,10 @@ def run_tasks(
 
     tasks = resolve(cfg, data_root)
     any_hub = any(not t.local for t in tasks)
-    include = task_defs.write_task_dir(data_root, cache) if any(t.local for t in tasks) else None
-    if not any_hub:
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    manager = TaskManager(include_path=str(include) if include else None, include_defaults=any_hub)
+    local = [t.name for t in tasks if t.local]
+    include = task_defs.write_task_dirs(data_root, cache, local) if local else []
+    manager = TaskManager(include_path=[str(p) for p in include] or None, include_defaults=any_hub)
+    check_supported(manager, [t.harness_name for t in tasks])
     device = str(next(model.parameters()).device)
     lm = _bridge_class()(
         pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=device
@@ -171,6 +170,9 @@ def run_tasks(
             limit=cfg.limit,
             log_samples=True,
             bootstrap_iters=cfg.bootstrap_iters,
+            random_seed=None,  # leave the caller's random generators alone
+            numpy_random_seed=None,
+            torch_random_seed=None,
         )
     except ValueError as exc:
         if "Duplicate task" in str(exc):  # a task named both alone and through its group
@@ -217,6 +219,26 @@ def _bridge_class() -> type:
     return LowbitHFLM
 
 
+SUPPORTED_OUTPUTS = ("multiple_choice", "loglikelihood")
+
+
+def check_supported(manager: Any, names: list[str]) -> None:
+    """Refuse, before any request runs, tasks whose samples lowbit cannot compare: generation
+    and rolling-perplexity tasks, tasks without ``acc``, or with several filters."""
+    loaded = manager.load(names)
+    for name, task in loaded["tasks"].items():
+        label = str(name).removeprefix(task_defs.LOCAL_PREFIX)
+        kind = task.get_config("output_type")
+        metrics = [m.get("metric") for m in task.get_config("metric_list") or []]
+        filters = task.get_config("filter_list") or []
+        if kind not in SUPPORTED_OUTPUTS or "acc" not in metrics or len(filters) > 1:
+            raise ConfigError(
+                f"task {label!r} ({kind}, metrics {metrics}) cannot be compared per sample: "
+                f"lowbit evaluates {' and '.join(SUPPORTED_OUTPUTS)} tasks scored by 'acc' "
+                "with one filter; run it with lm_eval directly"
+            )
+
+
 def _display(harness_name: str) -> str:
     return harness_name.removeprefix(task_defs.LOCAL_PREFIX)
 
@@ -225,7 +247,7 @@ def _collect(
     raw: dict[str, Any],
     tasks: list[ResolvedTask],
     cfg: TaskConfig,
-    include: Path | None,
+    include: list[Path],
     tokenizer: Any,
     seconds: float,
 ) -> TaskRun:
@@ -246,7 +268,7 @@ def _collect(
     info = {
         "harness": lm_eval.__version__,
         "tasks": {t.name: ("local" if t.local else "hub") for t in tasks},
-        "task_dir": str(include) if include else None,
+        "task_dirs": [str(p) for p in include],
         "limit": cfg.limit,
         "selection": "the first N documents of each task (harness --limit)"
         if cfg.limit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,8 @@ class EvalResult:
     seconds: float
     kl: dict[str, float] | None = None
     top1_agreement: float | None = None
+    top1_agreement_stderr: float | None = None
+    ln_ppl_ratio: float | None = None  # ln(PPL(model) / PPL(reference)) over the same tokens
     delta_p: dict[str, float] | None = None
     kl_histogram: dict[str, list[float]] | None = None
 
@@ -76,7 +78,12 @@ def evaluate_models(
                 del logp
             if progress:
                 progress(w + 1, windows.shape[0])
-    return {name: _finish(a) for name, a in acc.items()}
+    results = {name: _finish(a) for name, a in acc.items()}
+    if "reference" in results:
+        ref_nll = results["reference"].nll
+        for name in candidates:
+            results[name] = replace(results[name], ln_ppl_ratio=results[name].nll - ref_nll)
+    return results
 
 
 def _log_probs(model: Any, x: torch.Tensor, acc: Accumulator) -> torch.Tensor:
@@ -108,8 +115,15 @@ def _finish(acc: Accumulator) -> EvalResult:
     if acc.kl:
         kl = torch.cat(acc.kl).double()
         dp = torch.cat(acc.dp).double()
+        n = kl.numel()
+        agree = torch.cat(acc.agree).double()
         result["kl"] = {
             "mean": float(kl.mean()),
+            "stderr": float(kl.std() / math.sqrt(n)) if n > 1 else 0.0,
+            "min": float(kl.min()),
+            "p1": float(torch.quantile(kl, 0.01)),
+            "p5": float(torch.quantile(kl, 0.05)),
+            "p10": float(torch.quantile(kl, 0.10)),
             "median": float(kl.median()),
             "p90": float(torch.quantile(kl, 0.90)),
             "p95": float(torch.quantile(kl, 0.95)),
@@ -118,8 +132,15 @@ def _finish(acc: Accumulator) -> EvalResult:
             "max": float(kl.max()),
         }
         result["kl_histogram"] = kl_histogram(kl)
-        result["top1_agreement"] = float(torch.cat(acc.agree).double().mean())
-        result["delta_p"] = {"mean": float(dp.mean()), "rms": float(dp.pow(2).mean().sqrt())}
+        p = float(agree.mean())
+        result["top1_agreement"] = p
+        result["top1_agreement_stderr"] = math.sqrt(p * (1 - p) / n)
+        result["delta_p"] = {
+            "mean": float(dp.mean()),
+            "stderr": float(dp.std() / math.sqrt(n)) if n > 1 else 0.0,
+            "rms": float(dp.pow(2).mean().sqrt()),
+            **{f"p{q}": float(torch.quantile(dp, q / 100)) for q in (1, 5, 50, 95, 99)},
+        }
     return EvalResult(**result)
 
 

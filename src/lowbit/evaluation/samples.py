@@ -62,15 +62,6 @@ def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
     """A record from one entry of the harness's logged samples (``acc`` is its own verdict)."""
     scores = tuple(float(r[0]) for r in sample["filtered_resps"])
     correct = bool(sample["acc"])
-    target = sample.get("target")
-    gold: int | None = None
-    if isinstance(target, int) and not isinstance(target, bool) and len(scores) > 1:
-        gold = target
-    elif isinstance(target, str) and target.strip().isdigit() and len(scores) > 1:
-        gold = int(target)
-    elif len(scores) == 2:  # e.g. WinoGrande, whose target is the shared continuation
-        best = 0 if scores[0] >= scores[1] else 1
-        gold = best if correct else 1 - best
     norm = sample.get("acc_norm")
     return SampleRecord(
         doc_id=int(sample["doc_id"]),
@@ -78,9 +69,28 @@ def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
         prompt_hash=str(sample.get("prompt_hash", "")),
         correct=correct,
         scores=scores,
-        gold=gold,
+        gold=_gold(sample, scores, correct),
         correct_norm=None if norm is None else bool(norm),
     )
+
+
+def _gold(sample: dict[str, Any], scores: tuple[float, ...], correct: bool) -> int | None:
+    """The gold choice as the harness scores it: an index target, or a text target that is
+    exactly one of the choices; for a two-way task whose target is shared by both choices
+    (WinoGrande's partial scoring), the verdict and the prediction determine it."""
+    target = sample.get("target")
+    if len(scores) < 2:
+        return None
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    choices = [str(arg[1]).removeprefix(" ") for arg in sample.get("arguments", [])]
+    matches = [i for i, c in enumerate(choices) if c == target]
+    if len(matches) == 1:
+        return matches[0]
+    if len(scores) == 2:
+        best = 0 if scores[0] >= scores[1] else 1
+        return best if correct else 1 - best
+    return None
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Comparison:
     mcnemar: dict[str, float]
     flips_by_margin: list[dict[str, Any]]
     fp_fn: dict[str, dict[str, float | None]] | None = None
+    acc_norm: dict[str, Any] | None = None
 
     @property
     def delta(self) -> float:
@@ -109,28 +120,42 @@ class Comparison:
 def compare_samples(
     ref: list[SampleRecord], quant: list[SampleRecord], *, task: str, two_way: bool = False
 ) -> Comparison:
-    """Compare two runs over the same items (same ids and prompts, in any order)."""
+    """Compare two runs over the same items (same ids and prompts, in any order) on ``acc``;
+    on ``acc_norm`` too where the task has it (in ``acc_norm``, without margins or FP/FN)."""
     pairs = _pair(ref, quant, task)
-    r = [a.correct for a, _ in pairs]
-    q = [b.correct for _, b in pairs]
-    n = len(pairs)
+    stats = verdict_stats([a.correct for a, _ in pairs], [b.correct for _, b in pairs])
+    norm = None
+    if all(a.correct_norm is not None and b.correct_norm is not None for a, b in pairs):
+        norm = verdict_stats(
+            [bool(a.correct_norm) for a, _ in pairs], [bool(b.correct_norm) for _, b in pairs]
+        )
+    return Comparison(
+        **stats,
+        flips_by_margin=flips_by_margin(pairs),
+        fp_fn={"reference": fp_fn(ref), "quantized": fp_fn(quant)} if two_way else None,
+        acc_norm=norm,
+    )
+
+
+def verdict_stats(r: list[bool], q: list[bool]) -> dict[str, Any]:
+    """Accuracies, flips both ways, flip rate, error-set Jaccard and McNemar of two verdict
+    lists over the same items."""
+    n = len(r)
     to_wrong = sum(a and not b for a, b in zip(r, q, strict=True))
     to_right = sum(b and not a for a, b in zip(r, q, strict=True))
     err_r = {i for i, ok in enumerate(r) if not ok}
     err_q = {i for i, ok in enumerate(q) if not ok}
     union = err_r | err_q
-    return Comparison(
-        n=n,
-        acc_ref=sum(r) / n,
-        acc_quant=sum(q) / n,
-        flips_to_wrong=to_wrong,
-        flips_to_right=to_right,
-        flip_rate=(to_wrong + to_right) / n,
-        error_jaccard=len(err_r & err_q) / len(union) if union else 1.0,
-        mcnemar=mcnemar(to_wrong, to_right),
-        flips_by_margin=flips_by_margin(pairs),
-        fp_fn={"reference": fp_fn(ref), "quantized": fp_fn(quant)} if two_way else None,
-    )
+    return {
+        "n": n,
+        "acc_ref": sum(r) / n,
+        "acc_quant": sum(q) / n,
+        "flips_to_wrong": to_wrong,
+        "flips_to_right": to_right,
+        "flip_rate": (to_wrong + to_right) / n,
+        "error_jaccard": len(err_r & err_q) / len(union) if union else 1.0,
+        "mcnemar": mcnemar(to_wrong, to_right),
+    }
 
 
 def _pair(
@@ -158,13 +183,14 @@ def _pair(
 
 def mcnemar(b: int, c: int) -> dict[str, float]:
     """McNemar's test on the discordant pairs (b: right → wrong, c: wrong → right): the exact
-    two-sided binomial p-value and the continuity-corrected chi-square statistic and p-value."""
+    two-sided binomial p-value and the continuity-corrected chi-square statistic
+    max(|b − c| − 1, 0)² / (b + c) and its p-value."""
     from scipy.stats import binomtest, chi2
 
     n = b + c
     if n == 0:
         return {"b": b, "c": c, "p_exact": 1.0, "chi2": 0.0, "p_chi2": 1.0}
-    stat = (abs(b - c) - 1) ** 2 / n
+    stat = max(abs(b - c) - 1, 0) ** 2 / n  # continuity-corrected; 0 when b = c
     return {
         "b": b,
         "c": c,

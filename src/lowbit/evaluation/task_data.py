@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from lowbit.errors import DataError
 Doc = dict[str, Any]
 
 
-def _open_text(path: Path) -> Iterator[str]:
+def _open_text(path: Path, newline: str | None = None) -> Iterator[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such file; set LOWBIT_DATA_DIR to the data directory")
     opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8", newline=newline) as fh:  # type: ignore[operator]
         yield from fh
 
 
@@ -55,10 +56,14 @@ def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[Doc]:
 
 def read_labels(path: Path, count: int, allowed: tuple[str, ...]) -> list[str]:
     """One label per line, exactly ``count`` of them, each one of ``allowed``."""
-    labels = [line.strip() for line in _open_text(path) if line.strip()]
-    for n, label in enumerate(labels, start=1):
+    labels = []
+    for n, line in enumerate(_open_text(path), start=1):
+        label = line.strip()
+        if not label:
+            continue
         if label not in allowed:
             raise DataError(f"{path}:{n}: label {label!r} is not one of {', '.join(allowed)}")
+        labels.append(label)
     if len(labels) != count:
         raise DataError(
             f"{path}: {len(labels)} labels for {count} records; the files must pair line by line"
@@ -110,9 +115,11 @@ def arc(path: Path) -> list[Doc]:
 def hellaswag(root: Path) -> list[Doc]:
     """HellaSwag validation from llama.cpp's layout (context, gold index, four endings).
 
-    The context line is ``activity_label: ctx``; it is split at the first ': ' so that the
-    harness's own ``process_docs`` rebuilds it. The file does not mark where ``ctx_a`` ends, so
-    ``ctx_b`` is empty and the harness's capitalisation of ``ctx_b`` does not apply.
+    The context line is ``activity_label: ctx_a ctx_b``, split at the first ': '. The file does
+    not mark where ``ctx_a`` ends; ``ctx_b`` is taken as the unfinished sentence after the last
+    sentence end when it starts in lower case (as in the hub data, where it is the start of the
+    sentence the endings complete), so that the harness's ``process_docs`` capitalises it as it
+    does for the hub version; otherwise ``ctx_b`` is empty.
     """
     path = root / "hellaswag" / "hellaswag_val_full.txt.bz2"
     lines = [line.rstrip("\n") for line in _open_text(path)]
@@ -126,10 +133,27 @@ def hellaswag(root: Path) -> list[Doc]:
             raise DataError(f"{path}:{i + 1}: context has no 'activity: ' prefix")
         if gold not in ("0", "1", "2", "3"):
             raise DataError(f"{path}:{i + 2}: gold index {gold!r} is not 0-3")
+        ctx_a, ctx_b = split_context(ctx)
         docs.append(
-            {"activity_label": label, "ctx_a": ctx, "ctx_b": "", "endings": endings, "label": gold}
-        )
+            {"activity_label": label, "ctx_a": ctx_a, "ctx_b": ctx_b, "endings": endings,
+             "label": gold}
+        )  # fmt: skip
     return docs
+
+
+_SENTENCE_END = re.compile(r"[.!?]\s+(?=\S)")
+
+
+def split_context(ctx: str) -> tuple[str, str]:
+    """(ctx_a, ctx_b): ``ctx_b`` is the lower-case fragment after the last sentence end."""
+    ends = list(_SENTENCE_END.finditer(ctx))
+    if not ends:
+        return (ctx, "") if not ctx[:1].islower() else ("", ctx)
+    cut = ends[-1].end()
+    tail = ctx[cut:]
+    if tail[:1].islower():
+        return ctx[: ends[-1].start() + 1], tail
+    return ctx, ""
 
 
 def lambada(root: Path) -> list[Doc]:
@@ -155,7 +179,7 @@ def mmlu(root: Path, subject: str, split: str) -> list[Doc]:
     ``choices`` (4) and the integer ``answer``."""
     path = root / "mmlu" / split / f"{subject}_{split}.csv"
     docs = []
-    for n, row in enumerate(csv.reader(_open_text(path)), start=1):  # rows, not lines
+    for n, row in enumerate(csv.reader(_open_text(path, newline="")), start=1):  # rows
         if not row:
             continue
         if len(row) != 6 or row[5] not in ("A", "B", "C", "D"):

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowbit._io import atomic_dir
+from lowbit._io import cache_dir_once
 from lowbit._registry import Registry
 from lowbit.errors import DataError
 from lowbit.evaluation import task_data
 
 LOCAL_PREFIX = "local_"
-DEFS_VERSION = 1  # bump when the written YAML or documents change
 MMLU_CATEGORIES = ("stem", "humanities", "social_sciences", "other")
 
 
@@ -93,6 +92,11 @@ def local_names() -> list[str]:
     ]
 
 
+def is_mmlu_subject(subject: str) -> bool:
+    """Whether the harness defines ``mmlu_<subject>`` as a subject of its default MMLU."""
+    return (harness_tasks_dir() / "mmlu" / "default" / f"mmlu_{subject}.yaml").is_file()
+
+
 def mmlu_category_of(subject: str) -> str:
     """The category of an MMLU subject, read from the harness's own subject file."""
     import yaml
@@ -104,21 +108,30 @@ def mmlu_category_of(subject: str) -> str:
     return str(tag).removeprefix("mmlu_").removesuffix("_tasks")
 
 
-def write_task_dir(data_root: Path, cache: Path) -> Path:
-    """Convert the local data and write the task YAMLs (once per data and harness version);
-    returns the include directory."""
+def write_task_dirs(data_root: Path, cache: Path, names: list[str]) -> list[Path]:
+    """Convert the local data of the tasks ``names`` (local names; an MMLU name brings all of
+    MMLU) and write their YAML, each task once per data, code and harness version; returns the
+    include directories."""
+    units = sorted({MMLU if _is_mmlu(n) else n for n in names})
+    return [_task_dir(data_root, cache, unit) for unit in units]
+
+
+def _is_mmlu(name: str) -> bool:
+    return name == MMLU or name.startswith(MMLU + "_")
+
+
+def _task_dir(root: Path, cache: Path, unit: str) -> Path:
     import lm_eval
 
-    key = _fingerprint(data_root, lm_eval.__version__)
-    out = cache / "tasks" / key
+    out = cache / "tasks" / f"{unit}-{_fingerprint(root, unit)}"
     if (out / "manifest.json").is_file():
         return out
-    with atomic_dir(out, overwrite=True) as tmp:
-        files: dict[str, str] = {}
-        for name, task in LOCAL_TASKS:
-            files[name] = _write_task(tmp, out, task, data_root)
-        _write_mmlu(tmp, out, data_root)
-        manifest = {"harness": lm_eval.__version__, "data": str(data_root), "version": DEFS_VERSION}
+    with cache_dir_once(out) as tmp:
+        if unit == MMLU:
+            _write_mmlu(tmp, out, root)
+        else:
+            _write_task(tmp, out, LOCAL_TASKS.get(unit), root)
+        manifest = {"harness": lm_eval.__version__, "data": str(root), "task": unit}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -132,7 +145,7 @@ def _write_task(tmp: Path, final: Path, task: LocalTask, root: Path) -> str:
     config = {
         "include": str(harness_tasks_dir() / task.standard_yaml),
         "task": task.harness_name,
-        "tag": ["lowbit_local"],
+        "tag": [],  # not in the standard task's tags (e.g. ai2_arc), which name hub tasks
         "dataset_path": "json",
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {task.split: str(final / data)}},
@@ -192,22 +205,32 @@ def _write_yaml(path: Path, config: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
-def _fingerprint(root: Path, harness_version: str) -> str:
-    h = hashlib.sha256(f"{DEFS_VERSION}:{harness_version}:{root.resolve()}".encode())
-    for rel in sorted({f for _, t in LOCAL_TASKS for f in t.files}) + ["mmlu"]:
-        path = root / rel
-        for file in sorted(path.rglob("*.csv")) if path.is_dir() else [path]:
-            if not file.is_file():
-                raise DataError(f"{file}: no such file; set LOWBIT_DATA_DIR to the data directory")
-            h.update(file.name.encode())
-            h.update(hashlib.sha256(file.read_bytes()).digest())
+def _fingerprint(root: Path, unit: str) -> str:
+    """Hash of the task's files, this module's and the readers' source, and the harness's
+    version and location (the YAML includes its files by absolute path)."""
+    import lm_eval
+
+    h = hashlib.sha256(f"{lm_eval.__version__}:{harness_tasks_dir()}:{root.resolve()}".encode())
+    for module in (__file__, task_data.__file__):
+        h.update(Path(module).read_bytes())
+    if unit == MMLU:
+        files = sorted((root / "mmlu").glob("*/*.csv"))
+        if not files:
+            raise DataError(f"{root / 'mmlu'}: no csv files; set LOWBIT_DATA_DIR")
+    else:
+        files = [root / f for f in LOCAL_TASKS.get(unit).files]
+    for file in files:
+        if not file.is_file():
+            raise DataError(f"{file}: no such file; set LOWBIT_DATA_DIR to the data directory")
+        h.update(file.name.encode())
+        h.update(hashlib.sha256(file.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 
 def files_present(root: Path, name: str) -> bool:
     """Whether the local data for task ``name`` (a local name) is under ``root``."""
     base = name.removeprefix(LOCAL_PREFIX)
-    if base == MMLU or base.startswith(MMLU + "_"):
+    if _is_mmlu(base):
         return (root / "mmlu" / "test").is_dir()
     return base in LOCAL_TASKS and all((root / f).is_file() for f in LOCAL_TASKS.get(base).files)
 
@@ -220,5 +243,5 @@ __all__ = [
     "files_present",
     "local_names",
     "mmlu_category_of",
-    "write_task_dir",
+    "write_task_dirs",
 ]

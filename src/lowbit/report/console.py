@@ -88,7 +88,7 @@ def task_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for header in ("task", "acc", "acc_norm", "perplexity"):
         table.add_column(header, justify="left" if header == "task" else "right")
-    shown = {k: v for k, v in metrics.items() if not _is_mmlu_subject(k)}
+    shown = {k: v for k, v in metrics.items() if not is_mmlu_subject(k)}
     for name, m in shown.items():
         table.add_row(
             name,
@@ -99,7 +99,7 @@ def task_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
     return table
 
 
-def _is_mmlu_subject(name: str) -> bool:
+def is_mmlu_subject(name: str) -> bool:
     groups = {"mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_social_sciences", "mmlu_other"}
     return name.startswith("mmlu_") and name not in groups
 
@@ -122,7 +122,7 @@ def comparison_table(tasks: dict[str, dict[str, Any]], title: str) -> Table:
     for header in headers:
         table.add_column(header, justify="left" if header == "task" else "right")
     for name, c in tasks.items():
-        if _is_mmlu_subject(name):
+        if is_mmlu_subject(name):
             continue
         table.add_row(
             name,

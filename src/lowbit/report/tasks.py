@@ -39,12 +39,25 @@ def _tasks(report: Report, tasks: dict[str, Any]) -> None:
         "task", "n", "acc ref", "acc quant", "Δ acc", "right→wrong", "wrong→right", "flip rate",
         "error Jaccard", "McNemar p", "FP/FN ref → quant",
     ]  # fmt: skip
+    rows += [
+        [f"{name} (acc_norm)", n["n"], n["acc_ref"], n["acc_quant"],
+         n["acc_quant"] - n["acc_ref"], n["flips_to_wrong"], n["flips_to_right"], n["flip_rate"],
+         n["error_jaccard"], n["mcnemar"]["p_exact"], "n/a"]
+        for name, c in tasks.items() if (n := c.get("acc_norm")) and not _is_subject(name)
+    ]  # fmt: skip
     report.table(header, rows)
     report.note(
-        "Flips count items whose correctness changed; the error Jaccard is |E_ref ∩ E_quant| / "
-        "|E_ref ∪ E_quant|; McNemar's exact two-sided p-value tests the accuracy change on the "
-        "discordant items; FP/FN is for two-way tasks with choice 2 as the positive class."
+        "Flips count items whose correctness changed; the error Jaccard is "
+        "|E_ref ∩ E_quant| / |E_ref ∪ E_quant|; McNemar's exact two-sided p-value tests the "
+        "accuracy change on the discordant items; FP/FN is for two-way tasks with choice 2 as "
+        "the positive class."
     )
+
+
+def _is_subject(name: str) -> bool:
+    from lowbit.report.console import is_mmlu_subject
+
+    return is_mmlu_subject(name)
 
 
 def _ratio(counts: dict[str, Any]) -> str:
@@ -68,14 +81,15 @@ def _categories(report: Report, rows: list[dict[str, Any]]) -> None:
 
 def _margins(report: Report, tasks: dict[str, Any]) -> None:
     report.heading("flip rate by the reference model's margin between its top two choices")
+    report.note("Empty margin buckets are left blank; MMLU appears pooled over its subjects.")
     buckets = None
     series: dict[str, list[float]] = {}
     for name, c in tasks.items():
         rows = c["flips_by_margin"]
-        if not any(r["n"] for r in rows):
+        if not any(r["n"] for r in rows) or _is_subject(name):
             continue
         buckets = [f"[{r['lo']}, {r['hi'] if r['hi'] is not None else '∞'})" for r in rows]
-        series[name] = [r["rate"] or 0.0 for r in rows]
+        series[name] = [r["rate"] if r["rate"] is not None else float("nan") for r in rows]
     if not buckets:
         report.note("no task with choices")
         return

@@ -41,6 +41,8 @@ def compare_job(
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Compare ``quantized`` with ``reference`` on tasks (per sample) and on a text (KL)."""
+    if report_path is not None and Path(report_path).resolve() == Path(result_path).resolve():
+        raise DataError(f"--report and --output are both {result_path}; give two paths")
     api.check_outputs(result_path, report_path, overwrite=overwrite)
     if reference.endswith(".json") and quantized.endswith(".json"):
         out = _compare_results(Path(reference), Path(quantized))
@@ -48,13 +50,16 @@ def compare_job(
         out = _compare_models(reference, quantized, tasks, text, allow_pickle)
     out = {"reference": reference, "quantized": quantized, **out}
     _print_comparison(out)
+    report = None
     if report_path is not None:
         from lowbit.report.tasks import compare_report
 
-        compare_report(out).write(report_path, overwrite=overwrite)
-        console.print(f"report written to {report_path}")
+        report = compare_report(out)  # rendered before anything is written
     api.write_result(result_path, out, overwrite=overwrite)
     console.print(f"result written to {result_path}")
+    if report is not None and report_path is not None:
+        report.write(report_path, overwrite=overwrite)
+        console.print(f"report written to {report_path}")
     return out
 
 

@@ -168,7 +168,7 @@ def test_missing_or_malformed_files_are_artefact_errors(tmp_path):
     ("patch", "message"),
     [
         ({"granularity": {"type": "row"}}, "unknown granularity 'row'"),
-        ({"algorithm": {"name": "awq"}}, "unknown algorithm 'awq'"),
+        ({"algorithm": {"name": "hqq"}}, "unknown algorithm 'hqq'"),
         ({"algorithm": {"name": "gptq", "act_order": "desc"}}, "'desc'"),
         ({"format": {"type": "fp", "bits": 4}}, "unknown format type 'fp'"),
         ({"format": {"bits": 9}}, "got 9"),

@@ -112,10 +112,12 @@ def save(qm: Any, out: Path, provenance: dict[str, Any], *, overwrite: bool = Fa
 
 
 def fake_quant_model(handle: Any, qm: Any) -> Any:
-    """A dense model with ``qm``'s dequantized weights."""
+    """A dense model with ``qm``'s dequantized weights (and the norms AWQ or SmoothQuant
+    rescaled)."""
     from lowbit.models.fakequant import apply_weights
+    from lowbit.models.smoothing import load_smoothed
 
-    return apply_weights(handle.load_model(), qm.weights)
+    return apply_weights(load_smoothed(handle.load_model(), qm.smoothed), qm.weights)
 
 
 def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any, dict | None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig, check_gptq_format
+from lowbit.algorithms.config import AWQConfig
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.formats import (
     Granularity,
@@ -234,6 +235,14 @@ def _algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
             "block_size": a.block_size,
             "act_order": a.act_order.value,
         }
+    if isinstance(a, AWQConfig):
+        return {
+            "name": "awq",
+            "grid": a.grid,
+            "clip": a.clip,
+            "n_clip_grid": a.n_clip_grid,
+            "max_shrink": a.max_shrink,
+        }
     if isinstance(a.clipping, MinMax):  # the default: plans written before clipping existed
         return {"name": "rtn"}
     return {"name": "rtn", "clipping": a.clipping.to_dict()}
@@ -247,4 +256,14 @@ def _algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:
         return GPTQConfig(
             float(d.get("damp", 0.01)), int(d.get("block_size", 128)), d.get("act_order", "static")
         )
-    raise ConfigError(f"unknown algorithm {name!r}; known: 'gptq', 'rtn'")
+    if name == "awq":
+        return _awq_from_dict(d)
+    raise ConfigError(f"unknown algorithm {name!r}; known: 'awq', 'gptq', 'rtn'")
+
+
+def _awq_from_dict(d: dict[str, Any]) -> AWQConfig:
+    known = ("grid", "clip", "n_clip_grid", "max_shrink")
+    unknown = sorted(set(d) - {"name", *known})
+    if unknown:
+        raise ConfigError(f"unknown AWQ option(s) {unknown}; known: {', '.join(known)}")
+    return AWQConfig(**{k: d[k] for k in known if k in d})

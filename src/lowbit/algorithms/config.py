@@ -71,4 +71,61 @@ class GPTQConfig:
         object.__setattr__(self, "act_order", act_order)
 
 
-AlgorithmConfig = RTNConfig | GPTQConfig
+@dataclass(frozen=True)
+class AWQConfig:
+    """AWQ (Lin et al., 2023): activation-aware per-input-channel scales, then a clip search.
+
+    Per smoothing pair of the architecture (a norm or linear feeding some linears), scales
+    s = mean|x|^α (normalised by √(max s · min s)) are tried for α = 0, 1/grid, …,
+    (grid-1)/grid; the one whose quantized W·diag(s) (the layer's own format) gives the least
+    output error is folded into the pair (1/s into the norm or the previous linear's rows).
+    Then, when ``clip``, each group's range is shrunk by the ratio among 1, 1 - 1/n_clip_grid,
+    … (while the shrink stays below ``max_shrink``, as llm-awq) with the least output error, and
+    the weight is rounded to nearest. Works with every weight format.
+    """
+
+    grid: int = 20
+    clip: bool = True
+    n_clip_grid: int = 20
+    max_shrink: float = 0.5
+
+    name = "awq"
+    needs_calibration = True
+
+    def __post_init__(self) -> None:
+        for field_name in ("grid", "n_clip_grid"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"AWQ {field_name} must be a positive integer, got {value!r}; 20 is usual"
+                )
+        if not isinstance(self.clip, bool):
+            raise ConfigError(f"AWQ clip must be true or false, got {self.clip!r}")
+        if isinstance(self.max_shrink, bool) or not 0.0 < float(self.max_shrink) < 1.0:
+            raise ConfigError(
+                f"AWQ max_shrink must be in (0, 1), got {self.max_shrink!r}; 0.5 is usual"
+            )
+
+    def clip_ratios(self) -> list[float]:
+        """Range shrink ratios the clip search tries, 1.0 (no clipping) first."""
+        steps = max(1, int(self.max_shrink * self.n_clip_grid))
+        return [1.0 - i / self.n_clip_grid for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig:
+    """SmoothQuant (Xiao et al., 2022): s_j = max|X_j|^α / max|W_j|^(1-α) per input channel of
+    each norm → linears pair, folded into the norm before the weights (and activations) are
+    quantized; ``alpha`` is the migration strength (0.5 usual, 0.75-0.85 for models with
+    strong activation outliers)."""
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not 0.0 < float(self.alpha) < 1.0:
+            raise ConfigError(
+                f"SmoothQuant alpha must be in (0, 1), got {self.alpha!r}; 0.5 is usual"
+            )
+
+
+AlgorithmConfig = RTNConfig | GPTQConfig | AWQConfig

@@ -4,6 +4,15 @@ A spec names where the decoder blocks live, and the block's linear layers in the
 block calls them, grouped by shared input (``sequential_groups``): members of a group read the
 same activations, so they share one Hessian and are quantized together before the block goes
 on. Supporting a new family is a new :class:`ArchSpec`, not a new code path.
+
+``smoothing_pairs`` name, per block, an operation whose output feeds some linears and can absorb
+a per-channel scale (a norm's weight, or a preceding linear's rows): AWQ and SmoothQuant divide
+it by s and multiply the linears' input columns by s, which leaves the block's function
+unchanged. A linear → linear pair is valid only when the preceding linear's output channels are
+exactly the next linear's input channels: with grouped-query attention v_proj has fewer output
+channels than o_proj has inputs, and the pair is skipped for that model (as llm-awq does; the
+scales could be repeated per KV head, which neither llm-awq nor lowbit does). A linear followed
+by a nonlinearity (OPT's fc1 → ReLU → fc2) is no pair at all.
 """
 
 from __future__ import annotations
@@ -12,6 +21,15 @@ from dataclasses import dataclass
 
 from lowbit._registry import Registry
 from lowbit.errors import ModelSourceError
+
+
+@dataclass(frozen=True)
+class SmoothingPair:
+    """``prev`` (a norm, or a linear when ``prev_is_linear``) feeds ``linears`` directly."""
+
+    prev: str
+    linears: tuple[str, ...]
+    prev_is_linear: bool = False
 
 
 @dataclass(frozen=True)
@@ -25,6 +43,10 @@ class ArchSpec:
     fused_groups: tuple[tuple[str, ...], ...] = ()
     # The value and down projections, which llama.cpp's mixes give more bits.
     value_and_down: tuple[str, ...] = ()
+    # Operations that can absorb per-channel scales for AWQ / SmoothQuant (see the docstring).
+    smoothing_pairs: tuple[SmoothingPair, ...] = ()
+    # Linears whose outputs meet in a product (q·kᵀ), where AWQ's clip search is not run.
+    no_clip: tuple[str, ...] = ()
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -52,6 +74,15 @@ LLAMA = ARCHITECTURES.register(
             ("mlp.gate_proj", "mlp.up_proj"),
         ),
         value_and_down=("self_attn.v_proj", "mlp.down_proj"),
+        smoothing_pairs=(
+            SmoothingPair(
+                "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+            ),
+            SmoothingPair("self_attn.v_proj", ("self_attn.o_proj",), prev_is_linear=True),
+            SmoothingPair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+            SmoothingPair("mlp.up_proj", ("mlp.down_proj",), prev_is_linear=True),
+        ),
+        no_clip=("self_attn.q_proj", "self_attn.k_proj"),
     ),
 )
 
@@ -70,6 +101,15 @@ OPT = ARCHITECTURES.register(
         ),
         fused_groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
         value_and_down=("self_attn.v_proj", "fc2"),
+        smoothing_pairs=(
+            SmoothingPair(
+                "self_attn_layer_norm",
+                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            ),
+            SmoothingPair("self_attn.v_proj", ("self_attn.out_proj",), prev_is_linear=True),
+            SmoothingPair("final_layer_norm", ("fc1",)),  # fc1 → ReLU → fc2: no pair
+        ),
+        no_clip=("self_attn.q_proj", "self_attn.k_proj"),
     ),
 )
 
@@ -87,6 +127,13 @@ PHI3 = ARCHITECTURES.register(
             ("mlp.down_proj",),
         ),
         value_and_down=("mlp.down_proj",),  # q/k/v are one stored matrix here
+        # Only the norm pairs: v and up are row ranges of the fused qkv_proj / gate_up_proj,
+        # which a whole-linear pair cannot name (their o_proj / down_proj get no scales).
+        smoothing_pairs=(
+            SmoothingPair("input_layernorm", ("self_attn.qkv_proj",)),
+            SmoothingPair("post_attention_layernorm", ("mlp.gate_up_proj",)),
+        ),
+        no_clip=("self_attn.qkv_proj",),
     ),
 )
 

@@ -18,12 +18,15 @@ import torch
 from torch import nn
 
 from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn_quantize
+from lowbit.algorithms.awq import awq_quantize
+from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.formats import QuantizedWeight
 from lowbit.models.capture import capture_inputs
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
+from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.models.staged import run_block_staged, run_block_two_pass
 from lowbit.plan import LayerSpec, Plan
@@ -52,6 +55,10 @@ class QuantizedModel:
     kept: list[str]
     layers: list[LayerReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # tensors AWQ / SmoothQuant changed outside the quantized linears (norm weights and
+    # biases, previous linears' biases), by parameter name; and AWQ's choice per pair
+    smoothed: dict[str, torch.Tensor] = field(default_factory=dict)
+    smoothing: list[PairRecord] = field(default_factory=list)
 
 
 def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
@@ -70,23 +77,32 @@ def quantize_model(
     *,
     pipeline: PipelineConfig = DEFAULT_PIPELINE,
     progress: Progress | None = None,
+    smoothquant: SmoothQuantConfig | None = None,
 ) -> QuantizedModel:
     """Quantize every linear layer of ``handle``'s blocks as ``plan`` says.
 
-    ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ.
+    ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ or AWQ,
+    or with ``smoothquant`` (each block is smoothed before its weights are quantized).
     """
     lazy = LazyModel(handle)
     names = linear_names(lazy.model, handle)
     specs = plan.resolve(names)
-    needs_data = any(s is not None and s.algorithm.needs_calibration for s in specs.values())
-    if needs_data and (calibration is None or calibration.numel() == 0):
-        raise ConfigError("the plan uses GPTQ, which needs calibration windows; give --calib text")
+    check_smoothing(handle.arch, specs, smoothquant is not None)
+    needs = sorted(
+        {s.algorithm.name for s in specs.values() if s and s.algorithm.needs_calibration}
+    )
+    needs += ["smoothquant"] if smoothquant is not None else []
+    if needs and (calibration is None or calibration.numel() == 0):
+        raise ConfigError(
+            f"the plan uses {', '.join(needs)}, which needs calibration windows; give --calib text"
+        )
+    needs_data = bool(needs)
     result = QuantizedModel(handle, plan, {}, [n for n, s in specs.items() if s is None])
     start = time.perf_counter()
     with torch.no_grad():
         if needs_data:
             fix_mmap_threshold()
-            _calibrated(lazy, handle, specs, calibration, pipeline, result, progress)
+            _calibrated(lazy, handle, specs, calibration, pipeline, result, progress, smoothquant)
         else:
             _data_free(lazy, handle, specs, result, progress)
     result.timings["quantize_s"] = time.perf_counter() - start
@@ -120,6 +136,7 @@ def _calibrated(
     pipeline: PipelineConfig,
     result: QuantizedModel,
     progress: Progress | None,
+    smoothquant: SmoothQuantConfig | None = None,
 ) -> None:
     t0 = time.perf_counter()
     hidden, kwargs = capture_block_inputs(lazy, handle, calibration, pipeline.chunk_size)
@@ -134,20 +151,45 @@ def _calibrated(
     for i in range(n_blocks):
         path = f"{arch.blocks_path}.{i}"
         block = lazy.materialize(path)
+        _smooth(block, path, hidden, kwargs, arch, specs, smoothquant, result)
         groups = [
             [(f"{path}.{m}", block.get_submodule(m)) for m in group]
             for group in arch.sequential_groups
         ]
+        no_clip = {f"{path}.{m}" for m in arch.no_clip}
 
-        def on_group(g: int, stat: HessianAccumulator, groups: list = groups) -> None:
+        def on_group(
+            g: int, stat: HessianAccumulator, groups: list = groups, no_clip: set = no_clip
+        ) -> None:
             H = stat.hessian()
             for name, module in groups[g]:
-                _quantize_layer(name, module, specs[name], H, result)
+                _quantize_layer(name, module, specs[name], H, result, clip=name not in no_clip)
 
         hidden = run(block, hidden, kwargs, groups, on_group)
         lazy.release(path)
         if progress:
             progress(i + 1, n_blocks)
+
+
+def _smooth(
+    block: nn.Module,
+    path: str,
+    hidden: list[torch.Tensor],
+    kwargs: list[dict[str, Any]],
+    arch: Any,
+    specs: dict,
+    smoothquant: SmoothQuantConfig | None,
+    result: QuantizedModel,
+) -> None:
+    """SmoothQuant and AWQ scales for this block, folded into it before it is quantized."""
+    t0 = time.perf_counter()
+    done = smooth_block(block, path, hidden, kwargs, arch, specs, smoothquant)
+    result.smoothed.update(done.tensors)
+    result.smoothing.extend(done.records)
+    if done.tensors:
+        result.timings["smoothing_s"] = (
+            result.timings.get("smoothing_s", 0.0) + time.perf_counter() - t0
+        )
 
 
 def _quantize_layer(
@@ -156,6 +198,8 @@ def _quantize_layer(
     spec: LayerSpec | None,
     H: torch.Tensor | None,
     result: QuantizedModel,
+    *,
+    clip: bool = True,
 ) -> None:
     t0 = time.perf_counter()
     W = module.weight.data
@@ -165,7 +209,7 @@ def _quantize_layer(
     if spec is None:
         result.layers.append(LayerReport(name, "kept (fp32)", shape, 32.0, 0.0))
         return
-    qw, loss, damp = quantize_weight(name, W, spec, H)
+    qw, loss, damp = quantize_weight(name, W, spec, H, clip=clip)
     module.weight.data = qw.dequantize().to(W.dtype)
     result.weights[name] = qw
     result.layers.append(
@@ -176,10 +220,17 @@ def _quantize_layer(
 
 
 def quantize_weight(
-    name: str, W: torch.Tensor, spec: LayerSpec, H: torch.Tensor | None
+    name: str, W: torch.Tensor, spec: LayerSpec, H: torch.Tensor | None, *, clip: bool = True
 ) -> tuple[QuantizedWeight, float | None, float | None]:
     """Quantize ``W`` (out, in) as ``spec`` says; GPTQ needs ``H`` (in, in). Returns the weight,
-    GPTQ's loss and the damping it used (None for RTN)."""
+    GPTQ's loss and the damping it used (None for RTN).
+
+    AWQ here is its clip search (``H`` given, ``clip`` and the config's ``clip``) and round to
+    nearest: its scales are folded into the block before (:func:`smooth_block`); a layer
+    quantized alone (sensitivity probes) gets no scales."""
+    if isinstance(spec.algorithm, AWQConfig):
+        awq = spec.algorithm
+        return awq_quantize(W, H, spec.fmt, spec.granularity, awq, clip=clip, name=name), None, None
     if isinstance(spec.algorithm, GPTQConfig):
         if H is None:
             raise LowbitError(f"layer {name}: GPTQ needs calibration statistics")

@@ -125,7 +125,9 @@ def _unquantized_tensors(qm: QuantizedModel) -> dict[str, torch.Tensor]:
     for file in qm.handle.weight_files:
         with safe_open(str(file), framework="pt") as reader:
             for key in reader.keys():
-                if key not in skip:
+                if key in qm.smoothed:  # a norm or bias that AWQ / SmoothQuant rescaled
+                    out[key] = qm.smoothed[key].contiguous()
+                elif key not in skip:
                     out[key] = reader.get_tensor(key).contiguous()
     return out
 

@@ -139,7 +139,7 @@ def test_yaml_is_yaml_and_json_is_json():
     assert PLAN.dumps("yaml").startswith(f"lowbit_plan_version: {PLAN_VERSION}\n")
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+@pytest.mark.parametrize("version", [None, 0, 3, "1"])  # 2: plan-level options
 def test_wrong_plan_version_is_an_artefact_error(version, tmp_path):
     data = PLAN.to_dict()
     data["lowbit_plan_version"] = version

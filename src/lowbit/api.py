@@ -95,14 +95,43 @@ def quantize(
     propagation: str = "true-sequential",
     progress: Any = None,
 ) -> Any:
-    """Quantize ``handle`` under ``plan`` (block by block); returns a QuantizedModel.
+    """Quantize ``handle`` under ``plan`` (block by block); returns a QuantizedModel. Static
+    activation scales are then calibrated on ``calib`` with the quantized weights.
 
     ``propagation``: ``true-sequential`` (one pass, fastest) or ``two-pass`` (least memory)."""
     from lowbit.models.quantize import PipelineConfig, quantize_model
 
+    check_runtime_plan(handle, plan)
     ids = None if calib is None else calib.ids
     pipeline = PipelineConfig(propagation)
-    return quantize_model(handle, plan, ids, pipeline=pipeline, progress=progress)
+    smoothquant = None
+    if plan.smoothquant is not None:  # the plan's alpha, applied block by block by the driver
+        from lowbit.algorithms import SmoothQuantConfig
+
+        smoothquant = SmoothQuantConfig(plan.smoothquant)
+    extra = {} if smoothquant is None else {"smoothquant": smoothquant}
+    qm = quantize_model(handle, plan, ids, pipeline=pipeline, progress=progress, **extra)
+    if plan.activations is not None and plan.activations.needs_calibration:
+        from lowbit.models.fakequant import calibrate_static_activations
+
+        t0 = time.perf_counter()
+        qm.activation_ranges = calibrate_static_activations(handle, qm, ids)
+        qm.timings["activation_calibration_s"] = time.perf_counter() - t0
+    return qm
+
+
+def check_runtime_plan(handle: Any, plan: Plan) -> None:
+    """Refuse, before any work, plan-level options this model or build cannot honour."""
+    if plan.kv_cache is not None:
+        from lowbit.models.kvcache import KV_MODEL_TYPES
+
+        model_type = str(getattr(handle.config, "model_type", "?"))
+        if model_type not in KV_MODEL_TYPES:
+            raise ConfigError(
+                f"{handle.source}: KV-cache quantization is not supported for architecture "
+                f"{model_type!r} (supported: {', '.join(KV_MODEL_TYPES)}); remove kv_cache "
+                "from the plan"
+            )
 
 
 def save(qm: Any, out: Path, provenance: dict[str, Any], *, overwrite: bool = False) -> Path:
@@ -112,12 +141,11 @@ def save(qm: Any, out: Path, provenance: dict[str, Any], *, overwrite: bool = Fa
 
 
 def fake_quant_model(handle: Any, qm: Any) -> Any:
-    """A dense model with ``qm``'s dequantized weights (and the norms AWQ or SmoothQuant
-    rescaled)."""
-    from lowbit.models.fakequant import apply_weights
-    from lowbit.models.smoothing import load_smoothed
+    """A dense model with ``qm``'s dequantized weights, and its plan's activation and KV-cache
+    quantization attached."""
+    from lowbit.models.fakequant import fake_quant
 
-    return apply_weights(load_smoothed(handle.load_model(), qm.smoothed), qm.weights)
+    return fake_quant(handle.load_model(), qm)
 
 
 def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any, dict | None]:
@@ -125,7 +153,11 @@ def load_for_eval(source: str, *, allow_pickle: bool = False) -> tuple[Any, Any,
     from lowbit.models.saving import is_quantized_dir, load_quantized
 
     if is_quantized_dir(Path(source)):
-        model, _, manifest = load_quantized(Path(source))
+        from lowbit.models.fakequant import attach_runtime
+
+        model, weights, manifest = load_quantized(Path(source))
+        plan = Plan.from_dict(manifest["plan"])
+        attach_runtime(model, plan, weights, manifest.get("activation_ranges"))
         return model, _origin(manifest), manifest
     handle = load(source, allow_pickle=allow_pickle)
     return handle.load_model(), handle, None
@@ -372,8 +404,8 @@ def estimate_performance(
     layout: Any,
     *,
     dense_bits: int = 16,
-    act_bits: int = 16,
-    kv_bits: int = 16,
+    act_bits: int | None = None,
+    kv_bits: int | None = None,
     compute: str | None = None,
 ) -> tuple[Any, Any, Any, Any]:
     """(shape, precision, hardware, estimate) for ``config`` under ``plan`` on ``hardware``

@@ -4,6 +4,14 @@ A :class:`Plan` is data: a default :class:`LayerSpec` (or None: keep full precis
 that map exact module names or ``re:`` patterns to a spec (or to None). Precedence: an exact
 name beats every pattern; among patterns the first listed wins; then the default. Plans round
 trip through versioned JSON or YAML.
+
+Plan-level options beyond the block linears (each optional; a plan using any of them is written
+as version 2, a plan using none as version 1, exactly as before): ``activations`` (an
+:class:`ActivationSpec` for the inputs of every quantized linear), ``kv_cache`` (a
+:class:`KVCacheSpec`), ``embedding`` and ``head`` (LayerSpecs, RTN, one scale per row or group
+of a vocabulary row), ``untie_embeddings`` (quantize a tied embedding and head apart, storing
+the head as its own tensor) and ``smoothquant`` (SmoothQuant's migration strength alpha,
+applied before the weights are quantized).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig, check_gptq_format
+from lowbit.algorithms.activation_specs import ActivationSpec, KVCacheSpec
 from lowbit.algorithms.config import AWQConfig
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.formats import (
@@ -32,6 +41,8 @@ from lowbit.formats import (
 from lowbit.formats.tensor import PERM_BITS
 
 PLAN_VERSION = 1
+PLAN_VERSION_RUNTIME = 2  # plans with activations, KV cache, embedding/head or SmoothQuant
+_RUNTIME_KEYS = ("activations", "kv_cache", "embedding", "head", "untie_embeddings", "smoothquant")
 
 
 @dataclass(frozen=True)
@@ -113,11 +124,39 @@ class Plan:
     default: LayerSpec | None
     rules: tuple[Rule, ...] = ()
     version: int = PLAN_VERSION
+    activations: ActivationSpec | None = None
+    kv_cache: KVCacheSpec | None = None
+    embedding: LayerSpec | None = None
+    head: LayerSpec | None = None
+    untie_embeddings: bool = False
+    smoothquant: float | None = None
+
+    def __post_init__(self) -> None:
+        for where, spec in (("embedding", self.embedding), ("head", self.head)):
+            if spec is not None and not isinstance(spec.algorithm, RTNConfig):
+                raise ConfigError(
+                    f"plan {where}: only RTN quantizes the {where} (got "
+                    f"{spec.algorithm.name}); set its algorithm to {{name: rtn}}"
+                )
+        if self.smoothquant is not None and not 0.0 < float(self.smoothquant) < 1.0:
+            raise ConfigError(
+                f"plan smoothquant alpha must be in (0, 1), got {self.smoothquant!r}; 0.5 is usual"
+            )
 
     def needs_calibration(self) -> bool:
-        """Whether any spec of the plan uses an algorithm that needs calibration data."""
+        """Whether the plan needs calibration data: an algorithm that does, static activation
+        scales, or SmoothQuant's activation statistics."""
         specs = [self.default, *(rule.spec for rule in self.rules)]
-        return any(s is not None and s.algorithm.needs_calibration for s in specs)
+        return (
+            any(s is not None and s.algorithm.needs_calibration for s in specs)
+            or (self.activations is not None and self.activations.needs_calibration)
+            or self.smoothquant is not None
+        )
+
+    @property
+    def uses_runtime_options(self) -> bool:
+        """Whether any plan-level option of version 2 is set."""
+        return any(getattr(self, k) not in (None, False) for k in _RUNTIME_KEYS)
 
     def spec_for(self, name: str) -> LayerSpec | None:
         for rule in self.rules:
@@ -141,22 +180,31 @@ class Plan:
         return {name: self.spec_for(name) for name in names}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "lowbit_plan_version": self.version,
+        runtime = self.uses_runtime_options
+        out: dict[str, Any] = {
+            "lowbit_plan_version": PLAN_VERSION_RUNTIME if runtime else self.version,
             "default": None if self.default is None else self.default.to_dict(),
             "rules": [
                 {"target": r.target, "spec": None if r.spec is None else r.spec.to_dict()}
                 for r in self.rules
             ],
         }
+        for key in ("activations", "kv_cache", "embedding", "head"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
+        if self.untie_embeddings:
+            out["untie_embeddings"] = True
+        if self.smoothquant is not None:
+            out["smoothquant"] = {"alpha": self.smoothquant}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         version = data.get("lowbit_plan_version")
-        if version != PLAN_VERSION:
+        if version not in (PLAN_VERSION, PLAN_VERSION_RUNTIME):
             raise ArtefactError(
                 f"plan version {version!r} is not supported "
-                f"(this lowbit reads version {PLAN_VERSION})"
+                f"(this lowbit reads versions {PLAN_VERSION} and {PLAN_VERSION_RUNTIME})"
             )
         default = data.get("default")
         try:
@@ -171,7 +219,11 @@ class Plan:
             raise ConfigError(
                 f"malformed plan rule: each needs 'target' and 'spec' ({exc})"
             ) from exc
-        return cls(None if default is None else LayerSpec.from_dict(default), rules)
+        return cls(
+            None if default is None else LayerSpec.from_dict(default),
+            rules,
+            **_runtime_from_dict(data),
+        )
 
     def dumps(self, fmt: str = "json") -> str:
         if fmt == "yaml":
@@ -203,6 +255,25 @@ class Plan:
 def _rule_from_dict(r: dict[str, Any]) -> Rule:
     spec = r.get("spec")
     return Rule(str(r["target"]), None if spec is None else LayerSpec.from_dict(spec))
+
+
+def _runtime_from_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """The plan-level options of version 2 present in ``data`` (absent ones keep defaults)."""
+    out: dict[str, Any] = {}
+    if data.get("activations") is not None:
+        out["activations"] = ActivationSpec.from_dict(data["activations"])
+    if data.get("kv_cache") is not None:
+        out["kv_cache"] = KVCacheSpec.from_dict(data["kv_cache"])
+    for key in ("embedding", "head"):
+        if data.get(key) is not None:
+            out[key] = LayerSpec.from_dict({"algorithm": {"name": "rtn"}, **data[key]})
+    if "untie_embeddings" in data:
+        out["untie_embeddings"] = bool(data["untie_embeddings"])
+    smooth = data.get("smoothquant")
+    if smooth is not None:
+        alpha = smooth.get("alpha", 0.5) if isinstance(smooth, dict) else smooth
+        out["smoothquant"] = float(alpha)
+    return out
 
 
 def uniform_plan(spec: LayerSpec | None, keep: tuple[str, ...] = ()) -> Plan:

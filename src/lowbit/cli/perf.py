@@ -37,8 +37,13 @@ def perf(
     weight_bits: Annotated[
         int, typer.Option(help="Bits of dense tensors and unplanned layers.")
     ] = 16,
-    act_bits: Annotated[int, typer.Option(help="Activation bits (16, or 8 for W8A8).")] = 16,
-    kv_bits: Annotated[int, typer.Option(help="KV-cache bits.")] = 16,
+    act_bits: Annotated[
+        int | None,
+        typer.Option(help="Activation bits (8 for W8A8); default: the plan's, else 16."),
+    ] = None,
+    kv_bits: Annotated[
+        int | None, typer.Option(help="KV-cache bits; default: the plan's kv_cache, else 16.")
+    ] = None,
     compute: Annotated[
         str | None, typer.Option(help="Matmul operand dtype (default: from the bits).")
     ] = None,

@@ -49,10 +49,13 @@ def stored_bits(handle: ModelHandle) -> Iterator[tuple[str, int, int]]:
 
 
 def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
-    """Stored size of ``handle``'s tensors with ``qm``'s layers at their quantized size."""
+    """Stored size of ``handle``'s tensors with ``qm``'s layers at their quantized size. A tied
+    head that ``qm`` stores apart is one more tensor: quantized, or the embedding's full-precision
+    copy."""
     quantized = {} if qm is None else {f"{n}.weight": w for n, w in qm.weights.items()}
     total_bits = params = lin_bits = lin_count = 0
     kept: list[str] = []
+    embed_key = f"{handle.arch.embed_path}.weight"
     for key, n, stored in stored_bits(handle):
         bits = quantized[key].n_bits() if key in quantized else stored
         total_bits, params = total_bits + bits, params + n
@@ -60,6 +63,12 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
             kept.append(key)
         if _is_block_linear(handle, key):
             lin_bits, lin_count = lin_bits + bits, lin_count + n
+        if key == embed_key and qm is not None and qm.untied_head:
+            head = quantized.get("lm_head.weight")
+            total_bits += head.n_bits() if head is not None else stored
+            params += n
+            if head is None:
+                kept.append("lm_head.weight")
     return Footprint(
         (total_bits + 7) // 8,
         params,

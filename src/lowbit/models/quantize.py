@@ -23,6 +23,7 @@ from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.formats import QuantizedWeight
 from lowbit.models.capture import capture_inputs
+from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
@@ -59,6 +60,10 @@ class QuantizedModel:
     # biases, previous linears' biases), by parameter name; and AWQ's choice per pair
     smoothed: dict[str, torch.Tensor] = field(default_factory=dict)
     smoothing: list[PairRecord] = field(default_factory=list)
+    # static activation thresholds (absmax) per linear, when the plan's activations are static
+    activation_ranges: dict[str, float] = field(default_factory=dict)
+    # a tied embedding/head stored apart (plan untie_embeddings); the head is its own tensor
+    untied_head: bool = False
 
 
 def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
@@ -87,6 +92,7 @@ def quantize_model(
     lazy = LazyModel(handle)
     names = linear_names(lazy.model, handle)
     specs = plan.resolve(names)
+    check_embedding_plan(plan, is_tied(handle.config), handle.source)  # before any work
     check_smoothing(handle.arch, specs, smoothquant is not None)
     needs = sorted(
         {s.algorithm.name for s in specs.values() if s and s.algorithm.needs_calibration}
@@ -105,8 +111,24 @@ def quantize_model(
             _calibrated(lazy, handle, specs, calibration, pipeline, result, progress, smoothquant)
         else:
             _data_free(lazy, handle, specs, result, progress)
+        _embeddings(handle, plan, result)
     result.timings["quantize_s"] = time.perf_counter() - start
     return result
+
+
+def _embeddings(handle: ModelHandle, plan: Plan, result: QuantizedModel) -> None:
+    """The plan's embedding and head specs (RTN, read straight from the weight files)."""
+    if plan.embedding is None and plan.head is None:
+        return
+    t0 = time.perf_counter()
+    for name, qw in quantize_embeddings(handle, plan).items():
+        spec = plan.embedding if name == handle.arch.embed_path else plan.head
+        result.weights[name] = qw
+        result.layers.append(
+            LayerReport(name, spec.describe(), qw.shape, qw.bits_per_weight(), 0.0)  # type: ignore[union-attr]
+        )
+    result.untied_head = unties(plan, handle.config)
+    result.timings["embeddings_s"] = time.perf_counter() - t0
 
 
 def _data_free(

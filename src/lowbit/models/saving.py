@@ -5,8 +5,10 @@ A directory with ``config.json`` and the tokenizer (copied from the source model
 ``<name>.qcodes`` (codes packed to their bit width), ``<name>.qscale`` (scales in their storage
 dtype), ``<name>.qzero`` (packed zero points, asymmetric formats), ``<name>.qperm`` (int32
 column permutation, when saved) and ``<name>.qtscale`` (fp32 per-tensor scale, NVFP4), and
-``lowbit.json`` (the plan, each layer's format, and provenance). Loading rebuilds the dense
-model with the same dequantization used in evaluation, so its logits are identical.
+``lowbit.json`` (the plan, each layer's format, static activation thresholds when the plan has
+static activation scales, whether a tied head was stored apart, and provenance). A tied head
+stored apart and kept in full precision is saved as ``lm_head.weight``. Loading rebuilds the
+dense model with the same dequantization used in evaluation, so its logits are identical.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lowbit.algorithms import RTNConfig
 from lowbit.errors import ArtefactError, ModelSourceError
 from lowbit.formats import IntFormat, QuantizedWeight
 from lowbit.formats.packing import pack_weight, unpack_weight
+from lowbit.models.embeddings import HEAD_PATH, read_tensor
 from lowbit.models.files import copy_model_files, safetensors_header
 from lowbit.models.quantize import QuantizedModel
 from lowbit.plan import LayerSpec, Plan
@@ -49,6 +52,9 @@ def save_quantized(
     for name, qw in qm.weights.items():
         tensors.update(_packed(name, qw))
         layers[name] = _layer_meta(qw)
+    if qm.untied_head and HEAD_PATH not in qm.weights:
+        embed = f"{qm.handle.arch.embed_path}.weight"
+        tensors[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed).contiguous()
     manifest = {
         "layout": LAYOUT,
         "plan": qm.plan.to_dict(),
@@ -57,6 +63,10 @@ def save_quantized(
         "source": qm.handle.describe(),
         "provenance": provenance,
     }
+    if qm.activation_ranges:
+        manifest["activation_ranges"] = dict(qm.activation_ranges)
+    if qm.untied_head:
+        manifest["untied_head"] = True
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         copy_model_files(qm.handle.path, tmp)
         save_file(
@@ -78,6 +88,8 @@ def load_quantized(path: Path) -> tuple[Any, dict[str, QuantizedWeight], dict[st
     path = Path(path)
     manifest = _manifest(path)
     config = AutoConfig.from_pretrained(path)
+    if manifest.get("untied_head"):
+        config.tie_word_embeddings = False
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     weights: dict[str, QuantizedWeight] = {}
     with safe_open(str(path / "model.safetensors"), framework="pt") as reader:

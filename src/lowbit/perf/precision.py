@@ -15,13 +15,17 @@ def precision_for(
     plan: Plan | None,
     *,
     dense_bits: int = 16,
-    act_bits: int = 16,
-    kv_bits: int = 16,
+    act_bits: int | None = None,
+    kv_bits: int | None = None,
     compute: str | None = None,
 ) -> Precision:
     """Weights at the plan's bits per weight (scales, zero points and saved permutations
     counted), layers the plan keeps at ``dense_bits``. A plan naming layers this model lacks is
-    refused (it is a plan for another model)."""
+    refused (it is a plan for another model). Activation and KV-cache bits default to the
+    plan's ``activations`` and ``kv_cache`` formats (16 without them); an explicit value that
+    contradicts the plan is refused. FP8 activations with ≤ 8-bit weights compute in fp8."""
+    act_bits = _plan_bits(plan, "activations", act_bits, "--act-bits")
+    kv_bits = _plan_bits(plan, "kv_cache", kv_bits, "--kv-bits")
     for name, bits in (("dense", dense_bits), ("activation", act_bits), ("KV-cache", kv_bits)):
         if bits not in (4, 8, 16, 32):
             raise ConfigError(f"{name} bits must be 4, 8, 16 or 32, got {bits}")
@@ -41,6 +45,8 @@ def precision_for(
                 else spec.bits_per_weight(lin.out_features, lin.in_features)
             )
     chosen = compute or auto_compute(weight_bits, dense_bits, act_bits)
+    if compute is None and chosen == "int8" and _float_activations(plan):
+        chosen = "fp8"
     if chosen not in BITS:
         raise ConfigError(f"compute dtype {chosen!r} is not one of {', '.join(BITS)}")
     return Precision(weight_bits, float(dense_bits), act_bits, kv_bits, chosen)
@@ -56,3 +62,23 @@ def auto_compute(weight_bits: dict[str, float], dense_bits: int, act_bits: int) 
     if act_bits <= 8 and max(weights) <= 9:  # 8-bit codes plus their scales
         return "int8"
     return "fp16"
+
+
+def _plan_bits(plan: Plan | None, field: str, given: int | None, option: str) -> int:
+    """``given`` bits, else the bits of the plan's ``field`` spec, else 16."""
+    spec = None if plan is None else getattr(plan, field, None)
+    if spec is None:
+        return 16 if given is None else given
+    if given is not None and given != spec.bits:
+        raise ConfigError(
+            f"{option} {given} contradicts the plan's {field} ({spec.describe()}, {spec.bits} "
+            f"bits); drop {option} to use the plan's"
+        )
+    return int(spec.bits)
+
+
+def _float_activations(plan: Plan | None) -> bool:
+    from lowbit.formats import FloatFormat
+
+    spec = None if plan is None else plan.activations
+    return spec is not None and isinstance(spec.fmt, FloatFormat)

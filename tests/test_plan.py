@@ -265,11 +265,41 @@ def test_describe_and_bits_of_other_formats(spec_index, text, bits):
     assert spec.bits_per_weight(64, 1024) == pytest.approx(bits, rel=1e-12)
 
 
-def test_gptq_with_a_non_integer_format_is_refused_early():
-    from lowbit.formats import FORMATS
+def test_gptq_takes_every_format_and_squeezellm_only_lut():
+    from lowbit.algorithms import SqueezeLLMConfig
+    from lowbit.formats import FORMATS, LUTFormat
 
-    with pytest.raises(ConfigError, match="algorithm 'gptq' does not support format 'mxfp4'"):
-        LayerSpec(FORMATS.get("mxfp4")(), PerGroup(32))  # GPTQ is the default algorithm
+    for spec in _new_format_specs():  # GPTQ is the default algorithm
+        assert LayerSpec(spec.fmt, spec.granularity).algorithm == GPTQConfig()
+    with pytest.raises(ConfigError, match="algorithm 'squeezellm' does not support format 'mxfp4'"):
+        LayerSpec(FORMATS.get("mxfp4")(), PerGroup(32), SqueezeLLMConfig())
+    assert LayerSpec(LUTFormat(4), PerChannel(), SqueezeLLMConfig()).describe() == (
+        "SQUEEZELLM LUT4 per-channel"
+    )
+
+
+def test_squeezellm_and_group_aware_round_trip_in_a_plan():
+    from lowbit.algorithms import SqueezeLLMConfig
+    from lowbit.formats import LUTFormat
+
+    sq = LayerSpec(LUTFormat(3), PerChannel(), SqueezeLLMConfig(0.01, 20, 1e-4, "uniform"))
+    gar = LayerSpec(IntFormat(4), PerGroup(32), GPTQConfig(act_order="group_aware"))
+    plan = Plan(default=sq, rules=(Rule("re:.*down_proj", gar),))
+    assert sq.to_dict()["algorithm"] == {
+        "name": "squeezellm",
+        "outlier_fraction": 0.01,
+        "iterations": 20,
+        "tol": 1e-4,
+        "sensitivity": "uniform",
+    }
+    assert gar.to_dict()["algorithm"]["act_order"] == "group_aware"
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert Plan.from_dict(plan.to_dict()).needs_calibration()
+    assert not gar.saves_permutation  # groups stay contiguous: no permutation stored
+    assert gar.bits_per_weight(64, 128) == 4 + 4 * 16 / 128
+    bad = {**sq.to_dict(), "algorithm": {"name": "squeezellm", "outliers": 0.1}}
+    with pytest.raises(ConfigError, match="unknown SqueezeLLM option.*outliers"):
+        LayerSpec.from_dict(bad)
 
 
 def test_a_block_format_with_the_wrong_group_is_refused_early():

@@ -24,7 +24,8 @@ from typing import Any
 
 from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig, check_gptq_format
 from lowbit.algorithms.activation_specs import ActivationSpec, KVCacheSpec
-from lowbit.algorithms.config import AWQConfig
+from lowbit.algorithms.config import AWQConfig, SqueezeLLMConfig
+from lowbit.algorithms.squeezellm import check_squeezellm_format
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.formats import (
     Granularity,
@@ -38,7 +39,7 @@ from lowbit.formats import (
     format_from_dict,
     format_to_dict,
 )
-from lowbit.formats.tensor import PERM_BITS
+from lowbit.formats.tensor import OUTLIER_INDEX_BITS, OUTLIER_VALUE_BITS, PERM_BITS
 
 PLAN_VERSION = 1
 PLAN_VERSION_RUNTIME = 2  # plans with activations, KV cache, embedding/head or SmoothQuant
@@ -48,7 +49,8 @@ _RUNTIME_KEYS = ("activations", "kv_cache", "embedding", "head", "untie_embeddin
 @dataclass(frozen=True)
 class LayerSpec:
     """How one linear layer is quantized. The format must accept the granularity (MX needs
-    groups of 32, NVFP4 of 16, LUT per-channel) and the algorithm the format (GPTQ: integers)."""
+    groups of 32, NVFP4 of 16, LUT per-channel) and the algorithm the format (GPTQ: int, FP,
+    NF4, LUT, MX, NVFP4; SqueezeLLM: LUT)."""
 
     fmt: WeightFormat
     granularity: Granularity
@@ -58,6 +60,8 @@ class LayerSpec:
         self.fmt.check_granularity(self.granularity)
         if isinstance(self.algorithm, GPTQConfig):
             check_gptq_format(self.fmt)
+        if isinstance(self.algorithm, SqueezeLLMConfig):
+            check_squeezellm_format(self.fmt)
 
     def describe(self) -> str:
         return f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
@@ -68,6 +72,9 @@ class LayerSpec:
         bits = self.fmt.bits_per_weight(in_features, self.granularity, out_features)
         if self.saves_permutation:
             bits += PERM_BITS / out_features
+        if isinstance(self.algorithm, SqueezeLLMConfig):  # sparse fp16 outliers, 48 bits each
+            count = self.algorithm.outlier_count(out_features * in_features)
+            bits += count * (OUTLIER_VALUE_BITS + OUTLIER_INDEX_BITS) / (out_features * in_features)
         return bits
 
     @property
@@ -306,6 +313,14 @@ def _algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
             "block_size": a.block_size,
             "act_order": a.act_order.value,
         }
+    if isinstance(a, SqueezeLLMConfig):
+        return {
+            "name": "squeezellm",
+            "outlier_fraction": a.outlier_fraction,
+            "iterations": a.iterations,
+            "tol": a.tol,
+            "sensitivity": a.sensitivity,
+        }
     if isinstance(a, AWQConfig):
         return {
             "name": "awq",
@@ -329,7 +344,17 @@ def _algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:
         )
     if name == "awq":
         return _awq_from_dict(d)
-    raise ConfigError(f"unknown algorithm {name!r}; known: 'awq', 'gptq', 'rtn'")
+    if name == "squeezellm":
+        return _squeezellm_from_dict(d)
+    raise ConfigError(f"unknown algorithm {name!r}; known: 'awq', 'gptq', 'rtn', 'squeezellm'")
+
+
+def _squeezellm_from_dict(d: dict[str, Any]) -> SqueezeLLMConfig:
+    known = ("outlier_fraction", "iterations", "tol", "sensitivity")
+    unknown = sorted(set(d) - {"name", *known})
+    if unknown:
+        raise ConfigError(f"unknown SqueezeLLM option(s) {unknown}; known: {', '.join(known)}")
+    return SqueezeLLMConfig(**{k: d[k] for k in known if k in d})
 
 
 def _awq_from_dict(d: dict[str, Any]) -> AWQConfig:

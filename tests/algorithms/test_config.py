@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from lowbit.algorithms import ActOrder, GPTQConfig, RTNConfig
+from lowbit.algorithms import ALGORITHMS, ActOrder, GPTQConfig, RTNConfig, SqueezeLLMConfig
 from lowbit.errors import ConfigError
 
 
@@ -34,11 +34,37 @@ def test_block_size_must_be_a_positive_integer(block_size):
         GPTQConfig(block_size=block_size)
 
 
-@pytest.mark.parametrize("value", ["off", "static", "group", ActOrder.GROUP])
+@pytest.mark.parametrize("value", ["off", "static", "group", "group_aware", ActOrder.GROUP])
 def test_act_order_accepts_names(value):
     assert GPTQConfig(act_order=value).act_order is ActOrder(value)
 
 
 def test_unknown_act_order_names_the_value_and_the_choices():
-    with pytest.raises(ConfigError, match=re.escape("one of 'off', 'static', 'group', got 'desc'")):
+    with pytest.raises(
+        ConfigError, match=re.escape("one of 'off', 'static', 'group', 'group_aware', got 'desc'")
+    ):
         GPTQConfig(act_order="desc")
+
+
+def test_squeezellm_defaults_and_registry():
+    cfg = SqueezeLLMConfig()
+    assert (cfg.outlier_fraction, cfg.sensitivity) == (0.0045, "hessian")
+    assert cfg.name == "squeezellm" and cfg.needs_calibration
+    assert ALGORITHMS.get("squeezellm") is SqueezeLLMConfig
+    assert cfg.outlier_count(4096 * 4096) == 75497  # 0.45% of 16,777,216, rounded
+    assert SqueezeLLMConfig(outlier_fraction=0.0).outlier_count(10**6) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outlier_fraction": -0.1}, "outlier_fraction must be in [0, 0.5), got -0.1"),
+        ({"outlier_fraction": float("nan")}, "outlier_fraction must be in [0, 0.5), got nan"),
+        ({"iterations": -1}, "iterations must be a non-negative integer, got -1"),
+        ({"tol": 1.0}, "tol must be in [0, 1), got 1.0"),
+        ({"sensitivity": "fisher"}, "one of 'hessian', 'uniform', got 'fisher'"),
+    ],
+)
+def test_squeezellm_bad_values_are_named(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SqueezeLLMConfig(**kwargs)

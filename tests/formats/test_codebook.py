@@ -15,7 +15,7 @@ from lowbit.formats import (
     PerTensor,
     quantize_weight,
 )
-from lowbit.formats.codebook import fit_table, nearest_index
+from lowbit.formats.codebook import fit_table, nearest_index, quantile_table, weighted_kmeans
 
 # bitsandbytes.functional.get_4bit_type("nf4") (QLoRA, Dettmers et al. 2023), written out
 BNB_NF4 = [
@@ -158,3 +158,73 @@ def test_lut_refuses_groups_and_names_the_fix():
 def test_lut_bad_bits(bits):
     with pytest.raises(ConfigError, match=f"got {bits!r}"):
         LUTFormat(bits)
+
+
+# --- weighted k-means (SqueezeLLM's tables) ----------------------------------------------------
+
+
+def _heavy_rows(seed: int, rows: int = 12, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student-t rows and log-normal per-column weights, as a layer and its Hessian diagonal."""
+    g = torch.Generator().manual_seed(seed)
+    chi2 = torch.randn(3, rows, n, generator=g).pow(2).mean(dim=0)  # Student t with 3 d.o.f.
+    X = torch.randn(rows, n, generator=g) / chi2.sqrt() * torch.rand(rows, 1, generator=g)
+    w = torch.exp(1.5 * torch.randn(1, n, generator=g))
+    return X, w
+
+
+def test_weighted_kmeans_by_hand():
+    """Points 0, 1, 10 with weights 1, 3, 0 from the table [0, 10]: the first entry moves to
+    (0·1 + 1·3) / 4 = 0.75; the second has no weight and stays."""
+    X, w = torch.tensor([[0.0, 1.0, 10.0]]), torch.tensor([[1.0, 3.0, 0.0]])
+    fit = weighted_kmeans(X, w, torch.tensor([[0.0, 10.0]]), 10, torch.float32, tol=0.0)
+    assert fit.table.tolist() == [[0.75, 10.0]]
+    assert fit.history == [pytest.approx(3.0), pytest.approx(0.75), pytest.approx(0.75)]
+    assert fit.iterations == 2  # the second iteration gains nothing: stop
+
+
+def test_quantile_start_by_hand():
+    X = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
+    assert quantile_table(X, None, 1).tolist() == [[1.0, 3.0]]
+    # all the weight on 4: every quantile is 4
+    assert quantile_table(X, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), 1).tolist() == [[4.0, 4.0]]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_weighted_kmeans_objective_never_rises_and_stops_at_tolerance(bits):
+    X, w = _heavy_rows(bits)
+    start = quantile_table(X, w, bits).sort(dim=1).values
+    fit = weighted_kmeans(X, w, start, 500, torch.float32, tol=1e-4)
+    steps = torch.tensor(fit.history, dtype=torch.float64)
+    assert (steps[1:] <= steps[:-1] * (1 + 1e-6)).all()  # Lloyd's steps never raise it
+    assert fit.iterations < 500
+    gains = (steps[:-1] - steps[1:]) / steps[:-1]
+    assert gains[-1] <= 1e-4 and (gains[:-1] > 1e-4).all()  # stopped at the first small gain
+    assert len(fit.history) == fit.iterations + 1
+
+
+@pytest.mark.parametrize("init", ["uniform", "quantile"])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_weighted_table_never_worse_than_the_uniform_grid_on_its_objective(bits, init):
+    X, w = _heavy_rows(10 + bits)
+    lo, hi = X.amin(1, keepdim=True), X.amax(1, keepdim=True)
+    table = fit_table(X, lo, hi, bits, 30, torch.float16, w, 1e-5, init)
+    uniform = (lo + (hi - lo) * torch.linspace(0, 1, 2**bits)).half().float()
+
+    def objective(t):
+        return ((X - t.gather(1, nearest_index(X, t))) ** 2 * w).sum(dim=1)
+
+    assert (objective(table) <= objective(uniform)).all()
+    assert objective(table).sum() < 0.5 * objective(uniform).sum()  # heavy tails: a big gain
+    assert torch.equal(table, table.half().float())  # storable in the table dtype
+
+
+def test_weights_pull_the_table_towards_heavy_points():
+    X, w = _heavy_rows(20)
+    lo, hi = X.amin(1, keepdim=True), X.amax(1, keepdim=True)
+    weighted = fit_table(X, lo, hi, 3, 30, torch.float32, w, 1e-6, "quantile")
+    flat = fit_table(X, lo, hi, 3, 30, torch.float32, None, 1e-6, "quantile")
+
+    def objective(t):
+        return float(((X - t.gather(1, nearest_index(X, t))) ** 2 * w).sum())
+
+    assert objective(weighted) < objective(flat)

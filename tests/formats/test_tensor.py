@@ -149,3 +149,19 @@ def test_dequantize_restores_the_permutation_for_any_format():
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     permuted = QuantizedWeight(qw.codes, qw.scale, None, qw.fmt, qw.granularity, perm)
     assert torch.equal(permuted.dequantize()[:, perm], qw.dequantize())
+
+
+def test_outliers_replace_values_in_the_original_layout_and_cost_48_bits_each():
+    """Sparse outliers index the original (unpermuted) layout, row · in + column."""
+    from lowbit.formats import IntFormat, PerChannel, QuantizedWeight
+
+    codes = torch.tensor([[1, 2, 3], [-1, 0, 1]], dtype=torch.int8)
+    scale = torch.ones(2, 1, dtype=torch.float16)
+    perm = torch.tensor([2, 0, 1])  # storage column j is original column perm[j]
+    index = torch.tensor([0, 5], dtype=torch.int32)
+    values = torch.tensor([7.5, -9.0], dtype=torch.float16)
+    qw = QuantizedWeight(
+        codes, scale, None, IntFormat(4), PerChannel(), perm, None, (index, values)
+    )
+    assert qw.dequantize().tolist() == [[7.5, 3.0, 1.0], [0.0, 1.0, -9.0]]
+    assert qw.n_bits() == 6 * 4 + 2 * 16 + 32 * 3 + 2 * 48

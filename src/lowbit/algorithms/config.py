@@ -17,11 +17,16 @@ class ActOrder(str, Enum):
       original weight (groups stay contiguous in the saved layout, no permutation stored).
     - ``group``: columns by decreasing Hessian diagonal; groups formed in that order, scales
       chosen as the sweep reaches them; the permutation is saved (32 bits per input column).
+    - ``group_aware``: group-aware reordering (GAR): groups by decreasing summed Hessian
+      diagonal, the columns inside each group by decreasing diagonal; group scales chosen as
+      the sweep reaches each group; groups stay contiguous, so the weight is stored in the
+      original column order (no permutation, 0 extra bits).
     """
 
     OFF = "off"
     STATIC = "static"
     GROUP = "group"
+    GROUP_AWARE = "group_aware"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,57 @@ class GPTQConfig:
                 f"GPTQ act_order must be one of {known}, got {self.act_order!r}"
             ) from None
         object.__setattr__(self, "act_order", act_order)
+
+
+SENSITIVITIES = ("hessian", "uniform")
+
+
+@dataclass(frozen=True)
+class SqueezeLLMConfig:
+    """SqueezeLLM (Kim et al., 2023): per output row a lookup table of 2^bits values fitted by
+    sensitivity-weighted k-means, plus a dense-and-sparse split that keeps the
+    ``outlier_fraction`` largest-magnitude weights in fp16 (48 bits each, counted).
+
+    ``sensitivity``: the k-means weight of w[r, c]; "hessian" is the Hessian diagonal
+    H_cc = E[x_c²] of the layer's calibration inputs (the Fisher diagonal needs gradients, which
+    the block-by-block driver does not compute), "uniform" weighs every weight alike.
+    ``iterations`` caps Lloyd's iterations; ``tol`` stops them once one lowers the weighted
+    objective by less than ``tol`` times it.
+    """
+
+    outlier_fraction: float = 0.0045
+    iterations: int = 50
+    tol: float = 1e-5
+    sensitivity: str = "hessian"
+
+    name = "squeezellm"
+    needs_calibration = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.outlier_fraction < 0.5:
+            raise ConfigError(
+                f"SqueezeLLM outlier_fraction must be in [0, 0.5), got {self.outlier_fraction!r}; "
+                "0.0045 (0.45%) is the paper's"
+            )
+        if (
+            not isinstance(self.iterations, int)
+            or isinstance(self.iterations, bool)
+            or self.iterations < 0
+        ):
+            raise ConfigError(
+                f"SqueezeLLM iterations must be a non-negative integer, got {self.iterations!r}"
+            )
+        if not 0.0 <= self.tol < 1.0:
+            raise ConfigError(f"SqueezeLLM tol must be in [0, 1), got {self.tol!r}; 1e-5 is usual")
+        if self.sensitivity not in SENSITIVITIES:
+            known = ", ".join(map(repr, SENSITIVITIES))
+            raise ConfigError(
+                f"SqueezeLLM sensitivity must be one of {known}, got {self.sensitivity!r}"
+            )
+
+    def outlier_count(self, numel: int) -> int:
+        """How many of ``numel`` weights are kept as sparse fp16 outliers: ⌊fraction·numel⌉."""
+        return int(self.outlier_fraction * numel + 0.5)
 
 
 @dataclass(frozen=True)
@@ -128,4 +184,4 @@ class SmoothQuantConfig:
             )
 
 
-AlgorithmConfig = RTNConfig | GPTQConfig | AWQConfig
+AlgorithmConfig = RTNConfig | GPTQConfig | SqueezeLLMConfig | AWQConfig

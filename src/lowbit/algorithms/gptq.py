@@ -1,4 +1,5 @@
-"""GPTQ (Frantar et al., 2022) on one weight and its Hessian, as a pure function.
+"""GPTQ (Frantar et al., 2022) on one weight and its Hessian, as a pure function, for every
+weight format (integer arithmetic here; the other formats' grids in ``gptq_grid.py``).
 
 Names follow the paper and the reference implementation: ``H`` the input second moment,
 ``Hinv`` the upper Cholesky factor of H⁻¹, ``W1``/``Err1`` the current lazy block.
@@ -7,18 +8,30 @@ Differences from the reference, each on purpose:
   group's scale is chosen on columns that have received every earlier update (the reference
   reads columns beyond the block edge before this block's updates reach them);
 - a Cholesky factorisation that fails in fp32 is retried in float64, then with tenfold
-  dampening (the damping used is returned), instead of stopping the run.
+  dampening (the damping used is returned), instead of stopping the run;
+- act-order ``group_aware`` (group-aware reordering): whole groups in order of their summed
+  Hessian diagonal, the columns of each group in order of theirs, so groups stay contiguous in
+  the sweep and the weight is stored unpermuted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from lowbit.algorithms.config import ActOrder, GPTQConfig
-from lowbit.errors import ConfigError, LowbitError
-from lowbit.formats import Granularity, IntFormat, PerGroup, PerTensor, QuantizedWeight
+from lowbit.algorithms.gptq_grid import FormatGrid, check_gptq_format
+from lowbit.errors import LowbitError
+from lowbit.formats import (
+    Granularity,
+    IntFormat,
+    PerGroup,
+    PerTensor,
+    QuantizedWeight,
+    WeightFormat,
+)
 from lowbit.formats.granularity import group_index
 from lowbit.formats.integer import choose_qparams, codes_to_values, quantize_to_codes
 
@@ -35,103 +48,173 @@ class GPTQResult:
 
 
 def gptq_quantize(
-    W: torch.Tensor, H: torch.Tensor, fmt: IntFormat, granularity: Granularity, cfg: GPTQConfig
+    W: torch.Tensor, H: torch.Tensor, fmt: WeightFormat, granularity: Granularity, cfg: GPTQConfig
 ) -> GPTQResult:
-    """Quantize ``W`` (out, in) given the Hessian ``H`` (in, in) of its inputs."""
+    """Quantize ``W`` (out, in) given the Hessian ``H`` (in, in) of its inputs, in any format
+    GPTQ takes (:func:`check_gptq_format`)."""
     check_gptq_format(fmt)
+    fmt.check_granularity(granularity)
     W = W.detach().float().clone()
     H = H.detach().float().clone()
-    in_f = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    dynamic = isinstance(granularity, PerGroup) and cfg.act_order is not ActOrder.STATIC
-    g_idx = group_index(in_f, granularity)
-    n_groups = granularity.groups(in_f)
-    scale, zero = choose_qparams(W, fmt, g_idx, n_groups, isinstance(granularity, PerTensor))
-
-    perm = None
-    if cfg.act_order is not ActOrder.OFF:
-        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
-        W, H = W[:, perm], H[perm][:, perm]
-        if not dynamic:  # static groups: storage column i belongs to original column perm[i]
-            g_idx = g_idx[perm]
+    layout = sweep_layout(torch.diag(H), granularity, cfg.act_order)
+    grid: ColumnGrid
+    if isinstance(fmt, IntFormat):
+        grid = _IntGrid(fmt, W, granularity)
+    else:
+        grid = FormatGrid(fmt, W, granularity, torch.diag(H).masked_fill(dead, 0.0))
+    order = layout.order
+    if order is not None:
+        W, H = W[:, order], H[order][:, order]
     Hinv, damp = _inverse_cholesky(H, cfg.damp)
 
-    codes, loss = _sweep(W, Hinv, fmt, granularity, cfg, (scale, zero), g_idx.tolist(), dynamic)
+    codes, loss = _sweep(W, Hinv, grid, layout, cfg.block_size)
 
-    keep_perm = perm if (perm is not None and dynamic) else None
-    if perm is not None and keep_perm is None:
+    keep_perm = order if layout.saves_perm else None
+    if order is not None and keep_perm is None:
         unpermuted = torch.empty_like(codes)
-        unpermuted[:, perm] = codes
+        unpermuted[:, order] = codes
         codes = unpermuted
-    weight = QuantizedWeight(
-        codes=codes.to(fmt.code_dtype),
-        scale=scale.to(fmt.torch_scale_dtype),
-        zero=None if zero is None else zero.to(fmt.code_dtype),
-        fmt=fmt,
-        granularity=granularity,
-        perm=keep_perm,
-    )
-    return GPTQResult(weight=weight, loss=loss, damp=damp)
+    return GPTQResult(weight=grid.weight(codes, keep_perm), loss=loss, damp=damp)
 
 
-def check_gptq_format(fmt: object) -> None:
-    """GPTQ here chooses integer scales and zero points; other formats are refused, never
-    silently replaced by an integer grid."""
-    if not isinstance(fmt, IntFormat):
-        name = getattr(fmt, "name", type(fmt).__name__)
-        raise ConfigError(
-            f"algorithm 'gptq' does not support format {name!r} yet (only integer formats); "
-            "use algorithm 'rtn' for this format, or an integer format with GPTQ"
+class ColumnGrid(Protocol):
+    """What the sweep needs of a format (see ``gptq_grid.py``)."""
+
+    def refresh(self, g: int, cols: torch.Tensor) -> None: ...
+    def column(self, w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def weight(self, codes: torch.Tensor, perm: torch.Tensor | None) -> QuantizedWeight: ...
+
+
+@dataclass(frozen=True)
+class SweepLayout:
+    """The sweep order and its groups.
+
+    ``order`` (in,): sweep position k works on original column order[k] (None: natural order);
+    ``group_of[k]``: the column of ``scale`` that position k uses; ``starts``: position → width
+    of each group whose parameters are chosen when the sweep reaches it (empty when they are
+    all chosen up front); ``saves_perm``: the weight is stored in sweep order with ``order``
+    saved (act-order ``group``).
+    """
+
+    order: torch.Tensor | None
+    group_of: list[int]
+    starts: dict[int, int] = field(default_factory=dict)
+    saves_perm: bool = False
+
+
+def sweep_layout(diag: torch.Tensor, granularity: Granularity, act_order: ActOrder) -> SweepLayout:
+    """The sweep order and groups for Hessian diagonal ``diag`` (in,) (module docstring of
+    :class:`~lowbit.algorithms.config.ActOrder` for each order)."""
+    in_f = diag.shape[0]
+    g_idx = group_index(in_f, granularity)
+    if not isinstance(granularity, PerGroup) or act_order is ActOrder.STATIC:
+        if act_order is ActOrder.OFF:
+            return SweepLayout(None, g_idx.tolist())
+        order = torch.argsort(diag, descending=True, stable=True)
+        return SweepLayout(order, g_idx[order].tolist())
+    size = granularity.size
+    natural = {g * size: min(size, in_f - g * size) for g in range(granularity.groups(in_f))}
+    if act_order is ActOrder.OFF:
+        return SweepLayout(None, g_idx.tolist(), natural)
+    if act_order is ActOrder.GROUP:
+        order = torch.argsort(diag, descending=True, stable=True)
+        return SweepLayout(order, (torch.arange(in_f) // size).tolist(), natural, saves_perm=True)
+    sums = torch.zeros(granularity.groups(in_f), dtype=diag.dtype).index_add_(0, g_idx, diag)
+    parts, starts, pos = [], {}, 0
+    for g in torch.argsort(sums, descending=True, stable=True).tolist():
+        cols = torch.arange(g * size, min((g + 1) * size, in_f))
+        parts.append(cols[torch.argsort(diag[cols], descending=True, stable=True)])
+        starts[pos] = len(cols)
+        pos += len(cols)
+    order = torch.cat(parts)
+    return SweepLayout(order, g_idx[order].tolist(), starts)
+
+
+class _IntGrid:
+    """Integer codes on min-max scales and zero points: the reference GPTQ's quantizer."""
+
+    def __init__(self, fmt: IntFormat, W: torch.Tensor, granularity: Granularity) -> None:
+        self.fmt, self.granularity = fmt, granularity
+        g_idx = group_index(W.shape[1], granularity)
+        n_groups = granularity.groups(W.shape[1])
+        per_tensor = isinstance(granularity, PerTensor)
+        self.scale, self.zero = choose_qparams(W, fmt, g_idx, n_groups, per_tensor)
+
+    def refresh(self, g: int, cols: torch.Tensor) -> None:
+        _refresh_group(cols, self.fmt, self.scale, self.zero, g)
+
+    def column(self, w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scale[:, g]
+        z = None if self.zero is None else self.zero[:, g]
+        q = quantize_to_codes(w, s, z, self.fmt)
+        return q, codes_to_values(q, s, z)
+
+    def weight(self, codes: torch.Tensor, perm: torch.Tensor | None) -> QuantizedWeight:
+        return QuantizedWeight(
+            codes=codes.to(self.fmt.code_dtype),
+            scale=self.scale.to(self.fmt.torch_scale_dtype),
+            zero=None if self.zero is None else self.zero.to(self.fmt.code_dtype),
+            fmt=self.fmt,
+            granularity=self.granularity,
+            perm=perm,
         )
+
+
+def _blocks(in_f: int, layout: SweepLayout, block_size: int) -> list[tuple[int, int]]:
+    """Lazy blocks [i1, i2): ``block_size`` wide, or, when groups are chosen during the sweep,
+    whole groups up to max(one group, ``block_size`` rounded down to whole groups)."""
+    if not layout.starts:
+        return [(i1, min(i1 + block_size, in_f)) for i1 in range(0, in_f, block_size)]
+    gsize = max(layout.starts.values())
+    width = max(gsize, block_size // gsize * gsize)
+    blocks, i1 = [], 0
+    for start in sorted(layout.starts):
+        end = start + layout.starts[start]
+        if end - i1 > width:
+            blocks.append((i1, start))
+            i1 = start
+    blocks.append((i1, in_f))
+    return blocks
 
 
 def _sweep(
     W: torch.Tensor,
     Hinv: torch.Tensor,
-    fmt: IntFormat,
-    granularity: Granularity,
-    cfg: GPTQConfig,
-    params: tuple[torch.Tensor, torch.Tensor | None],
-    group_of_col: list[int],
-    dynamic: bool,
+    grid: ColumnGrid,
+    layout: SweepLayout,
+    block_size: int,
 ) -> tuple[torch.Tensor, float]:
-    """The column sweep with lazy block updates; fills ``params`` in place when ``dynamic``.
+    """The column sweep with lazy block updates; codes (out, in) in sweep order and the loss.
 
     Two levels of laziness: rank-1 updates stay inside a segment of at most ``_SEGMENT``
     columns, and each finished segment updates the rest of its block with one matrix product
     (the same arithmetic as the reference, in fewer passes over memory).
     """
-    scale, zero = params
-    in_f = W.shape[1]
-    gsize = granularity.size if isinstance(granularity, PerGroup) else in_f
-    block = max(gsize, cfg.block_size // gsize * gsize) if dynamic else cfg.block_size
     codes = torch.empty_like(W)
     Err = torch.empty_like(W)
-    for i1 in range(0, in_f, block):
-        i2 = min(i1 + block, in_f)
+    for i1, i2 in _blocks(W.shape[1], layout, block_size):
         W1 = W[:, i1:i2].clone()
         Hinv1 = Hinv[i1:i2, i1:i2]
         cuts = sorted(
             {
                 *range(0, i2 - i1, _SEGMENT),
                 i2 - i1,
-                *(c - i1 for c in range(i1, i2) if dynamic and c % gsize == 0),
+                *(p - i1 for p in layout.starts if i1 <= p < i2),
             }
         )
         for s1, s2 in zip(cuts[:-1], cuts[1:], strict=True):
-            if dynamic and (i1 + s1) % gsize == 0:
-                _refresh_group(W1[:, s1 : s1 + gsize], fmt, scale, zero, (i1 + s1) // gsize)
+            width = layout.starts.get(i1 + s1)
+            if width is not None:
+                grid.refresh(layout.group_of[i1 + s1], W1[:, s1 : s1 + width])
             for i in range(s1, s2):
-                gi = group_of_col[i1 + i]
-                s = scale[:, gi]
-                z = None if zero is None else zero[:, gi]
                 w = W1[:, i]
-                q = quantize_to_codes(w, s, z, fmt)
+                q, value = grid.column(w, layout.group_of[i1 + i])
                 codes[:, i1 + i] = q
-                err = (w - codes_to_values(q, s, z)).div_(Hinv1[i, i])
+                err = (w - value).div_(Hinv1[i, i])
                 W1[:, i + 1 : s2].addr_(err, Hinv1[i, i + 1 : s2], alpha=-1.0)
                 Err[:, i1 + i] = err
             W1[:, s2:].addmm_(Err[:, i1 + s1 : i1 + s2], Hinv1[s1:s2, s2:], alpha=-1.0)

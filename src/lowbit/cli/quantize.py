@@ -28,7 +28,9 @@ def quantize(
     group_size: Annotated[int, typer.Option(help="Columns per group (any positive size).")] = 64,
     symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
     algorithm: Annotated[str, typer.Option(help="gptq or rtn.")] = "gptq",
-    act_order: Annotated[str, typer.Option(help="GPTQ order: off, static, group.")] = "static",
+    act_order: Annotated[
+        str, typer.Option(help="GPTQ order: off, static, group, group_aware.")
+    ] = "static",
     damp: Annotated[float, typer.Option(help="GPTQ dampening (relative).")] = 0.01,
     plan: Annotated[
         Path | None, typer.Option(help="A plan file (JSON/YAML); overrides the options above.")

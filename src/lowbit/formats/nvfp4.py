@@ -47,11 +47,19 @@ class NVFP4Format:
         self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
     ) -> QuantizedWeight:
         """``lo``/``hi`` clip the blocks; the tensor scale always covers the whole tensor."""
+        return self.encode_with_tensor_scale(W, lo, hi, granularity, nvfp4_tensor_scale(W))
+
+    def encode_with_tensor_scale(
+        self,
+        W: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        granularity: Granularity,
+        global_scale: torch.Tensor,
+    ) -> QuantizedWeight:
+        """:meth:`encode` with the fp32 tensor scale ``global_scale`` (a 0-d tensor) given, as
+        when the blocks of one tensor are encoded apart (GPTQ chooses them one at a time)."""
         W = W.float()
-        tensor_amax = W.abs().amax()
-        global_scale = torch.where(
-            tensor_amax > 0, tensor_amax / (FP8_E4M3.max_value * FP4_E2M1.max_value), 1.0
-        ).reshape(())
         block_amax = torch.maximum(lo.abs(), hi.abs())
         block_scale = FP8_E4M3.round(block_amax / (FP4_E2M1.max_value * global_scale))
         step = columns(block_scale, granularity, W.shape[1]) * global_scale
@@ -70,3 +78,11 @@ class NVFP4Format:
             raise ValueError("an NVFP4 weight needs its fp32 tensor_scale")
         step = columns(qw.scale.float(), qw.granularity, qw.shape[1]) * qw.tensor_scale.float()
         return FP4_E2M1.from_codes(qw.codes) * step
+
+
+def nvfp4_tensor_scale(W: torch.Tensor) -> torch.Tensor:
+    """absmax(W) / (448 · 6) as a 0-d fp32 tensor (1 for an all-zero tensor)."""
+    tensor_amax = W.float().abs().amax()
+    return torch.where(
+        tensor_amax > 0, tensor_amax / (FP8_E4M3.max_value * FP4_E2M1.max_value), 1.0
+    ).reshape(())

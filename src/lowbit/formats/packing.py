@@ -70,7 +70,8 @@ def unpack_codes(packed: torch.Tensor, fmt: WeightFormat, count: int) -> torch.T
 def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     """The stored tensors of one weight: ``codes`` and ``zero`` packed to their bit width,
     ``scale`` in its storage dtype (fp16/bf16/fp32 scales, E8M0 bytes, FP8 E4M3 block scales or
-    a LUT's fp16 table), ``perm`` as int32 and ``tensor_scale`` as fp32, when present."""
+    a LUT's fp16 table), ``perm`` as int32, ``tensor_scale`` as fp32 and the sparse outliers as
+    ``outlier_index`` (int32 flat indices) and ``outlier_value`` (fp16), when present."""
     out = {"codes": pack_codes(qw.codes, qw.fmt), "scale": qw.scale.contiguous()}
     if qw.zero is not None:
         out["zero"] = pack(qw.zero.cpu(), qw.fmt.bits)
@@ -78,6 +79,9 @@ def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
         out["perm"] = qw.perm.to(torch.int32)
     if qw.tensor_scale is not None:
         out["tensor_scale"] = qw.tensor_scale.float().reshape(())
+    if qw.outliers is not None:
+        out["outlier_index"] = qw.outliers[0].to(torch.int32).contiguous()
+        out["outlier_value"] = qw.outliers[1].to(torch.float16).contiguous()
     return out
 
 
@@ -96,4 +100,11 @@ def unpack_weight(
         zero = unpack(tensors["zero"], fmt.bits, scale.numel(), False).to(torch.uint8)
         zero = zero.view(scale.shape)
     perm = tensors["perm"].long() if "perm" in tensors else None
-    return QuantizedWeight(codes, scale, zero, fmt, granularity, perm, tensors.get("tensor_scale"))
+    outliers = None
+    if "outlier_index" in tensors or "outlier_value" in tensors:
+        if "outlier_index" not in tensors or "outlier_value" not in tensors:
+            raise ValueError("sparse outliers need both outlier_index and outlier_value")
+        outliers = (tensors["outlier_index"], tensors["outlier_value"])
+    return QuantizedWeight(
+        codes, scale, zero, fmt, granularity, perm, tensors.get("tensor_scale"), outliers
+    )

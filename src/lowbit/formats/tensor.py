@@ -17,6 +17,10 @@ from lowbit.formats.granularity import Granularity, PerGroup
 
 PERM_BITS = 32  # a saved column permutation costs one int32 per input column
 TENSOR_SCALE_BITS = 32  # a second-level per-tensor scale (NVFP4) is one fp32
+# a sparse full-precision outlier (SqueezeLLM's dense-and-sparse) is stored as COO: its fp16
+# value and the int32 flat index row · in + column of its place in the original layout
+OUTLIER_VALUE_BITS = 16
+OUTLIER_INDEX_BITS = 32
 
 
 @runtime_checkable
@@ -60,7 +64,9 @@ class WeightFormat(Protocol):
 class QuantizedWeight:
     """``codes`` (out, in) in storage column order; ``scale``/``zero`` (out, n_groups) over the
     groups of storage columns (rows = 1 for per-tensor); ``perm`` (in,) maps storage column j to
-    original column perm[j] (None: storage order is the original order).
+    original column perm[j] (None: storage order is the original order). ``outliers``, when
+    present, is a pair (flat indices (nnz,) int32, values (nnz,) fp16): the weights kept in
+    full precision (SqueezeLLM's sparse part), which replace the dense part's values there.
 
     What ``scale`` holds depends on ``fmt``: float scales (INT, FP, NF4), E8M0 exponent bytes
     (MX), FP8 E4M3 block scales (NVFP4, with the fp32 ``tensor_scale``), or for LUT formats the
@@ -75,23 +81,28 @@ class QuantizedWeight:
     granularity: Granularity
     perm: torch.Tensor | None = None
     tensor_scale: torch.Tensor | None = None
+    outliers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.codes.shape[0]), int(self.codes.shape[1]))
 
     def dequantize(self) -> torch.Tensor:
-        """The fp32 weight (out, in) in the original column order."""
+        """The fp32 weight (out, in) in the original column order, outliers in place."""
         W = self.fmt.decode(self)
-        if self.perm is None:
-            return W
-        restored = torch.empty_like(W)
-        restored[:, self.perm] = W
-        return restored
+        if self.perm is not None:
+            restored = torch.empty_like(W)
+            restored[:, self.perm] = W
+            W = restored
+        if self.outliers is not None:
+            index, values = self.outliers
+            W = W.contiguous()
+            W.view(-1)[index.long()] = values.float()
+        return W
 
     def n_bits(self) -> int:
-        """Total stored bits: codes, scales (or tables), zero points, a per-tensor scale and the
-        permutation."""
+        """Total stored bits: codes, scales (or tables), zero points, a per-tensor scale, the
+        permutation and the sparse outliers (48 bits each)."""
         out_f, in_f = self.shape
         total = out_f * in_f * self.fmt.bits + self.scale.numel() * self.fmt.scale_bits
         if self.zero is not None:
@@ -100,6 +111,8 @@ class QuantizedWeight:
             total += TENSOR_SCALE_BITS
         if self.perm is not None:
             total += PERM_BITS * in_f
+        if self.outliers is not None:
+            total += self.outliers[0].numel() * (OUTLIER_VALUE_BITS + OUTLIER_INDEX_BITS)
         return total
 
     def bits_per_weight(self) -> float:

@@ -19,7 +19,8 @@ from torch import nn
 
 from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn_quantize
 from lowbit.algorithms.awq import awq_quantize
-from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig
+from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig, SqueezeLLMConfig
+from lowbit.algorithms.squeezellm import squeezellm_quantize
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.formats import QuantizedWeight
 from lowbit.models.capture import capture_inputs
@@ -260,6 +261,14 @@ def quantize_weight(
             raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
         out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
         return out.weight, out.loss, out.damp
+    if isinstance(spec.algorithm, SqueezeLLMConfig):  # sensitivity: the Hessian diagonal
+        if H is None:
+            raise LowbitError(f"layer {name}: SqueezeLLM needs calibration statistics")
+        if not torch.isfinite(H).all():
+            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
+        sensitivity = torch.diagonal(H)
+        qw = squeezellm_quantize(W, sensitivity, spec.fmt, spec.granularity, spec.algorithm, name)
+        return qw, None, None
     return rtn_quantize(W, spec.fmt, spec.granularity, spec.algorithm.clipping, name), None, None
 
 

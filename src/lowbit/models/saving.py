@@ -4,11 +4,13 @@ A directory with ``config.json`` and the tokenizer (copied from the source model
 ``model.safetensors`` holding every tensor that was not quantized plus, per quantized layer,
 ``<name>.qcodes`` (codes packed to their bit width), ``<name>.qscale`` (scales in their storage
 dtype), ``<name>.qzero`` (packed zero points, asymmetric formats), ``<name>.qperm`` (int32
-column permutation, when saved) and ``<name>.qtscale`` (fp32 per-tensor scale, NVFP4), and
-``lowbit.json`` (the plan, each layer's format, static activation thresholds when the plan has
-static activation scales, whether a tied head was stored apart, and provenance). A tied head
-stored apart and kept in full precision is saved as ``lm_head.weight``. Loading rebuilds the
-dense model with the same dequantization used in evaluation, so its logits are identical.
+column permutation, when saved), ``<name>.qtscale`` (fp32 per-tensor scale, NVFP4),
+``<name>.qoidx``/``<name>.qoval`` (SqueezeLLM's sparse outliers: int32 flat indices, fp16
+values), and ``lowbit.json`` (the plan, each layer's format, static activation thresholds when
+the plan has static activation scales, whether a tied head was stored apart, and provenance). A
+tied head stored apart and kept in full precision is saved as ``lm_head.weight``. Loading
+rebuilds the dense model with the same dequantization used in evaluation, so its logits are
+identical.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ _KEYS = {
     "zero": "qzero",
     "perm": "qperm",
     "tensor_scale": "qtscale",
+    "outlier_index": "qoidx",
+    "outlier_value": "qoval",
 }
 _QSUFFIXES = tuple(f".{q}" for q in _KEYS.values())
 

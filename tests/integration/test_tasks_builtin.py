@@ -37,7 +37,7 @@ def test_bridge_equals_the_harness_run_directly(handle, reference_run):
         model_args={"pretrained": str(handle.path), "dtype": "float32", "device": "cpu"},
         tasks=[f"local_{t}" for t in TASKS],
         task_manager=TaskManager(
-            include_path=reference_run.info["task_dir"], include_defaults=False
+            include_path=reference_run.info["task_dirs"], include_defaults=False
         ),
         limit=4,
         log_samples=True,

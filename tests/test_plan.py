@@ -187,9 +187,9 @@ def test_malformed_layer_specs_are_config_errors(patch, message):
     [
         (W4G128, "GPTQ W4 g128 sym", 576, 576, 4 + 5 * 16 / 576),
         # act-order "group" saves a 32-bit permutation entry per input column
-        (W3G64, "GPTQ W3 g64 asym", 128, 256, 3 + 4 * 19 / 256 + 32 / 128),
-        (W8, "RTN W8 per-channel sym", 64, 1024, 8 + 16 / 1024),
-        (W2T, "GPTQ W2 per-tensor sym", 4, 8, 2 + 32 / 32),
+        (W3G64, "GPTQ W3 g64 asym damp=0.05 block_size=64 act_order=group", 128, 256, 3 + 4 * 19 / 256 + 32 / 128),
+        (W8, "RTN W8 per-channel sym scale_dtype=bfloat16", 64, 1024, 8 + 16 / 1024),
+        (W2T, "GPTQ W2 per-tensor sym scale_dtype=float32 act_order=off", 4, 8, 2 + 32 / 32),
     ],
 )
 def test_describe_and_bits_per_weight(spec, text, out_f, in_f, bits):
@@ -255,7 +255,7 @@ def test_format_and_clipping_fields_in_the_dict():
     [
         (0, "RTN MXFP4 g32", 4 + 8 / 32),
         (2, "RTN NVFP4 g16", 4 + 8 / 16 + 32 / (64 * 1024)),
-        (3, "RTN NF4 g64", 4 + 16 / 64),
+        (3, "RTN NF4 g64 scale_dtype=bfloat16 clipping=Percentile(percent=99.9)", 4 + 16 / 64),
         (6, "RTN LUT3 per-channel", 3 + 8 * 16 / 1024),
     ],
 )
@@ -311,3 +311,21 @@ def test_a_block_format_with_the_wrong_group_is_refused_early():
     data["granularity"] = {"type": "group", "size": 64}
     with pytest.raises(ConfigError, match="mxfp4 uses blocks of 32"):
         LayerSpec.from_dict(data)
+
+
+def test_labels_tell_specs_apart() -> None:
+    """Menus and tables key specs by label: every option that changes the result shows."""
+    from lowbit.algorithms import GPTQConfig, RTNConfig
+    from lowbit.formats import IntFormat, PerGroup
+    from lowbit.formats.clipping import MSEClip
+    from lowbit.formats.codebook import NF4Format
+
+    assert LayerSpec(IntFormat(4), PerGroup(64), GPTQConfig()).describe() == "GPTQ W4 g64 sym"
+    specs = [
+        LayerSpec(NF4Format(), PerGroup(64), RTNConfig()),
+        LayerSpec(NF4Format(), PerGroup(64), RTNConfig(clipping=MSEClip())),
+        LayerSpec(IntFormat(4), PerGroup(64), GPTQConfig(act_order="group")),
+        LayerSpec(IntFormat(4), PerGroup(64), GPTQConfig()),
+        LayerSpec(IntFormat(4, scale_dtype="float32"), PerGroup(64), GPTQConfig()),
+    ]
+    assert len({s.describe() for s in specs}) == len(specs)

@@ -295,20 +295,39 @@ def spec_from_options(
     damp: float = 0.01,
     block_size: int = 128,
     granularity: str = "group",
+    fmt: str = "int",
+    clipping: str = "minmax",
 ) -> LayerSpec:
-    """A LayerSpec from typed command-line options; unknown names get suggestions."""
-    from lowbit.algorithms import ALGORITHMS, GPTQConfig
-    from lowbit.formats import IntFormat, PerChannel, PerGroup, PerTensor
+    """A LayerSpec from typed command-line options; unknown names get suggestions. ``fmt`` is a
+    registered format name (``int`` and ``lut`` take ``bits``; ``int`` takes ``symmetric``);
+    ``clipping`` (minmax, mse, or percentile:P) applies to RTN."""
+    from lowbit.algorithms import ALGORITHMS, GPTQConfig, RTNConfig
+    from lowbit.formats import FORMATS, IntFormat, PerChannel, PerGroup, PerTensor
+    from lowbit.formats.clipping import MinMax, MSEClip, Percentile
 
     grans = {"group": lambda: PerGroup(group_size), "channel": PerChannel, "tensor": PerTensor}
     if granularity not in grans:
         raise ConfigError(f"unknown granularity {granularity!r}; use group, channel or tensor")
+    make = FORMATS.get(fmt)
+    weight_fmt = (
+        IntFormat(bits, symmetric) if fmt == "int" else make(bits) if fmt == "lut" else make()
+    )
+    kind, _, arg = clipping.partition(":")
+    clips = {"minmax": MinMax, "mse": MSEClip, "percentile": lambda: Percentile(float(arg or 99.9))}
+    if kind not in clips:
+        raise ConfigError(f"unknown clipping {clipping!r}; use minmax, mse or percentile[:P]")
     config_type = ALGORITHMS.get(algorithm)
+    if kind != "minmax" and config_type is not RTNConfig:
+        raise ConfigError(
+            f"--clipping {clipping} applies to RTN; {algorithm} chooses its own ranges"
+        )
     if config_type is GPTQConfig:
         algo: Any = GPTQConfig(damp=damp, block_size=block_size, act_order=act_order)
+    elif config_type is RTNConfig:
+        algo = RTNConfig(clipping=clips[kind]())
     else:
         algo = config_type()
-    return LayerSpec(IntFormat(bits, symmetric), grans[granularity](), algo)
+    return LayerSpec(weight_fmt, grans[granularity](), algo)
 
 
 def plan_from_options(spec: LayerSpec) -> Plan:

@@ -64,7 +64,11 @@ class LayerSpec:
             check_squeezellm_format(self.fmt)
 
     def describe(self) -> str:
-        return f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
+        """A label that tells specs apart: the scheme, then every option that differs from its
+        default (e.g. ``GPTQ W4 g64 sym act_order=group``)."""
+        base = f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
+        extras = _changed(self.fmt, skip=("symmetric",)) + _changed(self.algorithm)
+        return " ".join([base, *extras])
 
     def bits_per_weight(self, out_features: int, in_features: int) -> float:
         """Codes, scales, zero points and, for GPTQ act-order ``group``, the saved permutation
@@ -280,6 +284,28 @@ def _runtime_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     if smooth is not None:
         alpha = smooth.get("alpha", 0.5) if isinstance(smooth, dict) else smooth
         out["smoothquant"] = float(alpha)
+    return out
+
+
+def _changed(obj: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    """``name=value`` for each field of a dataclass that has a default and differs from it."""
+    import dataclasses
+    from enum import Enum
+
+    out = []
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        value = getattr(obj, f.name)
+        if value != default:
+            shown = value.value if isinstance(value, Enum) else value
+            out.append(f"{f.name}={shown}")
     return out
 
 

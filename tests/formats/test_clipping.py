@@ -125,3 +125,29 @@ def test_dict_round_trip(clip):
 def test_bad_clipping_configs(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_percentile_keeps_the_range_of_a_sparse_group() -> None:
+    """A group that is mostly zeros has a zero percentile range; it keeps its min-max range
+    rather than a scale unrelated to the data."""
+    from lowbit.formats import IntFormat, PerGroup
+    from lowbit.formats.clipping import Percentile
+    from lowbit.formats.quantize import quantize_weight
+
+    W = torch.zeros(2, 256)
+    W[0, 5] = 50.0  # the 99th percentile of |w| in row 0 is 0
+    W[1] = torch.linspace(-1, 1, 256)
+    qw = quantize_weight(W, IntFormat(4), PerGroup(256), Percentile(99.0))
+    assert float(qw.dequantize()[0, 5]) == pytest.approx(50.0, rel=0.1)
+
+
+def test_a_scale_beyond_its_dtype_is_an_error() -> None:
+    from lowbit.errors import DataError
+    from lowbit.formats import IntFormat, PerGroup
+    from lowbit.formats.quantize import quantize_weight
+
+    W = torch.full((1, 32), 3e7)
+    with pytest.raises(DataError, match="exceeds the largest"):
+        quantize_weight(W, IntFormat(4), PerGroup(32))
+    wide = quantize_weight(W, IntFormat(4, scale_dtype="float32"), PerGroup(32))
+    assert wide.scale.isfinite().all()

@@ -27,7 +27,20 @@ def quantize(
     ] = Granularity.group,
     group_size: Annotated[int, typer.Option(help="Columns per group (any positive size).")] = 64,
     symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
-    algorithm: Annotated[str, typer.Option(help="gptq or rtn.")] = "gptq",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Weight format (`lowbit ls formats`): int (with --bits, --symmetric), nf4, "
+            "fp4_e2m1, fp8_e4m3, mxfp4 (group 32), nvfp4 (group 16), lut (with --bits), ...",
+        ),
+    ] = "int",
+    clipping: Annotated[
+        str, typer.Option(help="RTN range: minmax, mse, or percentile[:P].")
+    ] = "minmax",
+    algorithm: Annotated[
+        str, typer.Option(help="rtn, gptq, awq or squeezellm (`lowbit ls algorithms`).")
+    ] = "gptq",
     act_order: Annotated[
         str, typer.Option(help="GPTQ order: off, static, group, group_aware.")
     ] = "static",
@@ -66,6 +79,8 @@ def quantize(
                 act_order,
                 damp,
                 granularity=granularity.value,
+                fmt=fmt,
+                clipping=clipping,
             )
         )
     )

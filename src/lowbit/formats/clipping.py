@@ -158,9 +158,13 @@ def clipped_range(
     W: torch.Tensor, fmt: WeightFormat, granularity: Granularity, clipping: Clipping
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-group range ``clipping`` chooses for ``W`` (out, in) in ``fmt``."""
-    if isinstance(clipping, Percentile):
-        return percentile_range(W, granularity, clipping.percent, fmt.symmetric)
     lo, hi = minmax_range(W, granularity)
+    if isinstance(clipping, Percentile):
+        plo, phi = percentile_range(W, granularity, clipping.percent, fmt.symmetric)
+        # a sparse group can have a zero percentile range around non-zero weights: a zero range
+        # would give a scale unrelated to the data, so such a group keeps its min-max range
+        empty = (plo == 0) & (phi == 0) & ((lo != 0) | (hi != 0))
+        return torch.where(empty, lo, plo), torch.where(empty, hi, phi)
     if isinstance(clipping, MSEClip):
         return mse_range(W, fmt, granularity, lo, hi, clipping)
     return lo, hi

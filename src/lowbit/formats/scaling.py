@@ -27,7 +27,14 @@ def storable_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     stored = scale.to(dtype)
     up = torch.nextafter(stored, torch.full_like(stored, torch.inf))
-    return torch.where(stored.float() < scale, up, stored).float()
+    out = torch.where(stored.float() < scale, up, stored).float()
+    if not bool(torch.isfinite(out).all()):
+        raise DataError(
+            f"a group's scale ({float(scale.max()):.4g}) exceeds the largest {dtype} value: the "
+            "weights are too large for this scale dtype; use scale_dtype float32 or keep the "
+            "layer in full precision"
+        )
+    return out
 
 
 def check_finite(W: torch.Tensor, name: str) -> None:

@@ -21,7 +21,7 @@ from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn
 from lowbit.algorithms.awq import awq_quantize
 from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig, SqueezeLLMConfig
 from lowbit.algorithms.squeezellm import squeezellm_quantize
-from lowbit.errors import ConfigError, LowbitError
+from lowbit.errors import ConfigError, DataError, LowbitError
 from lowbit.formats import QuantizedWeight
 from lowbit.models.capture import capture_inputs
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
@@ -232,7 +232,10 @@ def _quantize_layer(
     if spec is None:
         result.layers.append(LayerReport(name, "kept (fp32)", shape, 32.0, 0.0))
         return
-    qw, loss, damp = quantize_weight(name, W, spec, H, clip=clip)
+    try:
+        qw, loss, damp = quantize_weight(name, W, spec, H, clip=clip)
+    except DataError as exc:
+        raise DataError(f"layer {name}: {exc}") from None
     module.weight.data = qw.dequantize().to(W.dtype)
     result.weights[name] = qw
     result.layers.append(

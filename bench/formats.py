@@ -1,0 +1,141 @@
+"""Formats × algorithms (issue 3) on the built-in model: perplexity and KL divergence at about 4
+and 3 bits per weight, W8A8 (INT8 and FP8) and KV-cache quantization, each with its true bits
+per weight and quantization time.
+
+Protocol: WikiText-2 raw test, ctx 512, first 40 windows, against the fp32 model; calibration
+windows of 512 tokens drawn (seed 0) from wiki.valid.tokens: `--calib-windows` for the table
+(default 128, the spine's), and always 128 for the 3-bit comparison of GPTQ, AWQ and SqueezeLLM
+with RTN. Each finished row is stored at once in bench/results/formats/formats.json, so an
+interrupted run resumes where it stopped.
+
+Usage: .venv/bin/python bench/formats.py [--calib-windows N] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "formats"
+
+
+def configs() -> dict[str, tuple[str, object]]:
+    """name → (part, plan)."""
+    from lowbit.algorithms import AWQConfig, GPTQConfig, RTNConfig, SqueezeLLMConfig
+    from lowbit.algorithms.activation_specs import ActivationSpec, KVCacheSpec
+    from lowbit.formats import IntFormat, PerChannel, PerGroup
+    from lowbit.formats.codebook import LUTFormat, NF4Format
+    from lowbit.formats.floating import FloatFormat
+    from lowbit.formats.microscaling import MXFormat
+    from lowbit.formats.nvfp4 import NVFP4Format
+    from lowbit.plan import LayerSpec, Plan, uniform_plan
+
+    algos = {"RTN": RTNConfig(), "GPTQ": GPTQConfig(), "AWQ": AWQConfig()}
+    weights = {
+        "4": [
+            ("INT4 g64", IntFormat(4), PerGroup(64)),
+            ("INT4 g32", IntFormat(4), PerGroup(32)),
+            ("NF4 g64", NF4Format(), PerGroup(64)),
+            ("FP4 E2M1 g32", FloatFormat(2, 1), PerGroup(32)),
+            ("MXFP4", MXFormat("fp4_e2m1"), PerGroup(32)),
+            ("NVFP4", NVFP4Format(), PerGroup(16)),
+        ],
+        "3": [("INT3 g64", IntFormat(3), PerGroup(64))],
+    }
+    out: dict[str, tuple[str, object]] = {}
+    for bits, rows in weights.items():
+        for label, fmt, gran in rows:
+            for algo, cfg in algos.items():
+                out[f"{algo} {label}"] = (f"~{bits} bits", uniform_plan(LayerSpec(fmt, gran, cfg)))
+    for bits in (4, 3):
+        lut = LUTFormat(bits)
+        for algo, cfg in (("RTN", RTNConfig()), ("GPTQ", GPTQConfig()),
+                          ("SqueezeLLM", SqueezeLLMConfig())):  # fmt: skip
+            out[f"{algo} LUT{bits} per-channel"] = (
+                f"~{bits} bits",
+                uniform_plan(LayerSpec(lut, PerChannel(), cfg)),
+            )
+    int8 = LayerSpec(IntFormat(8), PerChannel(), RTNConfig())
+    fp8 = FloatFormat(4, 3, "float32")
+    out["W8A8 INT8 (per-token dynamic)"] = (
+        "W8A8",
+        Plan(int8, activations=ActivationSpec(IntFormat(8), "per_token", True)),
+    )
+    out["W8A8 FP8 E4M3 (per-tensor static, min-max)"] = (
+        "W8A8",
+        Plan(
+            LayerSpec(fp8, PerChannel(), RTNConfig()),
+            activations=ActivationSpec(FloatFormat(4, 3, "float32"), "per_tensor", False),
+        ),
+    )
+    for bits in (8, 4):
+        out[f"KV cache INT{bits} per-token (weights fp32)"] = (
+            "KV cache",
+            Plan(None, kv_cache=KVCacheSpec(IntFormat(bits))),
+        )
+    return out
+
+
+THREE_BIT = ("RTN INT3 g64", "GPTQ INT3 g64", "AWQ INT3 g64", "SqueezeLLM LUT3 per-channel")
+PRIORITY = tuple(f"{a} {f}" for f in ("MXFP4", "NVFP4", "INT4 g32") for a in ("RTN", "GPTQ", "AWQ"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calib-windows", type=int, default=128)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+    from lowbit import api
+    from lowbit.evaluation.text import data_dir
+
+    data = data_dir()
+    OUT.mkdir(parents=True, exist_ok=True)
+    store = OUT / "formats.json"
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    handle = api.load("smollm2-135m")
+    test = api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 512, 40)
+    windows = api.text_windows(handle, test, calibration=False)
+    valid = str(data / "wikitext-2" / "wiki.valid.tokens")
+    calib = {
+        n: api.text_windows(handle, api.TextConfig(valid, 512, n, 0), calibration=True)
+        for n in {args.calib_windows, 128}
+    }
+    every = configs()
+    first = [*THREE_BIT, *(k for k in every if k.startswith("W8A8")), *PRIORITY]
+    order = [*first, *(k for k in every if k not in first)]
+    todo = {k: every[k] for k in order if args.only is None or k in args.only}
+    for name, (part, plan) in todo.items():
+        n_calib = 128 if name in THREE_BIT else args.calib_windows
+        key = f"{name} [calib {n_calib}]" if plan.needs_calibration() else name
+        if key in done:
+            continue
+        print(f"--- {key}", flush=True)
+        t0 = time.perf_counter()
+        qm = api.quantize(handle, plan, calib[n_calib])
+        seconds = time.perf_counter() - t0
+        model = api.fake_quant_model(handle, qm)
+        res = api.evaluate(handle.load_model(), {"q": model}, windows)
+        fp = api.footprint(handle, qm)
+        q = res["q"]
+        done[key] = {
+            "part": part,
+            "bits_per_weight_linear": fp.bits_per_weight_linear,
+            "bits_per_weight_model": fp.bits_per_weight_model,
+            "perplexity": q.perplexity,
+            "reference_perplexity": res["reference"].perplexity,
+            "kl_mean": q.kl["mean"],
+            "kl_p99": q.kl["p99"],
+            "top1_agreement": q.top1_agreement,
+            "quantize_s": seconds,
+            "calibration_windows": n_calib if plan.needs_calibration() else 0,
+        }
+        print(json.dumps(done[key]), flush=True)
+        store.write_text(json.dumps(done, indent=1))
+        del model, qm
+
+
+if __name__ == "__main__":
+    main()

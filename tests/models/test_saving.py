@@ -121,3 +121,33 @@ def test_other_formats_save_and_load_with_identical_logits(tiny_llama, tmp_path,
         assert torch.equal(weights[name].codes, qw.codes)
         assert torch.equal(weights[name].scale.view(torch.uint8), qw.scale.view(torch.uint8))
     assert manifest["plan"] == uniform_plan(spec).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("spec", "drop", "message"),
+    [
+        (LayerSpec(NVFP4Format(), PerGroup(16), RTNConfig()), ".qtscale", "tensor scale"),
+        (LayerSpec(NF4Format(), PerGroup(32), RTNConfig()), ".qscale", "scales are missing"),
+        (LayerSpec(IntFormat(4), PerGroup(32), RTNConfig()), "shrink", "do not fit"),
+    ],
+)
+def test_a_damaged_directory_is_named_by_layer(tiny_llama, tmp_path, spec, drop, message):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lowbit.errors import ArtefactError
+
+    handle = resolve_model(str(tiny_llama))
+    out = save_quantized(quantize_model(handle, uniform_plan(spec), None), tmp_path / "q", {})
+    path = out / "model.safetensors"
+    with safe_open(str(path), framework="pt") as reader:
+        tensors = {k: reader.get_tensor(k) for k in reader.keys()}
+    victim = next(k for k in tensors if k.endswith(".qscale"))
+    layer = victim.removesuffix(".qscale")
+    if drop == "shrink":
+        tensors[victim] = tensors[victim][:, :1].contiguous()
+    else:
+        del tensors[layer + drop]
+    save_file(tensors, str(path))
+    with pytest.raises(ArtefactError, match=f"layer {layer}: .*{message}"):
+        load_quantized(out)

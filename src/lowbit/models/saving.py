@@ -25,6 +25,7 @@ from lowbit._io import atomic_dir
 from lowbit.algorithms import RTNConfig
 from lowbit.errors import ArtefactError, ModelSourceError
 from lowbit.formats import IntFormat, QuantizedWeight
+from lowbit.formats.nvfp4 import NVFP4Format
 from lowbit.formats.packing import pack_weight, unpack_weight
 from lowbit.models.embeddings import HEAD_PATH, read_tensor
 from lowbit.models.files import copy_model_files, safetensors_header
@@ -170,7 +171,19 @@ def _unpacked(name: str, meta: dict[str, Any], reader: Any, keys: set[str]) -> Q
     }
     if isinstance(spec.fmt, IntFormat) and not spec.fmt.symmetric and "zero" not in tensors:
         raise ArtefactError(f"layer {name}: packed zero points are missing from model.safetensors")
-    return unpack_weight(tensors, spec.fmt, spec.granularity, (out_f, in_f))
+    if "scale" not in tensors:
+        raise ArtefactError(f"layer {name}: scales are missing from model.safetensors")
+    if isinstance(spec.fmt, NVFP4Format) and "tensor_scale" not in tensors:
+        raise ArtefactError(f"layer {name}: the NVFP4 tensor scale is missing")
+    try:
+        qw = unpack_weight(tensors, spec.fmt, spec.granularity, (out_f, in_f))
+        qw.dequantize()  # shapes of codes, scales and tables must fit the layer
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise ArtefactError(
+            f"layer {name}: stored tensors do not fit its {out_f}×{in_f} {spec.describe()} "
+            f"layout ({exc}); the directory is damaged: quantize again"
+        ) from exc
+    return qw
 
 
 def _is_tied(model: Any, key: str) -> bool:

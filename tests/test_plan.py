@@ -187,7 +187,13 @@ def test_malformed_layer_specs_are_config_errors(patch, message):
     [
         (W4G128, "GPTQ W4 g128 sym", 576, 576, 4 + 5 * 16 / 576),
         # act-order "group" saves a 32-bit permutation entry per input column
-        (W3G64, "GPTQ W3 g64 asym damp=0.05 block_size=64 act_order=group", 128, 256, 3 + 4 * 19 / 256 + 32 / 128),
+        (
+            W3G64,
+            "GPTQ W3 g64 asym damp=0.05 block_size=64 act_order=group",
+            128,
+            256,
+            3 + 4 * 19 / 256 + 32 / 128,
+        ),
         (W8, "RTN W8 per-channel sym scale_dtype=bfloat16", 64, 1024, 8 + 16 / 1024),
         (W2T, "GPTQ W2 per-tensor sym scale_dtype=float32 act_order=off", 4, 8, 2 + 32 / 32),
     ],

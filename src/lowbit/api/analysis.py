@@ -1,0 +1,68 @@
+"""The API's sensitivity and allocation functions (re-exported by :mod:`lowbit.api`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lowbit.errors import ConfigError
+from lowbit.plan import LayerSpec, Plan
+
+
+def sensitivity(
+    handle: Any,
+    menu: tuple[LayerSpec, ...],
+    calib: Any,  # lowbit.api.Windows
+    probe: Any = None,
+    *,
+    done: dict | None = None,
+    on_block: Any = None,
+    progress: Any = None,
+) -> Any:
+    """Sensitivity table of every linear layer of ``handle`` to each spec of ``menu``."""
+    from lowbit.sensitivity.probe import ProbeConfig, measure
+
+    return measure(
+        handle,
+        menu,
+        calib.ids,
+        probe or ProbeConfig(),
+        done=done,
+        on_block=on_block,
+        progress=progress,
+    )
+
+
+def load_table(path: Path, handle: Any | None = None) -> Any:
+    """A saved sensitivity table; with ``handle``, checked to be of that model."""
+    from lowbit.sensitivity import SensitivityTable
+
+    table = SensitivityTable.load(path)
+    if handle is not None:
+        table.check_model(handle.fingerprint, handle.source)
+    return table
+
+
+def allocate(
+    table: Any,
+    budget: Any,
+    *,
+    method: str = "exact",
+    metric: str = "kl",
+    fuse: bool = True,
+    pins: dict[str, int] | None = None,
+) -> tuple[Any, Plan]:
+    """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``)
+    or ``llamacpp`` (the llama.cpp-style mix that spends the most within the budget)."""
+    from lowbit.allocation import build_problem, solve_exact
+    from lowbit.allocation.heuristic import llamacpp_for_budget
+    from lowbit.allocation.to_plan import to_plan
+
+    problem = build_problem(table, metric, fuse=fuse, pins=pins)
+    if method == "exact":
+        alloc = solve_exact(problem, budget)
+    elif method == "llamacpp":
+        alloc = llamacpp_for_budget(table, build_problem(table, metric, fuse=False), budget)
+    else:
+        raise ConfigError(f"unknown allocation method {method!r}; use exact or llamacpp")
+    return alloc, to_plan(table, alloc)

@@ -1,0 +1,75 @@
+"""The API's performance-model functions (re-exported by :mod:`lowbit.api`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lowbit.errors import ConfigError
+from lowbit.plan import Plan
+
+
+def model_config(source: str) -> Any:
+    """A model's config alone: a ``config.json`` file, a directory holding one (weights are not
+    needed), or any model source ``load`` accepts."""
+    import json
+
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "lowbit.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    from lowbit.api import load
+
+    return load(source).config
+
+
+def estimate_performance(
+    config: Any,
+    plan: Plan | None,
+    hardware: Any,
+    layout: Any,
+    *,
+    dense_bits: int = 16,
+    act_bits: int | None = None,
+    kv_bits: int | None = None,
+    compute: str | None = None,
+) -> tuple[Any, Any, Any, Any]:
+    """(shape, precision, hardware, estimate) for ``config`` under ``plan`` on ``hardware``
+    (a datasheet name from ``lowbit ls hardware``, or ``this`` to measure the current device)."""
+    from lowbit.perf.estimate import estimate
+    from lowbit.perf.hardware import get_hardware
+    from lowbit.perf.measure import this_machine
+    from lowbit.perf.precision import precision_for
+    from lowbit.perf.shape import shape_from_config
+
+    shape = shape_from_config(config)
+    prec = precision_for(
+        shape, plan, dense_bits=dense_bits, act_bits=act_bits, kv_bits=kv_bits, compute=compute
+    )
+    if not isinstance(hardware, str):
+        hw = hardware
+    elif hardware == "this":
+        from lowbit.models.sources import cache_root
+
+        hw = this_machine(cache_root())
+    else:
+        hw = get_hardware(hardware)
+    return shape, prec, hw, estimate(shape, prec, hw, layout)
+
+
+def this_machine_for(handle: Any) -> Any:
+    """This device's measured roofline, with the eager runtime's fixed cost per operator
+    measured on a tiny twin of ``handle``'s architecture."""
+    from dataclasses import replace
+
+    from lowbit.models.sources import cache_root
+    from lowbit.models.twin import tiny_twin
+    from lowbit.perf.measure import this_machine
+    from lowbit.perf.profile import operator_overheads
+
+    hw = this_machine(cache_root())
+    return replace(hw, op_overhead=operator_overheads(tiny_twin(handle.config)))

@@ -8,7 +8,7 @@ windows of 512 tokens drawn (seed 0) from wiki.valid.tokens: `--calib-windows` f
 with RTN. Each finished row is stored at once in bench/results/formats/formats.json, so an
 interrupted run resumes where it stopped.
 
-Usage: .venv/bin/python bench/formats.py [--calib-windows N] [--only NAME ...]
+Usage: .venv/bin/python bench/formats.py [--calib-windows N] [--only NAME ...] [--batch K]
 """
 
 from __future__ import annotations
@@ -87,7 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calib-windows", type=int, default=128)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--batch", type=int, default=6, help="configs evaluated together")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from lowbit import api
     from lowbit.evaluation.text import data_dir
 
@@ -107,34 +113,49 @@ def main() -> None:
     first = [*THREE_BIT, *(k for k in every if k.startswith("W8A8")), *PRIORITY]
     order = [*first, *(k for k in every if k not in first)]
     todo = {k: every[k] for k in order if args.only is None or k in args.only}
+    batch: dict[str, tuple[str, object, int]] = {}
     for name, (part, plan) in todo.items():
         n_calib = 128 if name in THREE_BIT else args.calib_windows
         key = f"{name} [calib {n_calib}]" if plan.needs_calibration() else name
-        if key in done:
-            continue
+        if key not in done:
+            batch[key] = (part, plan, n_calib)
+        if len(batch) == args.batch:
+            run_batch(api, handle, windows, calib, batch, done, store)
+            batch = {}
+    if batch:
+        run_batch(api, handle, windows, calib, batch, done, store)
+
+
+def run_batch(api, handle, windows, calib, batch: dict, done: dict, store: Path) -> None:
+    """Quantize each config of ``batch``, then evaluate them together (one reference pass)."""
+    models, rows = {}, {}
+    for key, (part, plan, n_calib) in batch.items():
         print(f"--- {key}", flush=True)
         t0 = time.perf_counter()
         qm = api.quantize(handle, plan, calib[n_calib])
         seconds = time.perf_counter() - t0
-        model = api.fake_quant_model(handle, qm)
-        res = api.evaluate(handle.load_model(), {"q": model}, windows)
+        models[key] = api.fake_quant_model(handle, qm)
         fp = api.footprint(handle, qm)
-        q = res["q"]
-        done[key] = {
+        rows[key] = {
             "part": part,
             "bits_per_weight_linear": fp.bits_per_weight_linear,
             "bits_per_weight_model": fp.bits_per_weight_model,
+            "quantize_s": seconds,
+            "calibration_windows": n_calib if plan.needs_calibration() else 0,
+        }
+        del qm
+    res = api.evaluate(handle.load_model(), models, windows)
+    for key, row in rows.items():
+        q = res[key]
+        done[key] = row | {
             "perplexity": q.perplexity,
             "reference_perplexity": res["reference"].perplexity,
             "kl_mean": q.kl["mean"],
             "kl_p99": q.kl["p99"],
             "top1_agreement": q.top1_agreement,
-            "quantize_s": seconds,
-            "calibration_windows": n_calib if plan.needs_calibration() else 0,
         }
-        print(json.dumps(done[key]), flush=True)
-        store.write_text(json.dumps(done, indent=1))
-        del model, qm
+        print(key, json.dumps(done[key]), flush=True)
+    store.write_text(json.dumps(done, indent=1))
 
 
 if __name__ == "__main__":

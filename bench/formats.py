@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--batch", type=int, default=6, help="configs evaluated together")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--store", default="formats.json", help="results file in OUT")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -99,7 +100,7 @@ def main() -> None:
 
     data = data_dir()
     OUT.mkdir(parents=True, exist_ok=True)
-    store = OUT / "formats.json"
+    store = OUT / args.store
     done = json.loads(store.read_text()) if store.is_file() else {}
     handle = api.load("smollm2-135m")
     test = api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 512, 40)

@@ -210,3 +210,21 @@ def test_non_integer_formats_are_refused(tiny_llama, tmp_path, name):
     with pytest.raises(ExportError, match=f"format {name} is not an integer format"):
         _export(qm, model, tmp_path / "ct")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_plan_parts_are_refused_not_dropped(tiny_llama, tmp_path):
+    """Activation / KV-cache quantization and a quantized embedding cannot be carried by the
+    weight-only exports: refused by name, nothing written."""
+    from lowbit import api
+    from lowbit.algorithms import RTNConfig
+    from lowbit.algorithms.activation_specs import ActivationSpec
+    from lowbit.formats import IntFormat, PerChannel
+    from lowbit.plan import LayerSpec, Plan
+
+    handle = api.load(str(tiny_llama))
+    w8 = LayerSpec(IntFormat(8), PerChannel(), RTNConfig())
+    plan = Plan(w8, activations=ActivationSpec(IntFormat(8), "per_token", True))
+    qm = api.quantize(handle, plan, None)
+    with pytest.raises(ExportError, match="also sets activations"):
+        api.export(qm, api.fake_quant_model(handle, qm), "compressed-tensors", tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()

@@ -202,10 +202,12 @@ def export(
     """Write ``qm`` (with ``model``, its dense fake-quantized twin, which is consumed) to
     ``target`` ('compressed-tensors' or 'gguf'); returns an ExportReport."""
     from lowbit.export import ExportInput, ExportOptions, Target
+    from lowbit.export.common import check_weight_only
     from lowbit.export.compressed import write_compressed_tensors
     from lowbit.export.gguf_file import write_gguf
 
     opts = ExportOptions(target, dtype, allow_unfused, overwrite)  # type: ignore[arg-type]
+    check_weight_only(qm, opts.target)
     writer = write_gguf if opts.target is Target.GGUF else write_compressed_tensors
     return writer(ExportInput(qm, model, figures), Path(out), opts)
 

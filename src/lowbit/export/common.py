@@ -124,6 +124,28 @@ def check_fused(qm: QuantizedModel, opts: ExportOptions, engine: str) -> list[st
     return [f"fused layers differ in scheme (exported anyway): {line}" for line in lines]
 
 
+def check_weight_only(qm: QuantizedModel, target: Target) -> None:
+    """The exporters write quantized linear weights; plan parts they cannot carry (activation and
+    KV-cache quantization, a quantized embedding or head) are refused, never dropped silently."""
+    plan = qm.plan
+    parts = [
+        name
+        for name, value in (
+            ("activations", plan.activations),
+            ("kv_cache", plan.kv_cache),
+            ("embedding", plan.embedding),
+            ("head", plan.head),
+        )
+        if value is not None
+    ]
+    if parts:
+        raise ExportError(
+            f"{target.value} export writes weight-only schemes; this plan also sets "
+            f"{', '.join(parts)}, which the export would drop. Export a model quantized with a "
+            "plan without them (the serving engine applies its own activation and KV settings)"
+        )
+
+
 def refuse(target: Target, problems: dict[str, str], hint: str) -> ExportError:
     """An error naming every layer ``target`` cannot represent, and why."""
     lines = [f"{name}: {why}" for name, why in problems.items()]

@@ -200,7 +200,9 @@ def test_plans_round_trip_awq(cfg):
     plan = uniform_plan(LayerSpec(NVFP4Format(), PerGroup(16), cfg))
     again = Plan.from_dict(plan.to_dict())
     assert again.default == plan.default and again.needs_calibration()
-    assert again.default.describe() == "AWQ NVFP4 g16"
+    assert again.default.describe() == plan.default.describe()
+    assert again.default.describe().startswith("AWQ NVFP4 g16")
+    assert ("grid=8" in again.default.describe()) == (cfg.grid == 8)  # options show in labels
     bad = {**plan.default.to_dict(), "algorithm": {"name": "awq", "alpha": 0.5}}
     with pytest.raises(ConfigError, match="unknown AWQ option"):
         LayerSpec.from_dict(bad)

@@ -15,10 +15,8 @@ from lowbit.errors import ConfigError
 from lowbit.formats.granularity import Granularity, PerChannel, PerTensor
 from lowbit.formats.scaling import (
     SCALE_DTYPES,
+    GridScaled,
     check_scale_dtype,
-    decode_on_grid,
-    encode_on_grid,
-    scale_bits_per_weight,
 )
 from lowbit.formats.tensor import QuantizedWeight, granularity_label
 
@@ -53,10 +51,11 @@ def nearest_index(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class NF4Format:
+class NF4Format(GridScaled):
     """NF4: QLoRA's 16 normal-float levels in [-1, 1], scaled by each group's absmax."""
 
     scale_dtype: str = "float16"
+    max_value = 1.0  # the largest level: a group's absmax maps onto it
 
     def __post_init__(self) -> None:
         check_scale_dtype(self.scale_dtype, "nf4")
@@ -83,29 +82,8 @@ class NF4Format:
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.values().to(codes.device)[codes.long()]
 
-    def bits_per_weight(
-        self, in_features: int, granularity: Granularity, out_features: int = 1
-    ) -> float:
-        return self.bits + scale_bits_per_weight(
-            self.scale_bits, in_features, granularity, out_features
-        )
-
-    def check_granularity(self, granularity: Granularity) -> None:
-        """Any granularity works."""
-
     def describe(self, granularity: Granularity) -> str:
         return f"NF4 {granularity_label(granularity)}"
-
-    def encode(
-        self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
-    ) -> QuantizedWeight:
-        absmax = torch.maximum(lo.abs(), hi.abs())
-        return encode_on_grid(
-            self, W, absmax, granularity, 1.0, self.to_codes, self.torch_scale_dtype
-        )
-
-    def decode(self, qw: QuantizedWeight) -> torch.Tensor:
-        return decode_on_grid(qw, self.from_codes)
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,17 @@ from lowbit.errors import ConfigError
 from lowbit.formats.granularity import Granularity
 from lowbit.formats.scaling import (
     SCALE_DTYPES,
+    GridScaled,
     check_scale_dtype,
-    decode_on_grid,
-    encode_on_grid,
-    scale_bits_per_weight,
 )
-from lowbit.formats.tensor import QuantizedWeight, granularity_label
+from lowbit.formats.tensor import granularity_label
 
 # (exponent bits, mantissa bits) → special-value convention
 _SPECIALS = {(4, 3): "nan", (5, 2): "ieee", (3, 2): "none", (2, 3): "none", (2, 1): "none"}
 
 
 @dataclass(frozen=True)
-class FloatFormat:
+class FloatFormat(GridScaled):
     """Minifloat elements (FP8 E4M3/E5M2, FP6 E3M2/E2M3, FP4 E2M1) with a float scale per group;
     scale = absmax / max_value."""
 
@@ -110,29 +108,8 @@ class FloatFormat:
         """Values (fp32) of bit-pattern codes."""
         return all_values(*self._key).to(codes.device)[codes.long()]
 
-    def bits_per_weight(
-        self, in_features: int, granularity: Granularity, out_features: int = 1
-    ) -> float:
-        return self.bits + scale_bits_per_weight(
-            self.scale_bits, in_features, granularity, out_features
-        )
-
-    def check_granularity(self, granularity: Granularity) -> None:
-        """Any granularity works."""
-
     def describe(self, granularity: Granularity) -> str:
         return f"{self.name.upper()} {granularity_label(granularity)}"
-
-    def encode(
-        self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
-    ) -> QuantizedWeight:
-        absmax = torch.maximum(lo.abs(), hi.abs())
-        return encode_on_grid(
-            self, W, absmax, granularity, self.max_value, self.to_codes, self.torch_scale_dtype
-        )
-
-    def decode(self, qw: QuantizedWeight) -> torch.Tensor:
-        return decode_on_grid(qw, self.from_codes)
 
 
 @cache

@@ -105,3 +105,39 @@ def require_group(fmt_name: str, granularity: Granularity, size: int, source: st
         f"{fmt_name} uses blocks of {size} input columns ({source}), got {granularity.describe()}; "
         f"use granularity PerGroup({size}) (group size {size})"
     )
+
+
+class GridScaled:
+    """Shared methods of the formats that are a fixed value grid times one float scale per
+    group (FP and NF4 elements): the subclass gives ``bits``, ``scale_bits``, ``max_value``,
+    ``torch_scale_dtype``, ``to_codes`` and ``from_codes``."""
+
+    def bits_per_weight(
+        self, in_features: int, granularity: Granularity, out_features: int = 1
+    ) -> float:
+        return self.bits + scale_bits_per_weight(  # type: ignore[attr-defined]
+            self.scale_bits,  # type: ignore[attr-defined]
+            in_features,
+            granularity,
+            out_features,
+        )
+
+    def check_granularity(self, granularity: Granularity) -> None:
+        """Any granularity works."""
+
+    def encode(
+        self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
+    ) -> QuantizedWeight:
+        absmax = torch.maximum(lo.abs(), hi.abs())
+        return encode_on_grid(
+            self,  # type: ignore[arg-type]
+            W,
+            absmax,
+            granularity,
+            self.max_value,  # type: ignore[attr-defined]
+            self.to_codes,  # type: ignore[attr-defined]
+            self.torch_scale_dtype,  # type: ignore[attr-defined]
+        )
+
+    def decode(self, qw: QuantizedWeight) -> torch.Tensor:
+        return decode_on_grid(qw, self.from_codes)  # type: ignore[attr-defined]

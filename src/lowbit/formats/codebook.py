@@ -65,14 +65,6 @@ class NF4Format(GridScaled):
     symmetric = True
     signed_codes = False
 
-    @property
-    def torch_scale_dtype(self) -> torch.dtype:
-        return SCALE_DTYPES[self.scale_dtype]
-
-    @property
-    def scale_bits(self) -> int:
-        return torch.finfo(self.torch_scale_dtype).bits
-
     def values(self) -> torch.Tensor:
         return torch.tensor(NF4_VALUES, dtype=torch.float32)
 

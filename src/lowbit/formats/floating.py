@@ -19,7 +19,6 @@ import torch
 from lowbit.errors import ConfigError
 from lowbit.formats.granularity import Granularity
 from lowbit.formats.scaling import (
-    SCALE_DTYPES,
     GridScaled,
     check_scale_dtype,
 )
@@ -83,14 +82,6 @@ class FloatFormat(GridScaled):
     @property
     def code_dtype(self) -> torch.dtype:
         return torch.uint8
-
-    @property
-    def torch_scale_dtype(self) -> torch.dtype:
-        return SCALE_DTYPES[self.scale_dtype]
-
-    @property
-    def scale_bits(self) -> int:
-        return torch.finfo(self.torch_scale_dtype).bits
 
     def values(self) -> torch.Tensor:
         """The value of every code 0 … 2^bits - 1 (NaN and ±inf where the format has them)."""

@@ -109,8 +109,16 @@ def require_group(fmt_name: str, granularity: Granularity, size: int, source: st
 
 class GridScaled:
     """Shared methods of the formats that are a fixed value grid times one float scale per
-    group (FP and NF4 elements): the subclass gives ``bits``, ``scale_bits``, ``max_value``,
-    ``torch_scale_dtype``, ``to_codes`` and ``from_codes``."""
+    group (FP and NF4 elements): the subclass gives ``bits``, ``scale_dtype``, ``max_value``,
+    ``to_codes`` and ``from_codes``."""
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]  # type: ignore[attr-defined]
+
+    @property
+    def scale_bits(self) -> int:
+        return torch.finfo(self.torch_scale_dtype).bits
 
     def bits_per_weight(
         self, in_features: int, granularity: Granularity, out_features: int = 1

@@ -5,8 +5,9 @@ per weight and quantization time.
 Protocol: WikiText-2 raw test, ctx 512, first 40 windows, against the fp32 model; calibration
 windows of 512 tokens drawn (seed 0) from wiki.valid.tokens: `--calib-windows` for the table
 (default 128, the spine's), and always 128 for the 3-bit comparison of GPTQ, AWQ and SqueezeLLM
-with RTN. Each finished row is stored at once in bench/results/formats/formats.json, so an
-interrupted run resumes where it stopped.
+with RTN. A configuration stored with any number of calibration windows is not run again
+unless named in `--only`. Each finished batch is stored at once in
+bench/results/formats/formats.json, so an interrupted run resumes where it stopped.
 
 Usage: .venv/bin/python bench/formats.py [--calib-windows N] [--only NAME ...] [--batch K]
 """
@@ -71,6 +72,16 @@ def configs() -> dict[str, tuple[str, object]]:
             activations=ActivationSpec(FloatFormat(4, 3, "float32"), "per_tensor", False),
         ),
     )
+    # what W8A8 costs, split: the weights alone, and SmoothQuant against the activations' outliers
+    out["W8 INT8 per-channel (weights only)"] = ("W8A8", Plan(int8))
+    out["W8 FP8 E4M3 per-channel (weights only)"] = (
+        "W8A8",
+        Plan(LayerSpec(fp8, PerChannel(), RTNConfig())),
+    )
+    out["W8A8 INT8 (per-token dynamic) + SmoothQuant α 0.8"] = (
+        "W8A8",
+        Plan(int8, activations=ActivationSpec(IntFormat(8), "per_token", True), smoothquant=0.8),
+    )
     for bits in (8, 4):
         out[f"KV cache INT{bits} per-token (weights fp32)"] = (
             "KV cache",
@@ -90,7 +101,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=6, help="configs evaluated together")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--store", default="formats.json", help="results file in OUT")
+    parser.add_argument("--table", action="store_true", help="print the stored rows as Markdown")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((OUT / args.store).read_text())))
+        return
     if args.threads:
         import torch
 
@@ -118,7 +133,8 @@ def main() -> None:
     for name, (part, plan) in todo.items():
         n_calib = 128 if name in THREE_BIT else args.calib_windows
         key = f"{name} [calib {n_calib}]" if plan.needs_calibration() else name
-        if key not in done:
+        measured = key in done or any(k.startswith(f"{name} [calib ") for k in done)
+        if not measured or (args.only is not None and key not in done):
             batch[key] = (part, plan, n_calib)
         if len(batch) == args.batch:
             run_batch(api, handle, windows, calib, batch, done, store)
@@ -157,6 +173,46 @@ def run_batch(api, handle, windows, calib, batch: dict, done: dict, store: Path)
         }
         print(key, json.dumps(done[key]), flush=True)
     store.write_text(json.dumps(done, indent=1))
+
+
+def markdown_table(done: dict) -> str:
+    """The stored rows as a Markdown table, by part then by KL divergence, followed by each
+    calibrated algorithm's KL against RTN's in the same format."""
+    head = (
+        "| part | configuration | bpw linear | bpw model | quantize s | calib | perplexity "
+        "| Δppl | KL mean | KL p99 | top-1 |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    parts = ["~4 bits", "~3 bits", "W8A8", "KV cache"]
+    for key, r in sorted(
+        done.items(), key=lambda kv: (parts.index(kv[1]["part"]), kv[1]["kl_mean"])
+    ):
+        ref = r["reference_perplexity"]
+        lines.append(
+            f"| {r['part']} | {key} | {r['bits_per_weight_linear']:.3f} "
+            f"| {r['bits_per_weight_model']:.3f} | {r['quantize_s']:.0f} "
+            f"| {r['calibration_windows'] or '–'} | {r['perplexity']:.2f} "
+            f"| {100 * (r['perplexity'] / ref - 1):+.2f}% | {r['kl_mean']:.4f} "
+            f"| {r['kl_p99']:.3f} | {100 * r['top1_agreement']:.2f}% |"
+        )
+    rtn = {k.removeprefix("RTN "): r["kl_mean"] for k, r in done.items() if k.startswith("RTN ")}
+    lines += [
+        "",
+        "| configuration | KL mean | against | its KL | KL change |",
+        "|---|---|---|---|---|",
+    ]
+    for key, r in sorted(done.items()):
+        algo, _, rest = key.partition(" ")
+        fmt = rest.split(" [calib")[0]
+        against = [fmt]
+        if algo == "SqueezeLLM":  # the issue's comparison: RTN on the integer grid, group 64
+            against.append(f"INT{fmt[3]} g64")
+        for other in against:
+            if algo != "RTN" and other in rtn:
+                change = 100 * (r["kl_mean"] / rtn[other] - 1)
+                kl, its = f"{r['kl_mean']:.4f}", f"{rtn[other]:.4f}"
+                lines.append(f"| {key} | {kl} | RTN {other} | {its} | {change:+.1f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,52 @@
-"""The API's task-evaluation functions (re-exported by :mod:`lowbit.api`)."""
+"""The API's task-evaluation functions (re-exported by :mod:`lowbit.api`). The harness runs a
+whole model: :func:`load_for_tasks` builds one (only one at a time is ever held)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lowbit.evaluation.harness import TaskConfig, TaskRun
+    from lowbit.models.sources import ModelHandle
+    from lowbit.runtime import Runtime
 
 
-def evaluate_tasks(model: Any, handle: Any, cfg: Any, *, progress: Any = None) -> Any:
-    """Run ``model`` (with ``handle``'s tokenizer) on the tasks of ``cfg`` (a TaskConfig)
-    through the lm-evaluation-harness; returns a TaskRun with every sample."""
+def load_for_tasks(
+    source: str, rt: Runtime, *, allow_pickle: bool = False
+) -> tuple[nn.Module, ModelHandle]:
+    """(the whole model on ``rt``, the handle of the model it is or was made from) for a model
+    source or a saved quantized directory (dequantized, with its activation and KV-cache
+    quantization attached)."""
+    from lowbit.api.core import load
+    from lowbit.api.quantize import origin
+    from lowbit.models.saving import is_quantized_dir
+
+    if is_quantized_dir(Path(source)):
+        from lowbit.models.fakequant import attach_runtime
+        from lowbit.models.saving import load_quantized
+        from lowbit.plan import Plan
+
+        model, layers, manifest = load_quantized(Path(source), rt)
+        plan = Plan.from_dict(manifest["plan"])
+        attach_runtime(model, plan, layers, manifest.get("activation_ranges"))
+        return model, origin(manifest)
+    handle = load(source, allow_pickle=allow_pickle)
+    return handle.load_model(rt), handle
+
+
+def evaluate_tasks(
+    model: nn.Module,
+    handle: ModelHandle,
+    cfg: TaskConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> TaskRun:
+    """Run ``model`` (with ``handle``'s tokenizer) on the tasks of ``cfg`` through the
+    lm-evaluation-harness; returns a TaskRun with every sample."""
     from lowbit.evaluation.harness import run_tasks
     from lowbit.evaluation.text import data_dir
     from lowbit.models.sources import cache_root
@@ -17,7 +56,7 @@ def evaluate_tasks(model: Any, handle: Any, cfg: Any, *, progress: Any = None) -
     return run_tasks(model, tokenizer, cfg, data_root=root, cache=cache, progress=progress)
 
 
-def compare_task_runs(reference: Any, quantized: Any) -> dict[str, Any]:
+def compare_task_runs(reference: TaskRun, quantized: TaskRun) -> dict[str, object]:
     """Flips, error overlap, FP/FN, McNemar and categories of two TaskRuns."""
     from lowbit.evaluation.compare import compare_runs
 

@@ -11,11 +11,17 @@ from lowbit.cli.options import (
     AllowPickle,
     BatchSize,
     Ctx,
+    Device,
+    Dtype,
     EvalWindows,
     Limit,
+    MaxMemory,
+    OffloadOption,
     Overwrite,
+    ReferenceCache,
     Tasks,
     TaskSourceOption,
+    runtime_config,
 )
 
 
@@ -44,6 +50,11 @@ def compare(
     ] = None,
     ctx: Ctx = 512,
     windows: EvalWindows = 40,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
+    reference_cache: ReferenceCache = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-compare.json"),
     report: Annotated[
         Path | None, typer.Option("--report", help="HTML report (default: OUTPUT with .html).")
@@ -60,6 +71,7 @@ def compare(
     """
     from lowbit.api import TextConfig
     from lowbit.evaluation.harness import TaskConfig
+    from lowbit.workflows.spine import Execution
     from lowbit.workflows.tasks import compare_job
 
     task_cfg = None
@@ -73,6 +85,9 @@ def compare(
         text,
         output,
         report or output.with_suffix(".html"),
+        execution=Execution(
+            runtime_config(device, dtype, offload, max_memory), reference_cache=reference_cache
+        ),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

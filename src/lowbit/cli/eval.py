@@ -12,11 +12,17 @@ from lowbit.cli.options import (
     AllowPickle,
     BatchSize,
     Ctx,
+    Device,
+    Dtype,
     EvalWindows,
     Limit,
+    MaxMemory,
+    OffloadOption,
     Overwrite,
+    ReferenceCache,
     Tasks,
     TaskSourceOption,
+    runtime_config,
 )
 
 DEFAULT_TEXT = "builtin:python-docs"
@@ -48,6 +54,11 @@ def evaluate(
     limit: Limit = None,
     task_source: TaskSourceOption = "auto",
     batch_size: BatchSize = 16,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
+    reference_cache: ReferenceCache = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-eval.json"),
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
@@ -61,6 +72,7 @@ def evaluate(
     from lowbit.api import TextConfig
     from lowbit.evaluation.harness import TaskConfig
     from lowbit.workflows import eval_job
+    from lowbit.workflows.spine import Execution
 
     if reference is not None and tasks is not None and eval_text is None:
         from lowbit.errors import ConfigError
@@ -79,6 +91,9 @@ def evaluate(
         output,
         reference=reference,
         tasks=task_cfg,
+        execution=Execution(
+            runtime_config(device, dtype, offload, max_memory), reference_cache=reference_cache
+        ),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

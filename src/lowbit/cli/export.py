@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.options import AllowPickle, CalibText, CalibWindows, Ctx, Overwrite, Seed
+from lowbit.cli.options import (
+    AllowPickle,
+    CalibText,
+    CalibWindows,
+    ComputeDtype,
+    Ctx,
+    Device,
+    MaxMemory,
+    OffloadOption,
+    Overwrite,
+    Seed,
+    runtime_config,
+)
 
 
 class Target(str, Enum):
@@ -55,6 +67,10 @@ def export(
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    device: Device = "auto",
+    compute_dtype: ComputeDtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -65,6 +81,7 @@ def export(
     from lowbit import api
     from lowbit.plan import Plan
     from lowbit.workflows import export_job
+    from lowbit.workflows.spine import Execution
 
     export_job(
         source,
@@ -75,6 +92,7 @@ def export(
         dtype=dtype.value,
         allow_unfused=allow_unfused,
         eval_result=eval_result,
+        execution=Execution(runtime_config(device, compute_dtype, offload, max_memory)),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

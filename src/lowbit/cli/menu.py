@@ -40,14 +40,14 @@ _UNITS = {
 }
 
 
-def parse_size(text: str) -> int:
-    """``60MB``, ``1.5GiB`` or a plain number of bytes."""
+def parse_size(text: str, option: str = "--max-bytes") -> int:
+    """``60MB``, ``1.5GiB`` or a plain number of bytes (``option`` names it in errors)."""
     from lowbit.errors import ConfigError
 
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
         raise ConfigError(
-            f"--max-bytes {text!r} is not a size; write e.g. 60MB, 58MiB, 1.5GB or 60000000"
+            f"{option} {text!r} is not a size; write e.g. 60MB, 58MiB, 1.5GB or 60000000"
         )
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from lowbit.runtime import RuntimeConfig
 
 Model = Annotated[
     str,
@@ -62,3 +65,62 @@ TaskSourceOption = Annotated[
 BatchSize = Annotated[
     int, typer.Option("--batch-size", help="Log-likelihood requests per forward pass.")
 ]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where models run: auto (the first GPU if any, else the CPU), cpu, cuda or cuda:N.",
+    ),
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Compute dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, "
+        "bfloat16 or float16. Weights stay in their stored dtype on disk; statistics are fp32.",
+    ),
+]
+ComputeDtype = Annotated[
+    str,
+    typer.Option(
+        "--compute-dtype",
+        help="Compute dtype when quantizing first: auto (bfloat16 on a GPU, "
+        "float32 on a CPU), float32, bfloat16 or float16.",
+    ),
+]
+OffloadOption = Annotated[
+    str,
+    typer.Option(
+        "--offload",
+        help="Where activations between blocks live: auto (on the device when "
+        "they fit), device, or cpu (moved to the device one chunk at a time).",
+    ),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory this run may use on the device, e.g. 2GB (default: what is "
+        "free there, or the cgroup limit); a budget below one block's needs is refused.",
+    ),
+]
+ChunkSize = Annotated[
+    int, typer.Option("--chunk-size", help="Windows run through a block together.")
+]
+ReferenceCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--reference-cache",
+        help="File of the reference's cached log-probabilities (default: "
+        "under $LOWBIT_CACHE/references); reused when it matches, refused when it does not.",
+    ),
+]
+
+
+def runtime_config(device: str, dtype: str, offload: str, max_memory: str | None) -> RuntimeConfig:
+    """The RuntimeConfig of the runtime options (validated, no torch imported)."""
+    from lowbit.cli.menu import parse_size
+    from lowbit.runtime import RuntimeConfig
+
+    limit = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    return RuntimeConfig(device, dtype, offload, limit)  # type: ignore[arg-type]  # validated

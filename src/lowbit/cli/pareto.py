@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from lowbit.cli.menu import Algorithm, Fuse, Metric, TablePath
-from lowbit.cli.options import CalibText, Ctx, EvalText, Model, Overwrite, Seed
+from lowbit.cli.options import (
+    CalibText,
+    Ctx,
+    Device,
+    Dtype,
+    EvalText,
+    MaxMemory,
+    Model,
+    OffloadOption,
+    Overwrite,
+    Seed,
+    runtime_config,
+)
 
 
 def pareto(
@@ -34,6 +46,10 @@ def pareto(
     calib_windows: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -44,6 +60,7 @@ def pareto(
     """
     from lowbit import api
     from lowbit.workflows import pareto_job
+    from lowbit.workflows.spine import Execution
 
     uniform = [
         api.spec_from_options(b, g, True, algorithm) for b in uniform_bits for g in uniform_group
@@ -59,5 +76,6 @@ def pareto(
         metric=metric,
         fuse=fuse,
         resume=resume,
+        execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.options import Overwrite
+from lowbit.cli.options import Device, Dtype, Overwrite, runtime_config
 
 PlanOpt = Annotated[Path | None, typer.Option(help="A plan file (JSON/YAML); default: dense.")]
 Batch = Annotated[int, typer.Option(help="Sequences per batch.")]
@@ -83,6 +83,8 @@ def profile(
     prompt: Prompt = 128,
     gen: Gen = 32,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lowbit-profile.json"),
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Measure prefill and decode of MODEL (fake-quantized under PLAN) on this device and
@@ -95,4 +97,5 @@ def profile(
     from lowbit.workflows.perf import profile_job
 
     layout = Layout(batch, prompt, gen)
-    profile_job(model, Plan.load(plan) if plan else None, layout, output, overwrite=overwrite)
+    rt = runtime_config(device, dtype, "auto", None)
+    profile_job(model, Plan.load(plan) if plan else None, layout, output, rt, overwrite=overwrite)

@@ -8,7 +8,21 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.options import AllowPickle, CalibText, CalibWindows, Ctx, Model, Overwrite, Seed
+from lowbit.cli.options import (
+    AllowPickle,
+    CalibText,
+    CalibWindows,
+    ChunkSize,
+    Ctx,
+    Device,
+    Dtype,
+    MaxMemory,
+    Model,
+    OffloadOption,
+    Overwrite,
+    Seed,
+    runtime_config,
+)
 from lowbit.models.pipeline import Propagation
 
 
@@ -56,6 +70,11 @@ def quantize(
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
+    chunk_size: ChunkSize = 4,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -66,6 +85,7 @@ def quantize(
     from lowbit import api
     from lowbit.plan import Plan
     from lowbit.workflows import quantize_job
+    from lowbit.workflows.spine import Execution
 
     the_plan = (
         Plan.load(plan)
@@ -89,7 +109,9 @@ def quantize(
         the_plan,
         api.TextConfig(calib_text, ctx, calib_windows, seed),
         output,
-        propagation=propagation.value,
+        execution=Execution(
+            runtime_config(device, dtype, offload, max_memory), chunk_size, propagation.value
+        ),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

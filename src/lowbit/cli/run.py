@@ -11,11 +11,17 @@ from lowbit.cli.options import (
     CalibText,
     CalibWindows,
     Ctx,
+    Device,
+    Dtype,
     EvalText,
     EvalWindows,
+    MaxMemory,
+    OffloadOption,
     Output,
     Overwrite,
+    ReferenceCache,
     Seed,
+    runtime_config,
 )
 
 
@@ -29,6 +35,11 @@ def run(
     windows: EvalWindows = 40,
     calib_windows: CalibWindows = 32,
     seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
+    reference_cache: ReferenceCache = None,
     output: Output = Path("lowbit-run.json"),
     overwrite: Overwrite = False,
 ) -> None:
@@ -39,11 +50,15 @@ def run(
     """
     from lowbit.api import TextConfig
     from lowbit.workflows import run_job
+    from lowbit.workflows.spine import Execution
 
     run_job(
         model,
         TextConfig(eval_text, ctx, windows, seed),
         TextConfig(calib_text, ctx, calib_windows, seed),
         output,
+        execution=Execution(
+            runtime_config(device, dtype, offload, max_memory), reference_cache=reference_cache
+        ),
         overwrite=overwrite,
     )

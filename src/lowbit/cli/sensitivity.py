@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from lowbit.cli.menu import Algorithm, Bits, Groups, MenuFile
-from lowbit.cli.options import AllowPickle, CalibText, Ctx, Model, Overwrite, Seed
+from lowbit.cli.options import (
+    AllowPickle,
+    CalibText,
+    Ctx,
+    Device,
+    Dtype,
+    MaxMemory,
+    Model,
+    OffloadOption,
+    Overwrite,
+    Seed,
+    runtime_config,
+)
 
 
 def sensitivity(
@@ -29,6 +41,10 @@ def sensitivity(
     measure: Annotated[
         bool, typer.Option("--measure/--proxies-only", help="Measure KL, or proxies only.")
     ] = True,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    offload: OffloadOption = "auto",
+    max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
@@ -42,6 +58,7 @@ def sensitivity(
     from lowbit.cli.menu import menu_specs
     from lowbit.sensitivity.probe import ProbeConfig
     from lowbit.workflows import sensitivity_job
+    from lowbit.workflows.spine import Execution
 
     specs = menu_specs(bits, group_size, algorithm, symmetric, menu)
     probe = ProbeConfig(
@@ -54,6 +71,7 @@ def sensitivity(
         probe,
         output,
         resume=resume,
+        execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
     )

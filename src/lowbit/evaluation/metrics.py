@@ -3,21 +3,33 @@
 Protocol: each window of ``ctx`` tokens predicts its tokens 1..ctx-1 from the tokens before them
 (no BOS is inserted: the text is tokenized once without special tokens, as the windows are cut
 from it); perplexity is exp of the mean negative log-likelihood over every predicted token.
-KL(P_ref ‖ P_model) is computed per token over the full vocabulary from the two models' logits
-on the same window; no more than one window of logits per model is ever held.
+KL(P_ref ‖ P_model) is computed per token over the full vocabulary.
+
+One model in memory: the reference's log-probabilities are computed once and cached on disk
+(:mod:`lowbit.evaluation.refcache`: exact target log-probabilities and argmax, so perplexity,
+top-1 agreement and Δp are exact; the full distribution to about 1e-5 relative in the KL), and
+each candidate is then scored against the cache one window at a time. This module receives
+log-probabilities; it never loads a model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from lowbit.errors import DataError
+from lowbit.evaluation.refcache import (
+    ReferenceCache,
+    ReferenceKey,
+    score_cached,
+    score_reference,
+    write_reference,
+)
 
 
 @dataclass
@@ -43,69 +55,75 @@ class EvalResult:
     ln_ppl_ratio: float | None = None  # ln(PPL(model) / PPL(reference)) over the same tokens
     delta_p: dict[str, float] | None = None
     kl_histogram: dict[str, list[float]] | None = None
+    wall_seconds: float | None = None  # the whole evaluation, blocks read from disk included
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
 
 
-def evaluate_models(
-    reference: Any,
-    candidates: dict[str, Any],
+def score_candidate(
+    logps: Iterable[tuple[int, torch.Tensor]], reference: ReferenceCache
+) -> EvalResult:
+    """Figures of a candidate from its per-window log-probabilities ``logps`` ((window,
+    (ctx−1, vocab)) in window order, e.g. computed layer-wise) against the cached reference:
+    perplexity, KL divergence to the reference per token, top-1 agreement and Δp."""
+    acc = Accumulator()
+    ref_nll = _reference_nll(reference)
+    stream = iter(logps)
+    n = len(reference)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        w, logp = next(stream)
+        acc.seconds += time.perf_counter() - t0
+        ref = reference.window(w)
+        score_cached(logp, ref, ref.target.to(logp.device), acc)
+    result = _finish(acc)
+    return replace(result, ln_ppl_ratio=result.nll - ref_nll)
+
+
+def score_alone(logps: Iterable[tuple[int, torch.Tensor]], windows: torch.Tensor) -> EvalResult:
+    """Perplexity of a model from its per-window log-probabilities, no reference."""
+    acc = Accumulator()
+    stream = iter(logps)
+    for _ in range(windows.shape[0]):
+        t0 = time.perf_counter()
+        w, logp = next(stream)
+        acc.seconds += time.perf_counter() - t0
+        target = windows[w, 1:].to(logp.device)
+        acc.nll.append(-logp.gather(1, target[:, None])[:, 0])
+    return _finish(acc)
+
+
+def reference_result(reference: ReferenceCache, seconds: float = 0.0) -> EvalResult:
+    """The reference's own perplexity, from the exact target log-probabilities of the cache."""
+    acc = Accumulator(seconds=seconds)
+    for ref in reference:
+        score_reference(ref, acc)
+    return _finish(acc)
+
+
+def _reference_nll(reference: ReferenceCache) -> float:
+    return reference_result(reference).nll
+
+
+def write_reference_windows(
+    logps: Iterable[tuple[int, torch.Tensor]],
     windows: torch.Tensor,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, EvalResult]:
-    """Evaluate ``reference`` (may be None) and each candidate on ``windows`` (n, ctx).
-
-    Returns results keyed ``"reference"`` and by candidate name.
-    """
-    if "reference" in candidates:
-        raise DataError("a candidate model may not be named 'reference'; rename it")
-    models = ({"reference": reference} if reference is not None else {}) | candidates
-    _check_ctx(models, windows)
-    acc = {name: Accumulator() for name in models}
-    with torch.inference_mode():
-        for w in range(windows.shape[0]):
-            x = windows[w : w + 1]
-            target = x[:, 1:].reshape(-1)
-            ref_logp = None
-            if reference is not None:
-                ref_logp = _log_probs(reference, x, acc["reference"])
-                acc["reference"].nll.append(-ref_logp.gather(1, target[:, None])[:, 0])
-            for name, model in candidates.items():
-                logp = _log_probs(model, x, acc[name])
-                _score(logp, ref_logp, target, acc[name])
-                del logp
-            if progress:
-                progress(w + 1, windows.shape[0])
-    results = {name: _finish(a) for name, a in acc.items()}
-    if "reference" in results:
-        ref_nll = results["reference"].nll
-        for name in candidates:
-            results[name] = replace(results[name], ln_ppl_ratio=results[name].nll - ref_nll)
-    return results
-
-
-def _log_probs(model: Any, x: torch.Tensor, acc: Accumulator) -> torch.Tensor:
-    t0 = time.perf_counter()
-    logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
-    out = torch.log_softmax(logits, dim=-1)
-    acc.seconds += time.perf_counter() - t0
-    return out
-
-
-def _score(
-    logp: torch.Tensor, ref_logp: torch.Tensor | None, target: torch.Tensor, acc: Accumulator
-) -> None:
-    lp_target = logp.gather(1, target[:, None])[:, 0]
-    acc.nll.append(-lp_target)
-    if ref_logp is None:
-        return
-    ref_p = ref_logp.exp()
-    acc.kl.append((ref_p * (ref_logp - logp)).sum(-1).clamp_min_(0.0))
-    acc.agree.append(ref_logp.argmax(-1) == logp.argmax(-1))
-    ref_target = ref_logp.gather(1, target[:, None])[:, 0]
-    acc.dp.append(lp_target.exp() - ref_target.exp())
+    path: Path,
+    key: ReferenceKey,
+    vocab: int,
+) -> float:
+    """Cache the reference's log-probabilities ``logps`` for ``windows`` (n, ctx) at ``path``
+    (published only when complete); returns the seconds spent computing them."""
+    seconds = 0.0
+    with write_reference(path, key, vocab) as writer:
+        stream = iter(logps)
+        for _ in range(windows.shape[0]):
+            t0 = time.perf_counter()
+            w, logp = next(stream)
+            seconds += time.perf_counter() - t0
+            writer.add(logp, windows[w])
+    return seconds
 
 
 def _finish(acc: Accumulator) -> EvalResult:
@@ -154,14 +172,3 @@ def kl_histogram(kl: torch.Tensor) -> dict[str, list[float]]:
     idx = torch.bucketize(kl, edges, right=True)
     counts = torch.bincount(idx, minlength=len(KL_HIST_EDGES) + 1)
     return {"edges": list(KL_HIST_EDGES), "counts": [int(c) for c in counts]}
-
-
-def _check_ctx(models: dict[str, Any], windows: torch.Tensor) -> None:
-    ctx = int(windows.shape[1])
-    for name, model in models.items():
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        if limit is not None and ctx > limit:
-            raise DataError(
-                f"ctx {ctx} is longer than {name} supports ({limit} positions); use --ctx {limit} "
-                "or less"
-            )

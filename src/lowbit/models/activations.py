@@ -8,8 +8,7 @@ plumbs tensors in and out of ``nn.Linear`` modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +23,10 @@ from lowbit.algorithms.activation_ranges import (
 from lowbit.algorithms.activation_specs import ActGranularity, ActivationSpec
 from lowbit.errors import ArtefactError, DataError
 from lowbit.formats.activation import fake_quantize_rows, fake_quantize_tensor
+from lowbit.models.capture import capture
+from lowbit.models.views import ModelView
+from lowbit.runtime import Runtime
+from lowbit.runtime.runner import Activations, for_each_block, forward_chunks
 
 
 def quantize_activation(
@@ -65,81 +68,85 @@ def attach_activation_quant(
     return handles
 
 
-@contextmanager
-def _input_hooks(
-    model: nn.Module, names: list[str], fn: Callable[[str, torch.Tensor], None]
-) -> Iterator[None]:
-    handles = [
-        model.get_submodule(n).register_forward_pre_hook(
-            lambda module, args, n=n: fn(n, args[0])  # type: ignore[misc]
-        )
-        for n in names
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _run(model: nn.Module, windows: torch.Tensor) -> Iterator[int]:
-    with torch.inference_mode():
-        for w in range(windows.shape[0]):
-            yield w
-            model(input_ids=windows[w : w + 1], use_cache=False)
-
-
-def activation_absmax(
-    model: nn.Module, names: list[str], windows: torch.Tensor
-) -> dict[str, float]:
-    """Largest |x| of each named linear layer's input over ``windows`` (n, ctx); NaN or
-    infinity is a DataError naming the layer and window."""
-    absmax = dict.fromkeys(names, 0.0)
-    window = [0]
-
-    def observe(name: str, x: torch.Tensor) -> None:
-        if not bool(torch.isfinite(x).all()):
-            raise DataError(
-                f"layer {name}: its input activations hold NaN or infinity on calibration window "
-                f"{window[0]}; check the model's weights (or the SmoothQuant scales) and the "
-                "calibration text, or keep this layer in full precision"
-            )
-        absmax[name] = max(absmax[name], float(x.detach().abs().max()))
-
-    with _input_hooks(model, names, observe):
-        for w in _run(model, windows):
-            window[0] = w
-    return absmax
-
-
-def activation_histograms(
-    model: nn.Module,
+def calibrate_activations(
+    view: ModelView,
     names: list[str],
     windows: torch.Tensor,
+    spec: ActivationSpec,
+    runtime: Runtime,
+    chunk_size: int = 4,
+) -> dict[str, float]:
+    """Static thresholds (one per named linear of ``view``, whose weights are already
+    quantized; activations unquantized) by ``spec.calibration`` over ``windows`` (n, ctx),
+    layer-wise on the block runner: per block one pass for min-max; for percentile, MSE and KL a
+    second pass builds each input's 2048-bin |x| histogram over [0, absmax]."""
+    if windows is None or windows.numel() == 0:
+        raise DataError("static activation scales need calibration windows; give --calib text")
+    lazy = view.lazy(runtime, attach=False)
+    acts = capture(lazy, windows, chunk_size, runtime.device)
+    thresholds: dict[str, float] = {}
+    prefix = lazy.arch.blocks_path
+
+    def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
+        mine = {n: block.get_submodule(n[len(f"{prefix}.{i}.") :]) for n in names
+                if n.startswith(f"{prefix}.{i}.")}  # fmt: skip
+        absmax, out = _absmax(block, inputs, mine)
+        if isinstance(spec.calibration, MinMaxRange):
+            thresholds.update(absmax)
+            return out
+        counts = _histograms(block, inputs, mine, absmax)
+        thresholds.update(
+            {n: threshold(spec.calibration, spec.fmt, absmax[n], counts[n]) for n in mine}
+        )
+        return out
+
+    for_each_block(lazy, acts, stage)
+    missing = [n for n in names if n not in thresholds]
+    if missing:
+        raise DataError(f"layers {missing[:3]} are not decoder-block linears of {view.name}")
+    return {n: thresholds[n] for n in names}
+
+
+def _absmax(
+    block: nn.Module, inputs: Activations, modules: dict[str, nn.Module]
+) -> tuple[dict[str, float], Activations]:
+    """Largest |x| of each module's input over every chunk, and the block's outputs; NaN or
+    infinity is a DataError naming the layer."""
+    found = dict.fromkeys(modules, 0.0)
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if not bool(torch.isfinite(x).all()):
+                raise DataError(
+                    f"layer {name}: its input activations hold NaN or infinity on the "
+                    "calibration windows; check the model's weights (or the SmoothQuant scales) "
+                    "and the calibration text, or keep this layer in full precision"
+                )
+            found[name] = max(found[name], float(x.detach().abs().max()))
+
+        return hook
+
+    out = forward_chunks(block, inputs, [(m, hook_for(n)) for n, m in modules.items()])
+    assert out is not None
+    return found, out
+
+
+def _histograms(
+    block: nn.Module,
+    inputs: Activations,
+    modules: dict[str, nn.Module],
     absmax: dict[str, float],
     bins: int = HIST_BINS,
 ) -> dict[str, torch.Tensor]:
-    """Histogram (bins,) of |x| over [0, absmax[name]] of each named layer's input."""
-    counts = {n: torch.zeros(bins, dtype=torch.float64) for n in names}
+    """Histogram (bins,) of |x| over [0, absmax[name]] of each module's input."""
+    counts = {n: torch.zeros(bins, dtype=torch.float64) for n in modules}
 
-    def observe(name: str, x: torch.Tensor) -> None:
-        counts[name] += abs_histogram(x, absmax[name], bins)
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            counts[name] += abs_histogram(args[0], absmax[name], bins).to(counts[name].device)
 
-    with _input_hooks(model, names, observe):
-        for _ in _run(model, windows):
-            pass
+        return hook
+
+    forward_chunks(block, inputs, [(m, hook_for(n)) for n, m in modules.items()])
     return counts
-
-
-def calibrate_activations(
-    model: nn.Module, names: list[str], windows: torch.Tensor, spec: ActivationSpec
-) -> dict[str, float]:
-    """Static thresholds (one per named layer) by ``spec.calibration``: one pass for min-max,
-    two (absmax, then the 2048-bin histogram) for percentile, MSE and KL."""
-    if windows is None or windows.numel() == 0:
-        raise DataError("static activation scales need calibration windows; give --calib text")
-    absmax = activation_absmax(model, names, windows)
-    if isinstance(spec.calibration, MinMaxRange):
-        return absmax
-    hists = activation_histograms(model, names, windows, absmax)
-    return {n: threshold(spec.calibration, spec.fmt, absmax[n], hists[n]) for n in names}

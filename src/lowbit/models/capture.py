@@ -1,37 +1,95 @@
-"""Capture what a module receives: the inputs of one decoder block for each chunk of windows."""
+"""The two ends of a model run block by block: what enters the first block, and the logits
+that come out of the last one.
+
+:func:`capture` runs the model's own forward on each chunk of token ids with only the modules
+outside the blocks materialized, and stops it at the first block, recording that block's
+hidden states and keyword arguments (rotary embeddings, mask, positions: exactly what the
+model passes). :func:`chunk_logits` runs the model's own forward again with its block list
+replaced by one module that replays the last block's stored outputs, so the final norm, any
+output projection and the head are the model's own code. Both are exactly what the whole
+model computes, chunk for chunk.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from lowbit.models.lazy import LazyModel, block_list
+from lowbit.runtime.runner import Activations, Chunk
 
 
 class _StopForward(Exception):
     pass
 
 
-def capture_inputs(
-    model: nn.Module, module: nn.Module, ids: torch.Tensor, chunk_size: int
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Hidden states and keyword arguments that ``module`` (a block of ``model``) receives for
-    each chunk of ``ids`` (n, ctx); the forward stops there, so later modules may be unloaded."""
-    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+def capture(lazy: LazyModel, ids: torch.Tensor, chunk_size: int, home: torch.device) -> Activations:
+    """Inputs of the first block for each chunk of ``ids`` (n, ctx); hidden states are kept on
+    ``home``, keyword arguments on the compute device."""
+    device = lazy.runtime.device
+    chunks: list[Chunk] = []
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        chunks.append(Chunk(hidden.to(home), rest))
         raise _StopForward
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    paths = lazy.materialize_outside(head=False)
+    first = block_list(lazy.model, lazy.arch.blocks_path)[0]
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.inference_mode():
-            for chunk in torch.split(ids, chunk_size):
+            for part in torch.split(ids, chunk_size):
                 try:
-                    model(input_ids=chunk, use_cache=False)
+                    lazy.model(input_ids=part.to(device), use_cache=False)
                 except _StopForward:
                     pass
     finally:
         handle.remove()
-    return [h for h, _ in captured], [k for _, k in captured]
+        lazy.release_outside(paths)
+    return Activations(chunks, device, home)
+
+
+class _Replay(nn.Module):
+    """Stands in for the whole block list: returns the stored output of the last block."""
+
+    def __init__(self, as_tuple: bool) -> None:
+        super().__init__()
+        self.output: torch.Tensor | None = None
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        assert self.output is not None
+        return (self.output,) if self.as_tuple else self.output
+
+
+def chunk_logits(
+    lazy: LazyModel, acts: Activations, ids: torch.Tensor, windows_per_call: int = 1
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first window index, logits (w, ctx, vocab)) for the windows of ``ids`` (n, ctx) whose
+    last-block outputs are ``acts`` (chunks in the order of ``ids``), ``windows_per_call`` at a
+    time; the modules outside the blocks are materialized meanwhile."""
+    parent_path, attr = lazy.arch.blocks_path.rsplit(".", 1)
+    parent = lazy.model.get_submodule(parent_path)
+    blocks = getattr(parent, attr)
+    replay = _Replay(acts.block_returns_tuple)
+    paths = lazy.materialize_outside(head=True)
+    setattr(parent, attr, nn.ModuleList([replay]))
+    try:
+        start = 0
+        with torch.inference_mode():
+            for i in range(len(acts.chunks)):
+                hidden = acts.on_device(i)
+                for part in torch.split(hidden, windows_per_call):
+                    replay.output = part
+                    x = ids[start : start + part.shape[0]].to(acts.device)
+                    yield start, lazy.model(input_ids=x, use_cache=False).logits
+                    start += part.shape[0]
+    finally:
+        replay.output = None
+        setattr(parent, attr, blocks)
+        lazy.release_outside(paths)

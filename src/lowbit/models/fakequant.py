@@ -3,6 +3,7 @@ the plan's activation and KV-cache quantization attached as hooks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,9 +11,10 @@ from torch import nn
 
 from lowbit.formats import QuantizedWeight
 from lowbit.plan import Plan
+from lowbit.runtime import Runtime
 
 
-def apply_weights(model: Any, weights: dict[str, QuantizedWeight]) -> Any:
+def apply_weights(model: Any, weights: Mapping[str, QuantizedWeight]) -> Any:
     """Replace each named linear layer's weight with its dequantized value (in place)."""
     with torch.no_grad():
         for name, qw in weights.items():
@@ -28,7 +30,7 @@ def apply_weights(model: Any, weights: dict[str, QuantizedWeight]) -> Any:
     return model
 
 
-def activation_layers(model: Any, weights: dict[str, QuantizedWeight]) -> list[str]:
+def activation_layers(model: Any, weights: Mapping[str, QuantizedWeight]) -> list[str]:
     """The quantized linear layers whose inputs a plan's activation spec quantizes: every
     quantized ``nn.Linear`` but the output head."""
     from lowbit.models.embeddings import HEAD_PATH
@@ -39,7 +41,7 @@ def activation_layers(model: Any, weights: dict[str, QuantizedWeight]) -> list[s
 def attach_runtime(
     model: Any,
     plan: Plan,
-    weights: dict[str, QuantizedWeight],
+    weights: Mapping[str, QuantizedWeight],
     activation_ranges: dict[str, float] | None = None,
 ) -> Any:
     """Attach ``plan``'s activation quantization (static thresholds from ``activation_ranges``)
@@ -74,11 +76,14 @@ def fake_quant(model: Any, qm: Any, *, runtime: bool = True) -> Any:
     return model
 
 
-def calibrate_static_activations(handle: Any, qm: Any, windows: torch.Tensor) -> dict[str, float]:
+def calibrate_static_activations(
+    qm: Any, windows: torch.Tensor, runtime: Runtime
+) -> dict[str, float]:
     """Static activation thresholds of ``qm`` (a QuantizedModel whose plan has static
-    activations), measured on its fake-quantized weights with activations unquantized."""
+    activations), measured layer-wise on its fake-quantized weights, activations unquantized."""
     from lowbit.models.activations import calibrate_activations
+    from lowbit.models.views import quantized_view
 
-    model = fake_quant(handle.load_model(), qm, runtime=False)
-    names = activation_layers(model, qm.weights)
-    return calibrate_activations(model, names, windows, qm.plan.activations)
+    view = quantized_view(qm)
+    names = activation_layers(view.lazy(runtime, attach=False).model, qm.weights)
+    return calibrate_activations(view, names, windows, qm.plan.activations, runtime)

@@ -20,8 +20,26 @@ _DTYPE_BITS = {
     "I16": 16,
     "I8": 8,
     "U8": 8,
+    "U16": 16,
+    "U32": 32,
+    "U64": 64,
     "BOOL": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
 }
+
+
+def _dtype_bits(dtype: str, key: str, file: object) -> int:
+    if dtype not in _DTYPE_BITS:
+        from lowbit.errors import ModelSourceError
+
+        raise ModelSourceError(
+            f"{file}: tensor {key} has dtype {dtype}, whose size lowbit does not know; "
+            "convert the checkpoint to a standard dtype (F32, F16, BF16, F8, integers)"
+        )
+    return _DTYPE_BITS[dtype]
 
 
 @dataclass(frozen=True)
@@ -45,19 +63,19 @@ def stored_bits(handle: ModelHandle) -> Iterator[tuple[str, int, int]]:
             for key in reader.keys():
                 view = reader.get_slice(key)
                 n = _numel(view.get_shape())
-                yield key, n, n * _DTYPE_BITS.get(view.get_dtype(), 32)
+                yield key, n, n * _dtype_bits(view.get_dtype(), key, file)
 
 
 def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
     """Stored size of ``handle``'s tensors with ``qm``'s layers at their quantized size. A tied
     head that ``qm`` stores apart is one more tensor: quantized, or the embedding's full-precision
     copy."""
-    quantized = {} if qm is None else {f"{n}.weight": w for n, w in qm.weights.items()}
+    quantized = {} if qm is None else {f"{n}.weight": qm.weights.n_bits(n) for n in qm.weights}
     total_bits = params = lin_bits = lin_count = 0
     kept: list[str] = []
     embed_key = f"{handle.arch.embed_path}.weight"
     for key, n, stored in stored_bits(handle):
-        bits = quantized[key].n_bits() if key in quantized else stored
+        bits = quantized.get(key, stored)
         total_bits, params = total_bits + bits, params + n
         if key not in quantized:
             kept.append(key)
@@ -65,7 +83,7 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
             lin_bits, lin_count = lin_bits + bits, lin_count + n
         if key == embed_key and qm is not None and qm.untied_head:
             head = quantized.get("lm_head.weight")
-            total_bits += head.n_bits() if head is not None else stored
+            total_bits += head if head is not None else stored
             params += n
             if head is None:
                 kept.append("lm_head.weight")

@@ -1,88 +1,126 @@
 """A model whose parameters stay on disk until a module is needed.
 
-The module tree is built with parameters on the ``meta`` device (buffers such as rotary
-frequencies are real); :meth:`LazyModel.materialize` reads one module's tensors from the
-safetensors files and :meth:`LazyModel.release` returns them to ``meta``. Peak memory is what is
-materialized at once, not the model.
+The module tree is built on the ``meta`` device in the runtime's compute dtype (buffers such as
+rotary frequencies are created on the runtime's device); :meth:`LazyModel.materialize` reads
+one module's tensors from its :class:`~lowbit.models.weights.WeightSource` straight to the
+device, casts floating-point ones to the compute dtype, and :meth:`LazyModel.release` returns
+them to ``meta``. Peak memory is what is materialized at once, not the model. A LazyModel is
+the :class:`~lowbit.runtime.runner.BlockStore` of the block runner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lowbit.errors import ModelSourceError
-from lowbit.models.files import safetensors_header
-from lowbit.models.sources import ModelHandle
+from lowbit.models.arch import ArchSpec
+from lowbit.models.weights import WeightSource
+from lowbit.runtime import Runtime
 
 
 class LazyModel:
-    def __init__(self, handle: ModelHandle) -> None:
+    def __init__(
+        self, config: Any, arch: ArchSpec, source: WeightSource, runtime: Runtime, where: str
+    ) -> None:
         from accelerate import init_empty_weights
         from transformers import AutoModelForCausalLM
 
-        with init_empty_weights(include_buffers=False):
-            self.model = AutoModelForCausalLM.from_config(handle.config, dtype=torch.float32)
+        with torch.device(runtime.device), init_empty_weights(include_buffers=False):
+            self.model = AutoModelForCausalLM.from_config(config, dtype=runtime.dtype)
         self.model.eval()
-        self.handle = handle
-        self._where: dict[str, Path] = {}
-        for file in handle.weight_files:
-            for key in safetensors_header(file):
-                if key != "__metadata__":
-                    self._where[key] = file
+        self.arch, self.source, self.runtime, self.where = arch, source, runtime, where
+        self._keys = source.keys()
+        self._names = {id(m): n for n, m in self.model.named_modules()}
 
+    # -- the BlockStore protocol ---------------------------------------------------------
+    def __len__(self) -> int:
+        return len(block_list(self.model, self.arch.blocks_path))
+
+    def load(self, i: int) -> nn.Module:
+        return self.materialize(f"{self.arch.blocks_path}.{i}")
+
+    def release(self, i: int) -> None:
+        self.release_module(f"{self.arch.blocks_path}.{i}")
+
+    # -- modules -------------------------------------------------------------------------
     def module(self, path: str) -> nn.Module:
         return self.model.get_submodule(path)
 
     def materialize(self, path: str) -> nn.Module:
-        """Load every parameter of the module at ``path`` (e.g. ``model.layers.3``) from disk."""
+        """Load every parameter of the module at ``path`` (e.g. ``model.layers.3``)."""
         from accelerate.utils import set_module_tensor_to_device
-        from safetensors import safe_open
 
         module = self.module(path)
         names = [n for n, _ in module.named_parameters(recurse=True)]
-        by_file: dict[Path, list[str]] = {}
-        for name in names:
-            key = f"{path}.{name}" if path else name
-            file = self._where.get(key) or self._where.get(self._tied_source(key))
-            if file is None:
-                raise ModelSourceError(f"{self.handle.path}: tensor {key!r} is in no weight file")
-            by_file.setdefault(file, []).append(name)
-        with ExitStack() as stack:
-            for file, members in by_file.items():
-                reader = stack.enter_context(safe_open(str(file), framework="pt"))
-                for name in members:
-                    key = f"{path}.{name}" if path else name
-                    key = key if key in self._where else self._tied_source(key)
-                    tensor = reader.get_tensor(key).to(torch.float32).clone()
-                    set_module_tensor_to_device(module, name, "cpu", value=tensor)
+        keys = {n: self._key(f"{path}.{n}" if path else n) for n in names}
+        tensors = self.source.read(list(dict.fromkeys(keys.values())), self.runtime.device)
+        for name, key in keys.items():
+            tensor = tensors[key]
+            if tensor.is_floating_point():
+                tensor = tensor.to(self.runtime.dtype)
+            set_module_tensor_to_device(module, name, self.runtime.device, value=tensor)
         return module
 
-    def release(self, path: str) -> None:
+    def release_module(self, path: str) -> None:
         self.module(path).to("meta")
+
+    def _key(self, key: str) -> str:
+        if key in self._keys:
+            return key
+        tied = self._tied_source(key)
+        if tied not in self._keys:
+            raise ModelSourceError(f"{self.where}: tensor {key!r} is in no weight file")
+        return tied
 
     def _tied_source(self, key: str) -> str:
         """The stored name of a tied output head (its weight is the input embedding's)."""
         out = self.model.get_output_embeddings()
         emb = self.model.get_input_embeddings()
-        names = {id(m): n for n, m in self.model.named_modules()}
-        if out is not None and key == f"{names.get(id(out))}.weight":
-            return f"{names[id(emb)]}.weight"
+        if out is not None and key == f"{self._names.get(id(out))}.weight":
+            return f"{self._names[id(emb)]}.weight"
         return key
 
-    def outside_blocks(self, blocks_path: str) -> Iterator[str]:
-        """Top-level module paths that hold parameters but are neither blocks nor the head."""
+    def outside_blocks(self) -> Iterator[str]:
+        """Module paths that hold parameters outside the blocks (embeddings, final norm,
+        the head), the head last."""
         head = self.model.get_output_embeddings()
+        blocks = self.arch.blocks_path
         for name, mod in self.model.named_modules():
-            if not name or mod is head or name == blocks_path or name.startswith(blocks_path + "."):
+            if not name or mod is head or name == blocks or name.startswith(blocks + "."):
                 continue
             if any(True for _ in mod.parameters(recurse=False)):
                 yield name
+        if head is not None:
+            yield self._names[id(head)]
+
+    def materialize_outside(self, *, head: bool) -> list[str]:
+        """Materialize the modules outside the blocks (with or without the head; a tied head
+        is tied to the embedding, not read twice); returns their paths, for
+        :meth:`release_outside`."""
+        head_module = self.model.get_output_embeddings()
+        head_path = None if head_module is None else self._names[id(head_module)]
+        paths = [p for p in self.outside_blocks() if p != head_path]
+        for path in paths:
+            self.materialize(path)
+        if head and head_path is not None:
+            if _is_tied(self.model):
+                self.model.tie_weights()
+            else:
+                self.materialize(head_path)
+                paths.append(head_path)
+        return paths
+
+    def release_outside(self, paths: list[str]) -> None:
+        for path in paths:
+            self.release_module(path)
+
+
+def _is_tied(model: Any) -> bool:
+    return bool(getattr(model.config, "tie_word_embeddings", False))
 
 
 def block_list(model: Any, blocks_path: str) -> nn.ModuleList:

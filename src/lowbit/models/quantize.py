@@ -1,42 +1,68 @@
-"""Block-by-block quantization of a model under a plan.
+"""Block-by-block quantization of a model under a plan, on the block runner.
 
-Calibration: capture the inputs of the first decoder block for every calibration chunk, then for
-each block: load it from disk, run it over all chunks with :func:`run_block_staged` (each group
-of linears is quantized when every chunk has reached it, so later layers and later blocks see
-the quantized earlier ones, as in GPTQ's sequential mode), keep its outputs as the next block's
-inputs, and release it. RTN-only plans need no calibration and skip all of that.
+The inputs of the first block are captured for every calibration window; then, one block at a
+time (:func:`~lowbit.runtime.runner.for_each_block`), the block is read from disk to the
+device, smoothed (AWQ / SmoothQuant scales folded in), and its linears are quantized group by
+group, each group on the fp32 second moment of its inputs over every window (true-sequential:
+later groups and later blocks see the quantized earlier ones). Each layer's codes are packed as
+soon as it is done and, when saving, written to the block's shard before the next block
+starts. RTN-only plans need no calibration and read each block once.
+
+How a block's groups see their inputs (:class:`Strategy`): ``staged`` runs the block once with
+every window in flight; ``recompute`` holds one chunk at a time and runs the block up to each
+group (chosen when the staged pass would not fit the runtime's memory); ``two-pass`` takes
+every group's statistics from the original block (the ``--propagation two-pass`` option).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowbit.algorithms import GPTQConfig, HessianAccumulator, gptq_quantize, rtn_quantize
-from lowbit.algorithms.awq import awq_quantize
-from lowbit.algorithms.config import AWQConfig, SmoothQuantConfig, SqueezeLLMConfig
-from lowbit.algorithms.squeezellm import squeezellm_quantize
+from lowbit.algorithms import HessianAccumulator, SmoothQuantConfig
+from lowbit.algorithms.handlers import LayerJob, quantize_layer
 from lowbit.errors import ConfigError, DataError, LowbitError
-from lowbit.formats import QuantizedWeight
-from lowbit.models.capture import capture_inputs
+from lowbit.models.budget import block_needs, check_fits
+from lowbit.models.capture import capture
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
+from lowbit.models.qstore import QuantizedLayers
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
-from lowbit.models.staged import run_block_staged, run_block_two_pass
 from lowbit.plan import LayerSpec, Plan
+from lowbit.runtime import Runtime
+from lowbit.runtime.runner import (
+    Activations,
+    for_each_block,
+    run_recompute,
+    run_staged,
+    run_two_pass,
+)
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass
+class Strategy(str, Enum):
+    STAGED = "staged"
+    RECOMPUTE = "recompute"
+    TWO_PASS = "two-pass"
+    DATA_FREE = "data-free"
+
+
+_RUNNERS = {Strategy.STAGED: run_staged, Strategy.RECOMPUTE: run_recompute}
+_RUNNERS[Strategy.TWO_PASS] = run_two_pass
+
+
+@dataclass(frozen=True)
 class LayerReport:
     name: str
     spec: str
@@ -47,24 +73,39 @@ class LayerReport:
     damp: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizedModel:
-    """The result of quantizing a model: one QuantizedWeight per quantized linear layer."""
+    """The result of quantizing a model: its quantized layers (packed, in memory or in the
+    shards of a saved directory) and everything needed to rebuild the fake-quantized model.
+
+    ``smoothed``: tensors AWQ / SmoothQuant changed outside the quantized linears (norm weights
+    and biases, previous linears' biases), by parameter name; ``smoothing``: AWQ's choice per
+    pair; ``activation_ranges``: static activation thresholds (absmax) per linear;
+    ``untied_head``: a tied embedding/head stored apart; ``execution``: where and how it ran."""
 
     handle: ModelHandle
     plan: Plan
-    weights: dict[str, QuantizedWeight]
-    kept: list[str]
-    layers: list[LayerReport] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    # tensors AWQ / SmoothQuant changed outside the quantized linears (norm weights and
-    # biases, previous linears' biases), by parameter name; and AWQ's choice per pair
+    weights: QuantizedLayers
+    kept: tuple[str, ...]
+    layers: tuple[LayerReport, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    smoothed: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    smoothing: tuple[PairRecord, ...] = ()
+    activation_ranges: Mapping[str, float] = field(default_factory=dict)
+    untied_head: bool = False
+    execution: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Result:
+    """What the driver collects while it runs (frozen into a QuantizedModel at the end)."""
+
+    layers: QuantizedLayers
+    reports: list[LayerReport] = field(default_factory=list)
     smoothed: dict[str, torch.Tensor] = field(default_factory=dict)
     smoothing: list[PairRecord] = field(default_factory=list)
-    # static activation thresholds (absmax) per linear, when the plan's activations are static
-    activation_ranges: dict[str, float] = field(default_factory=dict)
-    # a tied embedding/head stored apart (plan untie_embeddings); the head is its own tensor
-    untied_head: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
 
 
 def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
@@ -76,21 +117,28 @@ def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
     ]
 
 
+def shard_name(i: int, n_blocks: int) -> str:
+    """The shard of block ``i`` (the last shard, ``n_blocks``, holds everything else)."""
+    return f"model-{i + 1:05d}-of-{n_blocks + 1:05d}.safetensors"
+
+
 def quantize_model(
     handle: ModelHandle,
     plan: Plan,
     calibration: torch.Tensor | None,
+    runtime: Runtime,
     *,
     pipeline: PipelineConfig = DEFAULT_PIPELINE,
     progress: Progress | None = None,
     smoothquant: SmoothQuantConfig | None = None,
+    shard_dir: Path | None = None,
 ) -> QuantizedModel:
-    """Quantize every linear layer of ``handle``'s blocks as ``plan`` says.
+    """Quantize every linear layer of ``handle``'s blocks as ``plan`` says, on ``runtime``.
 
-    ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ or AWQ,
-    or with ``smoothquant`` (each block is smoothed before its weights are quantized).
-    """
-    lazy = LazyModel(handle)
+    ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ, AWQ or
+    SqueezeLLM, or with ``smoothquant``. With ``shard_dir``, each block's packed layers are
+    written there (``shard_name``) as soon as the block is done."""
+    lazy = handle.lazy(runtime)
     names = linear_names(lazy.model, handle)
     specs = plan.resolve(names)
     check_embedding_plan(plan, is_tied(handle.config), handle.source)  # before any work
@@ -103,110 +151,166 @@ def quantize_model(
         raise ConfigError(
             f"the plan uses {', '.join(needs)}, which needs calibration windows; give --calib text"
         )
-    needs_data = bool(needs)
-    result = QuantizedModel(handle, plan, {}, [n for n, s in specs.items() if s is None])
+    result = _Result(QuantizedLayers(shard_dir))
+    result.execution["runtime"] = runtime.describe()
     start = time.perf_counter()
     with torch.no_grad():
-        if needs_data:
+        if needs:
             fix_mmap_threshold()
-            _calibrated(lazy, handle, specs, calibration, pipeline, result, progress, smoothquant)
+            assert calibration is not None
+            _calibrated(lazy, specs, calibration, pipeline, result, progress, smoothquant)
         else:
-            _data_free(lazy, handle, specs, result, progress)
-        _embeddings(handle, plan, result)
+            _data_free(lazy, specs, result, progress)
+        untied = _embeddings(handle, plan, result)
     result.timings["quantize_s"] = time.perf_counter() - start
-    return result
+    return QuantizedModel(
+        handle,
+        plan,
+        result.layers,
+        tuple(n for n, s in specs.items() if s is None),
+        tuple(result.reports),
+        result.timings,
+        result.smoothed,
+        tuple(result.smoothing),
+        {},
+        untied,
+        result.execution,
+    )
 
 
-def _embeddings(handle: ModelHandle, plan: Plan, result: QuantizedModel) -> None:
+def _embeddings(handle: ModelHandle, plan: Plan, result: _Result) -> bool:
     """The plan's embedding and head specs (RTN, read straight from the weight files)."""
     if plan.embedding is None and plan.head is None:
-        return
+        return False
     t0 = time.perf_counter()
     for name, qw in quantize_embeddings(handle, plan).items():
         spec = plan.embedding if name == handle.arch.embed_path else plan.head
-        result.weights[name] = qw
-        result.layers.append(
-            LayerReport(name, spec.describe(), qw.shape, qw.bits_per_weight(), 0.0)  # type: ignore[union-attr]
+        assert spec is not None
+        result.layers.add(name, qw)
+        result.reports.append(
+            LayerReport(name, spec.describe(), qw.shape, qw.bits_per_weight(), 0.0)
         )
-    result.untied_head = unties(plan, handle.config)
     result.timings["embeddings_s"] = time.perf_counter() - t0
+    return unties(plan, handle.config)
 
 
 def _data_free(
     lazy: LazyModel,
-    handle: ModelHandle,
-    specs: dict,
-    result: QuantizedModel,
+    specs: dict[str, LayerSpec | None],
+    result: _Result,
     progress: Progress | None,
 ) -> None:
-    n_blocks = len(block_list(lazy.model, handle.arch.blocks_path))
+    result.execution["strategy"] = Strategy.DATA_FREE.value
+    arch = lazy.arch
+    n_blocks = len(lazy)
     for i in range(n_blocks):
-        path = f"{handle.arch.blocks_path}.{i}"
-        block = lazy.materialize(path)
-        for member in handle.arch.linear_names:
+        path = f"{arch.blocks_path}.{i}"
+        block = lazy.load(i)
+        for member in arch.linear_names:
             name = f"{path}.{member}"
             _quantize_layer(name, block.get_submodule(member), specs[name], None, result)
-        lazy.release(path)
+        lazy.release(i)
+        result.layers.flush(shard_name(i, n_blocks))
         if progress:
             progress(i + 1, n_blocks)
 
 
 def _calibrated(
     lazy: LazyModel,
-    handle: ModelHandle,
-    specs: dict,
+    specs: dict[str, LayerSpec | None],
     calibration: torch.Tensor,
     pipeline: PipelineConfig,
-    result: QuantizedModel,
+    result: _Result,
     progress: Progress | None,
-    smoothquant: SmoothQuantConfig | None = None,
+    smoothquant: SmoothQuantConfig | None,
 ) -> None:
     t0 = time.perf_counter()
-    hidden, kwargs = capture_block_inputs(lazy, handle, calibration, pipeline.chunk_size)
-    run = (
-        run_block_staged
-        if pipeline.propagation is Propagation.TRUE_SEQUENTIAL
-        else run_block_two_pass
-    )
+    runtime, arch = lazy.runtime, lazy.arch
+    strategy, home = _plan_execution(lazy, calibration, pipeline, result)
+    acts = capture(lazy, calibration, pipeline.chunk_size, home)
     result.timings["capture_s"] = time.perf_counter() - t0
-    arch = handle.arch
-    n_blocks = len(block_list(lazy.model, arch.blocks_path))
-    for i in range(n_blocks):
+    run = _RUNNERS[strategy]
+    n_blocks = len(lazy)
+
+    def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
         path = f"{arch.blocks_path}.{i}"
-        block = lazy.materialize(path)
-        _smooth(block, path, hidden, kwargs, arch, specs, smoothquant, result)
+        _smooth(block, path, inputs, specs, smoothquant, lazy, result)
         groups = [
             [(f"{path}.{m}", block.get_submodule(m)) for m in group]
             for group in arch.sequential_groups
         ]
         no_clip = {f"{path}.{m}" for m in arch.no_clip}
+        stats: dict[int, HessianAccumulator] = {}
 
-        def on_group(
-            g: int, stat: HessianAccumulator, groups: list = groups, no_clip: set = no_clip
-        ) -> None:
-            H = stat.hessian()
+        def observe(g: int, x: torch.Tensor) -> None:
+            if g not in stats:
+                stats[g] = HessianAccumulator(int(x.shape[-1]))
+            stats[g].add_batch(x)
+
+        def on_group(g: int) -> None:
+            H = stats.pop(g).hessian()
             for name, module in groups[g]:
                 _quantize_layer(name, module, specs[name], H, result, clip=name not in no_clip)
 
-        hidden = run(block, hidden, kwargs, groups, on_group)
-        lazy.release(path)
-        if progress:
-            progress(i + 1, n_blocks)
+        outputs = run(block, inputs, groups, observe, on_group)
+        result.layers.flush(shard_name(i, n_blocks))
+        return outputs
+
+    for_each_block(lazy, acts, stage, progress)
+
+
+def _plan_execution(
+    lazy: LazyModel, calibration: torch.Tensor, pipeline: PipelineConfig, result: _Result
+) -> tuple[Strategy, torch.device]:
+    """The strategy and where activations live, from the runtime's memory; refuses a budget
+    too small for one block."""
+    runtime = lazy.runtime
+    n, ctx = calibration.shape
+    chunk_tokens = min(pipeline.chunk_size, n) * ctx
+    needs = block_needs(
+        block_list(lazy.model, lazy.arch.blocks_path), runtime, chunk_tokens, n * ctx
+    )
+    hidden_bytes = 2 * n * ctx * int(lazy.model.config.hidden_size) * _elt(runtime)
+    check_fits(
+        needs.one_block,
+        runtime,
+        f"quantizing {lazy.where}",
+        {"weights": needs.weights, "statistics": needs.statistics, "solver": needs.solver,
+         "one chunk of activations": needs.chunk},
+    )  # fmt: skip
+    home = runtime.activations_device(hidden_bytes, needs.one_block)
+    resident = hidden_bytes if home == runtime.device else 0
+    if pipeline.propagation is Propagation.TWO_PASS:
+        strategy = Strategy.TWO_PASS
+    elif needs.one_block + needs.in_flight + resident <= runtime.memory:
+        strategy = Strategy.STAGED
+    else:
+        strategy = Strategy.RECOMPUTE
+    result.execution.update(
+        strategy=strategy.value,
+        activations=str(home),
+        activation_bytes=hidden_bytes,
+        needs=needs.to_dict(),
+    )
+    return strategy, home
+
+
+def _elt(runtime: Runtime) -> int:
+    return torch.empty(0, dtype=runtime.dtype).element_size()
 
 
 def _smooth(
     block: nn.Module,
     path: str,
-    hidden: list[torch.Tensor],
-    kwargs: list[dict[str, Any]],
-    arch: Any,
-    specs: dict,
+    inputs: Activations,
+    specs: dict[str, LayerSpec | None],
     smoothquant: SmoothQuantConfig | None,
-    result: QuantizedModel,
+    lazy: LazyModel,
+    result: _Result,
 ) -> None:
     """SmoothQuant and AWQ scales for this block, folded into it before it is quantized."""
     t0 = time.perf_counter()
-    done = smooth_block(block, path, hidden, kwargs, arch, specs, smoothquant)
+    done = smooth_block(block, path, inputs, lazy.arch, specs, smoothquant)
     result.smoothed.update(done.tensors)
     result.smoothing.extend(done.records)
     if done.tensors:
@@ -220,72 +324,48 @@ def _quantize_layer(
     module: nn.Module,
     spec: LayerSpec | None,
     H: torch.Tensor | None,
-    result: QuantizedModel,
+    result: _Result,
     *,
     clip: bool = True,
 ) -> None:
     t0 = time.perf_counter()
     W = module.weight.data
-    if not torch.isfinite(W).all():
+    if not bool(torch.isfinite(W).all()):
         raise LowbitError(f"layer {name} has NaN or infinite weights; the checkpoint is corrupt")
     shape = (int(W.shape[0]), int(W.shape[1]))
     if spec is None:
-        result.layers.append(LayerReport(name, "kept (fp32)", shape, 32.0, 0.0))
+        bits = float(W.element_size() * 8)
+        result.reports.append(LayerReport(name, f"kept ({_dtype_name(W)})", shape, bits, 0.0))
         return
-    try:
-        qw, loss, damp = quantize_weight(name, W, spec, H, clip=clip)
-    except DataError as exc:
-        raise DataError(f"layer {name}: {exc}") from None
-    module.weight.data = qw.dequantize().to(W.dtype)
-    result.weights[name] = qw
-    result.layers.append(
+    out = quantize_weight(name, W, spec, H, clip=clip)
+    module.weight.data = out.weight.dequantize().to(W.dtype)
+    result.layers.add(name, out.weight)
+    result.reports.append(
         LayerReport(
-            name, spec.describe(), shape, qw.bits_per_weight(), time.perf_counter() - t0, loss, damp
+            name,
+            spec.describe(),
+            shape,
+            out.weight.bits_per_weight(),
+            time.perf_counter() - t0,
+            out.loss,
+            out.damp,
         )
     )
 
 
+def _dtype_name(W: torch.Tensor) -> str:
+    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return short.get(W.dtype, str(W.dtype).removeprefix("torch."))
+
+
 def quantize_weight(
     name: str, W: torch.Tensor, spec: LayerSpec, H: torch.Tensor | None, *, clip: bool = True
-) -> tuple[QuantizedWeight, float | None, float | None]:
-    """Quantize ``W`` (out, in) as ``spec`` says; GPTQ needs ``H`` (in, in). Returns the weight,
-    GPTQ's loss and the damping it used (None for RTN).
-
-    AWQ here is its clip search (``H`` given, ``clip`` and the config's ``clip``) and round to
-    nearest: its scales are folded into the block before (:func:`smooth_block`); a layer
-    quantized alone (sensitivity probes) gets no scales."""
-    if isinstance(spec.algorithm, AWQConfig):
-        awq = spec.algorithm
-        return awq_quantize(W, H, spec.fmt, spec.granularity, awq, clip=clip, name=name), None, None
-    if isinstance(spec.algorithm, GPTQConfig):
-        if H is None:
-            raise LowbitError(f"layer {name}: GPTQ needs calibration statistics")
-        if not torch.isfinite(H).all():
-            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
-        out = gptq_quantize(W, H, spec.fmt, spec.granularity, spec.algorithm)
-        return out.weight, out.loss, out.damp
-    if isinstance(spec.algorithm, SqueezeLLMConfig):  # sensitivity: the Hessian diagonal
-        if H is None:
-            raise LowbitError(f"layer {name}: SqueezeLLM needs calibration statistics")
-        if not torch.isfinite(H).all():
-            raise LowbitError(f"layer {name}: its calibration inputs contain NaN or infinity")
-        sensitivity = torch.diagonal(H)
-        qw = squeezellm_quantize(W, sensitivity, spec.fmt, spec.granularity, spec.algorithm, name)
-        return qw, None, None
-    return rtn_quantize(W, spec.fmt, spec.granularity, spec.algorithm.clipping, name), None, None
-
-
-def capture_block_inputs(
-    lazy: LazyModel, handle: ModelHandle, ids: torch.Tensor, chunk_size: int
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Inputs (hidden states and keyword arguments) of the first block for each chunk of ``ids``,
-    with only the modules outside the blocks loaded."""
-    outside = list(lazy.outside_blocks(handle.arch.blocks_path))
-    for path in outside:
-        lazy.materialize(path)
+) -> Any:
+    """Quantize ``W`` (out, in) as ``spec`` says with the handler registered for its algorithm
+    (``H`` (in, in): the fp32 second moment of its inputs); returns the handler's Outcome."""
     try:
-        first = block_list(lazy.model, handle.arch.blocks_path)[0]
-        return capture_inputs(lazy.model, first, ids, chunk_size)
-    finally:
-        for path in outside:
-            lazy.release(path)
+        return quantize_layer(
+            LayerJob(name, W, spec.fmt, spec.granularity, H, clip), spec.algorithm
+        )
+    except DataError as exc:
+        raise DataError(f"layer {name}: {exc}") from None

@@ -1,195 +1,195 @@
-"""lowbit's own saved layout of a quantized model (standard exports come later).
+"""lowbit's own saved layout of a quantized model, written as the blocks finish.
 
 A directory with ``config.json`` and the tokenizer (copied from the source model),
-``model.safetensors`` holding every tensor that was not quantized plus, per quantized layer,
-``<name>.qcodes`` (codes packed to their bit width), ``<name>.qscale`` (scales in their storage
-dtype), ``<name>.qzero`` (packed zero points, asymmetric formats), ``<name>.qperm`` (int32
-column permutation, when saved), ``<name>.qtscale`` (fp32 per-tensor scale, NVFP4),
-``<name>.qoidx``/``<name>.qoval`` (SqueezeLLM's sparse outliers: int32 flat indices, fp16
-values), and ``lowbit.json`` (the plan, each layer's format, static activation thresholds when
-the plan has static activation scales, whether a tied head was stored apart, and provenance). A
-tied head stored apart and kept in full precision is saved as ``lm_head.weight``. Loading
-rebuilds the dense model with the same dequantization used in evaluation, so its logits are
-identical.
+``blocks-NNNNN.safetensors`` (the packed layers of decoder block NNNNN, written by the driver as
+soon as the block is done: see :mod:`lowbit.models.qstore` for the tensor names),
+``rest-NNNNN.safetensors`` (every tensor that was not quantized, one shard per source weight
+file, with the norms AWQ/SmoothQuant rescaled, a quantized embedding/head, and a tied head
+stored apart as ``lm_head.weight`` when kept in full precision), ``model.safetensors.index.json``
+(tensor → file) and ``lowbit.json`` (the plan, each layer's format, shape and stored bits,
+static activation thresholds, whether a tied head was stored apart, how it ran, and
+provenance). The directory is built under a temporary name and renamed when complete.
+
+Loading reads the same tensors back, one block at a time for evaluation
+(:func:`~lowbit.models.views.saved_view`) or all at once into a dense model
+(:func:`load_quantized`), dequantized exactly as evaluation does, so logits are identical.
+Directories of the first layout (one ``model.safetensors``) load the same way.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowbit._io import atomic_dir
-from lowbit.algorithms import RTNConfig
 from lowbit.errors import ArtefactError, ModelSourceError
-from lowbit.formats import IntFormat, QuantizedWeight
-from lowbit.formats.nvfp4 import NVFP4Format
-from lowbit.formats.packing import pack_weight, unpack_weight
-from lowbit.models.embeddings import HEAD_PATH, read_tensor
+from lowbit.models.embeddings import HEAD_PATH
 from lowbit.models.files import copy_model_files, safetensors_header
 from lowbit.models.quantize import QuantizedModel
-from lowbit.plan import LayerSpec, Plan
+from lowbit.plan import Plan
+from lowbit.runtime import Runtime
 
-LAYOUT = "lowbit-quantized-v1"
-# pack_weight's tensors → their key suffix in model.safetensors
-_KEYS = {
-    "codes": "qcodes",
-    "scale": "qscale",
-    "zero": "qzero",
-    "perm": "qperm",
-    "tensor_scale": "qtscale",
-    "outlier_index": "qoidx",
-    "outlier_value": "qoval",
-}
-_QSUFFIXES = tuple(f".{q}" for q in _KEYS.values())
+LAYOUT = "lowbit-quantized-v2"
+READABLE = ("lowbit-quantized-v1", LAYOUT)
+
+
+def block_shard(i: int) -> str:
+    return f"blocks-{i:05d}.safetensors"
+
+
+@contextmanager
+def saving(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """The temporary directory a quantization writes its shards into; renamed to ``out`` only
+    when the block closes without an error (after :func:`finish_saved`)."""
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+        yield tmp
 
 
 def save_quantized(
     qm: QuantizedModel, out: Path, provenance: dict[str, Any], *, overwrite: bool = False
 ) -> Path:
-    """Write ``qm`` to the directory ``out`` atomically."""
-    from safetensors.torch import save_file
-
-    tensors = _unquantized_tensors(qm)
-    layers: dict[str, Any] = {}
-    for name, qw in qm.weights.items():
-        tensors.update(_packed(name, qw))
-        layers[name] = _layer_meta(qw)
-    if qm.untied_head and HEAD_PATH not in qm.weights:
-        embed = f"{qm.handle.arch.embed_path}.weight"
-        tensors[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed).contiguous()
-    manifest = {
-        "layout": LAYOUT,
-        "plan": qm.plan.to_dict(),
-        "layers": layers,
-        "kept": qm.kept,
-        "source": qm.handle.describe(),
-        "provenance": provenance,
-    }
-    if qm.activation_ranges:
-        manifest["activation_ranges"] = dict(qm.activation_ranges)
-    if qm.untied_head:
-        manifest["untied_head"] = True
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
-        copy_model_files(qm.handle.path, tmp)
-        save_file(
-            tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "layout": LAYOUT}
-        )
-        (tmp / "lowbit.json").write_text(json.dumps(manifest, indent=2, default=str))
+    """Write ``qm`` to the directory ``out`` atomically (layers still in memory included)."""
+    with saving(out, overwrite=overwrite) as tmp:
+        finish_saved(qm, tmp, provenance)
     return Path(out)
 
 
-def is_quantized_dir(path: Path) -> bool:
-    return (Path(path) / "lowbit.json").is_file()
+def finish_saved(qm: QuantizedModel, tmp: Path, provenance: dict[str, Any]) -> None:
+    """Complete a directory whose block shards the driver wrote (or none): the unquantized
+    tensors, any layers still in memory, the index, the config, tokenizer and manifest."""
+    from safetensors.torch import save_file
+
+    weight_map = dict(qm.weights.weight_map())
+    foreign = {k: v for k, v in weight_map.items() if not (tmp / v).is_file()}
+    extra = {**qm.weights.packed_in_memory(), **_foreign(qm, foreign)}
+    for key in foreign:
+        del weight_map[key]
+    for k, tensors in enumerate(_unquantized_shards(qm, extra)):
+        name = f"rest-{k:05d}.safetensors"
+        save_file(tensors, str(tmp / name), metadata={"format": "pt", "layout": LAYOUT})
+        weight_map.update(dict.fromkeys(tensors, name))
+    index = {"metadata": {"layout": LAYOUT}, "weight_map": dict(sorted(weight_map.items()))}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    copy_model_files(qm.handle.path, tmp)
+    (tmp / "lowbit.json").write_text(
+        json.dumps(_manifest_of(qm, provenance), indent=2, default=str)
+    )
 
 
-def load_quantized(path: Path) -> tuple[Any, dict[str, QuantizedWeight], dict[str, Any]]:
-    """The dense fake-quantized model, its quantized weights, and the manifest."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _foreign(qm: QuantizedModel, keys: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Packed tensors of layers that live in another directory's shards (copied here)."""
+    from lowbit.models.qstore import KEYS
 
-    path = Path(path)
-    manifest = _manifest(path)
-    config = AutoConfig.from_pretrained(path)
-    if manifest.get("untied_head"):
-        config.tie_word_embeddings = False
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    weights: dict[str, QuantizedWeight] = {}
-    with safe_open(str(path / "model.safetensors"), framework="pt") as reader:
-        keys = set(reader.keys())
-        for name, meta in manifest["layers"].items():
-            weights[name] = _unpacked(name, meta, reader, keys)
-        state = {k: reader.get_tensor(k) for k in keys if not k.endswith(_QSUFFIXES)}
-    for name, qw in weights.items():
-        state[f"{name}.weight"] = qw.dequantize()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not _is_tied(model, m)]
-    if missing or unexpected:
-        raise ArtefactError(f"{path}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
-    model.tie_weights()
-    return model, weights, manifest
+    out: dict[str, torch.Tensor] = {}
+    for name in {k.rsplit(".", 1)[0] for k in keys}:
+        out.update({f"{name}.{KEYS[k]}": v for k, v in qm.weights.packed(name).items()})
+    return out
 
 
-def _manifest(path: Path) -> dict[str, Any]:
-    if not (path / "lowbit.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ArtefactError(
-            f"{path} is not a lowbit quantized model (no lowbit.json / model.safetensors)"
-        )
-    try:
-        manifest = json.loads((path / "lowbit.json").read_text())
-    except ValueError as exc:
-        raise ArtefactError(f"{path}/lowbit.json is not valid JSON ({exc}); save again") from exc
-    if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT:
-        raise ArtefactError(f"{path}/lowbit.json is not a {LAYOUT} manifest; save again")
-    missing = [k for k in ("plan", "layers", "source") if k not in manifest]
-    if missing:
-        raise ArtefactError(f"{path}/lowbit.json lacks {', '.join(missing)}; save again")
-    Plan.from_dict(manifest["plan"])  # validates the plan
-    try:
-        safetensors_header(path / "model.safetensors")
-    except ModelSourceError as exc:
-        raise ArtefactError(str(exc)) from exc
-    return manifest
-
-
-def _unquantized_tensors(qm: QuantizedModel) -> dict[str, torch.Tensor]:
+def _unquantized_shards(qm: QuantizedModel, extra: dict[str, torch.Tensor]) -> Iterator[dict]:
+    """One shard per source weight file of the tensors not quantized (rescaled ones replaced),
+    the first also holding ``extra`` and a tied head stored apart."""
     from safetensors import safe_open
 
     skip = {f"{name}.weight" for name in qm.weights}
-    out: dict[str, torch.Tensor] = {}
-    for file in qm.handle.weight_files:
+    first = dict(extra)
+    if qm.untied_head and HEAD_PATH not in qm.weights:
+        from lowbit.models.embeddings import read_tensor
+
+        embed = f"{qm.handle.arch.embed_path}.weight"
+        first[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed).contiguous()
+    for k, file in enumerate(qm.handle.weight_files):
+        out = first if k == 0 else {}
         with safe_open(str(file), framework="pt") as reader:
             for key in reader.keys():
                 if key in qm.smoothed:  # a norm or bias that AWQ / SmoothQuant rescaled
                     out[key] = qm.smoothed[key].contiguous()
                 elif key not in skip:
                     out[key] = reader.get_tensor(key).contiguous()
-    return out
+        if out:
+            yield out
 
 
-def _packed(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    return {f"{name}.{_KEYS[k]}": v for k, v in pack_weight(qw).items()}
-
-
-def _layer_meta(qw: QuantizedWeight) -> dict[str, Any]:
-    spec = LayerSpec(qw.fmt, qw.granularity, RTNConfig())  # the algorithm is not stored
-    return {
-        "shape": list(qw.shape),
-        **{k: v for k, v in spec.to_dict().items() if k != "algorithm"},
+def _manifest_of(qm: QuantizedModel, provenance: dict[str, Any]) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "layout": LAYOUT,
+        "plan": qm.plan.to_dict(),
+        "layers": {name: qm.weights.layouts[name].to_dict() for name in qm.weights},
+        "kept": list(qm.kept),
+        "source": qm.handle.describe(),
+        "execution": dict(qm.execution),
+        "provenance": provenance,
     }
+    if qm.activation_ranges:
+        manifest["activation_ranges"] = dict(qm.activation_ranges)
+    if qm.untied_head:
+        manifest["untied_head"] = True
+    return manifest
 
 
-def _unpacked(name: str, meta: dict[str, Any], reader: Any, keys: set[str]) -> QuantizedWeight:
-    spec = LayerSpec.from_dict({**meta, "algorithm": {"name": "rtn"}})
-    out_f, in_f = meta["shape"]
-    if f"{name}.qcodes" not in keys:
-        raise ArtefactError(f"layer {name}: packed codes are missing from model.safetensors")
-    tensors = {
-        k: reader.get_tensor(f"{name}.{q}") for k, q in _KEYS.items() if f"{name}.{q}" in keys
-    }
-    if isinstance(spec.fmt, IntFormat) and not spec.fmt.symmetric and "zero" not in tensors:
-        raise ArtefactError(f"layer {name}: packed zero points are missing from model.safetensors")
-    if "scale" not in tensors:
-        raise ArtefactError(f"layer {name}: scales are missing from model.safetensors")
-    if isinstance(spec.fmt, NVFP4Format) and "tensor_scale" not in tensors:
-        raise ArtefactError(f"layer {name}: the NVFP4 tensor scale is missing")
-    try:
-        qw = unpack_weight(tensors, spec.fmt, spec.granularity, (out_f, in_f))
-        qw.dequantize()  # shapes of codes, scales and tables must fit the layer
-    except (ValueError, RuntimeError, IndexError) as exc:
+def is_quantized_dir(path: Path) -> bool:
+    return (Path(path) / "lowbit.json").is_file()
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a saved directory, checked (layout, fields, plan, shard headers)."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not (path / "lowbit.json").is_file() or not files:
         raise ArtefactError(
-            f"layer {name}: stored tensors do not fit its {out_f}×{in_f} {spec.describe()} "
-            f"layout ({exc}); the directory is damaged: quantize again"
-        ) from exc
-    return qw
+            f"{path} is not a lowbit quantized model (no lowbit.json / *.safetensors)"
+        )
+    try:
+        manifest = json.loads((path / "lowbit.json").read_text())
+    except ValueError as exc:
+        raise ArtefactError(f"{path}/lowbit.json is not valid JSON ({exc}); save again") from exc
+    if not isinstance(manifest, dict) or manifest.get("layout") not in READABLE:
+        raise ArtefactError(f"{path}/lowbit.json is not a {LAYOUT} manifest; save again")
+    missing = [k for k in ("plan", "layers", "source") if k not in manifest]
+    if missing:
+        raise ArtefactError(f"{path}/lowbit.json lacks {', '.join(missing)}; save again")
+    Plan.from_dict(manifest["plan"])  # validates the plan
+    for file in files:
+        try:
+            safetensors_header(file)
+        except ModelSourceError as exc:
+            raise ArtefactError(str(exc)) from exc
+    return manifest
 
 
-def _is_tied(model: Any, key: str) -> bool:
-    out = model.get_output_embeddings()
-    return (
-        bool(getattr(model.config, "tie_word_embeddings", False))
-        and out is not None
-        and key.endswith("lm_head.weight")
-    )
+def saved_config(path: Path, manifest: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if manifest.get("untied_head"):
+        config.tie_word_embeddings = False
+    return config
+
+
+def load_quantized(path: Path, runtime: Runtime) -> tuple[Any, Any, dict[str, Any]]:
+    """The dense fake-quantized model (no activation or KV-cache quantization attached) on
+    ``runtime``, its quantized layers, and the manifest."""
+    from lowbit.models.arch import spec_for_model_type
+    from lowbit.models.views import saved_view
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    config = saved_config(path, manifest)
+    view = saved_view(path, manifest, config, spec_for_model_type(config.model_type, str(path)))
+    lazy = view.lazy(runtime, attach=False)
+    model = lazy.materialize("")
+    _check_complete(model, path)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model, view.quantized, manifest
+
+
+def _check_complete(model: Any, path: Path) -> None:
+    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise ArtefactError(f"{path}: tensors missing {meta[:5]}; the directory is damaged")

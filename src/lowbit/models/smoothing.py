@@ -11,7 +11,6 @@ The driver (``lowbit.models.quantize``) calls :func:`smooth_block` on each block
 linears are quantized; the tensors it changes outside the quantized linears (norm weights and
 biases, the previous linears' biases, a kept previous linear's weight) are returned by name so
 that the saved and the fake-quantized model carry them (:func:`load_smoothed`).
-:func:`smoothquant_model` smooths a whole dense model in memory (W8A8 without the driver).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from lowbit.algorithms import (
 )
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.models.arch import ArchSpec, SmoothingPair
+from lowbit.runtime.runner import Activations, forward_chunks, group_inputs_hook
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,7 @@ def fold_scales(block: nn.Module, pair: SmoothingPair, s: torch.Tensor, where: s
 
 def collect_pair_stats(
     block: nn.Module,
-    inputs: Sequence[torch.Tensor],
-    kwargs: Sequence[dict[str, Any]],
+    inputs: Activations,
     pairs: Sequence[SmoothingPair],
     make: Callable[[int], _Stat],
 ) -> list[_Stat]:
@@ -138,48 +137,26 @@ def collect_pair_stats(
     firsts = [block.get_submodule(p.linears[0]) for p in pairs]
     stats = [make(int(m.weight.shape[1])) for m in firsts]
     seen: set[int] = set()
-
-    def make_hook(i: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple) -> None:
-            if i in seen:
-                return
-            seen.add(i)
-            stats[i].add_batch(args[0])
-            if len(seen) == len(pairs):
-                raise _StopForward
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(i)) for i, m in enumerate(firsts)]
-    try:
-        with torch.inference_mode():
-            for hidden, kw in zip(inputs, kwargs, strict=True):
-                seen.clear()
-                try:
-                    block(hidden, **kw)
-                except _StopForward:
-                    pass
-                if len(seen) != len(pairs):
-                    missing = [p.linears[0] for i, p in enumerate(pairs) if i not in seen]
-                    raise LowbitError(
-                        f"the block never called {', '.join(missing)}; the architecture "
-                        "spec's smoothing pairs do not match this model"
-                    )
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = [
+        (m, group_inputs_hook(i, lambda i, x: stats[i].add_batch(x), seen))
+        for i, m in enumerate(firsts)
+    ]
+    for c in range(len(inputs.chunks)):
+        seen.clear()
+        forward_chunks(block, inputs.single(c), hooks, until=lambda: len(seen) == len(pairs))
+        if len(seen) != len(pairs):
+            missing = [p.linears[0] for i, p in enumerate(pairs) if i not in seen]
+            raise LowbitError(
+                f"the block never called {', '.join(missing)}; the architecture "
+                "spec's smoothing pairs do not match this model"
+            )
     return stats
-
-
-class _StopForward(Exception):
-    pass
 
 
 def smooth_block(
     block: nn.Module,
     path: str,
-    inputs: Sequence[torch.Tensor],
-    kwargs: Sequence[dict[str, Any]],
+    inputs: Activations,
     arch: ArchSpec,
     specs: Mapping[str, Any],
     smoothquant: SmoothQuantConfig | None = None,
@@ -189,14 +166,14 @@ def smooth_block(
     ``specs`` (full layer name → LayerSpec; None or absent: kept in full precision)."""
     out = BlockSmoothing()
     if smoothquant is not None:
-        _smoothquant(block, path, inputs, kwargs, arch, smoothquant, specs, out)
+        _smoothquant(block, path, inputs, arch, smoothquant, specs, out)
     pairs = [
         p
         for p in arch.smoothing_pairs
         if all(_is_awq(specs.get(f"{path}.{m}")) for m in p.linears) and pair_applies(block, p)
     ]
     if pairs:
-        _awq(block, path, inputs, kwargs, pairs, specs, out)
+        _awq(block, path, inputs, pairs, specs, out)
     return out
 
 
@@ -207,14 +184,13 @@ def _is_awq(spec: Any) -> bool:
 def _awq(
     block: nn.Module,
     path: str,
-    inputs: Sequence[torch.Tensor],
-    kwargs: Sequence[dict[str, Any]],
+    inputs: Activations,
     pairs: Sequence[SmoothingPair],
     specs: Mapping[str, Any],
     out: BlockSmoothing,
 ) -> None:
     """Search every pair's scales on the block as it is (llm-awq searches all, then folds)."""
-    stats = collect_pair_stats(block, inputs, kwargs, pairs, _AWQStats)
+    stats = collect_pair_stats(block, inputs, pairs, _AWQStats)
     chosen = []
     for pair, stat in zip(pairs, stats, strict=True):
         member_specs = [specs[f"{path}.{m}"] for m in pair.linears]
@@ -246,8 +222,7 @@ def _awq(
 def _smoothquant(
     block: nn.Module,
     path: str,
-    inputs: Sequence[torch.Tensor],
-    kwargs: Sequence[dict[str, Any]],
+    inputs: Activations,
     arch: ArchSpec,
     cfg: SmoothQuantConfig,
     specs: Mapping[str, Any],
@@ -255,7 +230,7 @@ def _smoothquant(
 ) -> None:
     """SmoothQuant folds into norms only (as its reference code does)."""
     pairs = [p for p in arch.smoothing_pairs if not p.prev_is_linear]
-    stats = collect_pair_stats(block, inputs, kwargs, pairs, ChannelStats)
+    stats = collect_pair_stats(block, inputs, pairs, ChannelStats)
     for pair, stat in zip(pairs, stats, strict=True):
         w_max = weight_absmax([block.get_submodule(m).weight for m in pair.linears])
         fold_scales(block, pair, smoothquant_scales(stat.abs_max, w_max, cfg.alpha), f"{path}.")
@@ -271,13 +246,13 @@ def _record(
     prev = block.get_submodule(pair.prev)
     name = f"{path}.{pair.prev}"
     if not pair.prev_is_linear or specs.get(name) is None:
-        out.tensors[f"{name}.weight"] = prev.weight.detach().clone()
+        out.tensors[f"{name}.weight"] = prev.weight.detach().cpu().clone()
     if getattr(prev, "bias", None) is not None:
-        out.tensors[f"{name}.bias"] = prev.bias.detach().clone()
+        out.tensors[f"{name}.bias"] = prev.bias.detach().cpu().clone()
     for member in pair.linears:
         if specs.get(f"{path}.{member}") is None:
             weight = block.get_submodule(member).weight
-            out.tensors[f"{path}.{member}.weight"] = weight.detach().clone()
+            out.tensors[f"{path}.{member}.weight"] = weight.detach().cpu().clone()
 
 
 def load_smoothed(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -292,33 +267,3 @@ def load_smoothed(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.M
                 )
             params[name].copy_(value)
     return model
-
-
-def smoothquant_model(
-    model: nn.Module,
-    arch: ArchSpec,
-    calibration: torch.Tensor,
-    cfg: SmoothQuantConfig,
-    chunk_size: int = 8,
-) -> dict[str, torch.Tensor]:
-    """Smooth every block of a dense ``model`` in place on ``calibration`` (n, ctx) token ids,
-    block by block (each block's statistics are taken on the smoothed earlier blocks, whose
-    outputs are unchanged); returns every changed tensor by name (norm weights and biases, and
-    the weights of the linears they feed)."""
-    from lowbit.models.capture import capture_inputs
-    from lowbit.models.lazy import block_list
-
-    check_smoothing(arch, {}, smoothquant=True)
-    blocks = block_list(model, arch.blocks_path)
-    hidden, kwargs = capture_inputs(model, blocks[0], calibration, chunk_size)
-    changed: dict[str, torch.Tensor] = {}
-    for i, block in enumerate(blocks):
-        done = smooth_block(block, f"{arch.blocks_path}.{i}", hidden, kwargs, arch, {}, cfg)
-        changed.update(done.tensors)
-        with torch.inference_mode():
-            hidden = [_hidden(block(h, **kw)) for h, kw in zip(hidden, kwargs, strict=True)]
-    return changed
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output

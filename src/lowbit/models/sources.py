@@ -19,6 +19,9 @@ from lowbit.models.arch import ArchSpec, spec_for_model_type
 from lowbit.models.builtin import BUILTIN_MODELS, builtin_gguf
 from lowbit.models.compressed_source import is_compressed_tensors_dir
 from lowbit.models.files import copy_model_files, fingerprint_files, safetensors_header
+from lowbit.models.lazy import LazyModel
+from lowbit.models.weights import SafetensorsWeights, WeightSource
+from lowbit.runtime import Runtime
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,12 +35,23 @@ class ModelHandle:
     fingerprint: str
     weight_files: tuple[Path, ...] = field(default=())
 
-    def load_model(self) -> Any:
-        """The whole model in fp32 on the CPU, in eval mode."""
-        import torch
+    def weights(self) -> SafetensorsWeights:
+        """Its tensors, read one module at a time."""
+        return SafetensorsWeights(self.weight_files, self.source)
+
+    def lazy(self, runtime: Runtime, weights: WeightSource | None = None) -> LazyModel:
+        """The model with every parameter on disk (``weights``: another source, e.g. its
+        quantized overlay) until a module is materialized on ``runtime``'s device."""
+        return LazyModel(self.config, self.arch, weights or self.weights(), runtime, self.source)
+
+    def load_model(self, runtime: Runtime) -> Any:
+        """The whole model on ``runtime``'s device in its compute dtype, in eval mode (for the
+        stages that need every layer at once: harness tasks, profiling, export)."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=runtime.dtype, device_map={"": runtime.device}
+        )
         return model.eval()
 
     def load_tokenizer(self) -> Any:

@@ -19,7 +19,7 @@ from lowbit.errors import OutputExistsError
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.report.console import console, progress_bar
 from lowbit.report.pareto import pareto_report, pareto_table
-from lowbit.workflows.spine import _quantize
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
 
 
 def plan_job(
@@ -136,8 +136,8 @@ def pareto_job(
     fuse: bool = True,
     resume: bool = False,
     overwrite: bool = False,
-    eval_batch: int = 4,
     marks: dict[str, tuple[float, float]] | None = None,
+    execution: Execution = DEFAULT_EXECUTION,
 ) -> dict[str, Any]:
     """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html."""
     out = Path(out)
@@ -163,8 +163,12 @@ def pareto_job(
     )
     todo = [p for p in points if not (store / f"{_slug(p.name)}.json").exists()]
     console.print(f"{len(points)} points, {len(points) - len(todo)} already measured")
-    for start in range(0, len(todo), eval_batch):
-        _measure_batch(handle, todo[start : start + eval_batch], calib, calib_w, windows, store)
+    rt = api.runtime(execution.runtime)
+    reference = api.model_view(handle)
+    with progress_bar("reference log-probabilities", None) as update:
+        cache, _ = api.reference_cache(reference, windows, rt, progress=update)
+    for point in todo:
+        _measure(handle, point, calib_w, windows, store, rt, execution, cache)
     rows = [json.loads((store / f"{_slug(p.name)}.json").read_text()) for p in points]
     result = {
         **api.provenance(
@@ -189,43 +193,42 @@ def pareto_job(
     return result
 
 
-def _measure_batch(
+def _measure(
     handle: Any,
-    batch: list[Point],
-    calib: api.TextConfig,
+    p: Point,
     calib_w: api.Windows,
     windows: api.Windows,
     store: Path,
+    rt: Any,
+    execution: Execution,
+    cache: Path,
 ) -> None:
-    models, meta = {}, {}
-    for p in batch:
-        qm, _ = _quantize(handle, p.plan, calib, p.name, calib_w)
-        fp = api.footprint(handle, qm)
-        meta[p.name] = (fp, qm.timings["wall_s"])
-        models[p.name] = api.fake_quant_model(handle, qm)
-        del qm
-    with progress_bar(f"evaluating {len(models)} plans", windows.ids.shape[0]) as update:
-        results = api.evaluate(handle.load_model(), models, windows, progress=update)
-    for p in batch:
-        fp, seconds = meta[p.name]
-        res = results[p.name]
-        row = {
-            "name": p.name,
-            "method": p.method,
-            "budget": p.budget,
-            "predicted_loss": p.predicted_loss,
-            "predicted_bits_per_weight": p.predicted_bits_per_weight,
-            "bits_per_weight_linear": fp.bits_per_weight_linear,
-            "size_bytes": fp.size_bytes,
-            "kl_mean": res.kl["mean"],
-            "perplexity": res.perplexity,
-            "reference_perplexity": results["reference"].perplexity,
-            "top1_agreement": res.top1_agreement,
-            "quantize_s": seconds,
-            "plan": p.plan.to_dict(),
-            "eval": res.to_dict(),
-        }
-        write_json(store / f"{_slug(p.name)}.json", row, overwrite=True)
+    """Quantize one point, evaluate it against the cached reference, store its row."""
+    qm = quantize_windows(handle, p.plan, calib_w, p.name, rt, execution)
+    fp = api.footprint(handle, qm)
+    with progress_bar(f"{p.name}: evaluating", None) as update:
+        results = api.evaluate(
+            api.model_view(handle), {p.name: api.quantized_view(qm, p.name)}, windows, rt,
+            cache=cache, progress=update,
+        )  # fmt: skip
+    res = results[p.name]
+    row = {
+        "name": p.name,
+        "method": p.method,
+        "budget": p.budget,
+        "predicted_loss": p.predicted_loss,
+        "predicted_bits_per_weight": p.predicted_bits_per_weight,
+        "bits_per_weight_linear": fp.bits_per_weight_linear,
+        "size_bytes": fp.size_bytes,
+        "kl_mean": res.kl["mean"] if res.kl else None,
+        "perplexity": res.perplexity,
+        "reference_perplexity": results["reference"].perplexity,
+        "top1_agreement": res.top1_agreement,
+        "quantize_s": qm.timings["wall_s"],
+        "plan": p.plan.to_dict(),
+        "eval": res.to_dict(),
+    }
+    write_json(store / f"{_slug(p.name)}.json", row, overwrite=True)
 
 
 def additivity(rows: list[dict[str, Any]]) -> dict[str, Any]:

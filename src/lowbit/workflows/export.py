@@ -11,7 +11,7 @@ from lowbit import api
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.plan import Plan
 from lowbit.report.console import console
-from lowbit.workflows.spine import _quantize
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
 
 
 def export_job(
@@ -25,6 +25,7 @@ def export_job(
     allow_unfused: bool = False,
     eval_result: Path | None = None,
     result_path: Path | None = None,
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
@@ -36,10 +37,11 @@ def export_job(
     result_path = result_path or Path(f"{out}.result.json")
     api.check_outputs(out, result_path, overwrite=overwrite)
     figures = _figures(eval_result) if eval_result else None
+    rt = api.runtime(execution.runtime)
     if is_quantized_dir(Path(source)):
         if plan is not None:
             raise ConfigError(f"{source} is already quantized with its own plan; drop --plan")
-        qm, model = api.load_saved(Path(source))
+        qm, model = api.load_saved(Path(source), rt)
     else:
         if plan is None:
             raise ConfigError(
@@ -47,8 +49,12 @@ def export_job(
                 "quantize it first, or export a saved quantized model"
             )
         handle = api.load(source, allow_pickle=allow_pickle)
-        qm, _ = _quantize(handle, plan, calib or api.TextConfig("builtin:python-docs"), "quantize")
-        model = api.fake_quant_model(handle, qm)
+        cfg = calib or api.TextConfig("builtin:python-docs")
+        windows = (
+            api.text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
+        )
+        qm = quantize_windows(handle, plan, windows, "quantize", rt, execution)
+        model = api.fake_quant_model(handle, qm, rt)
     report = api.export(
         qm,
         model,

@@ -145,6 +145,7 @@ def profile_job(
     plan: Plan | None,
     layout: Any,
     out: Path,
+    rt: Any = None,
     *,
     calib: api.TextConfig | None = None,
     overwrite: bool = False,
@@ -155,7 +156,8 @@ def profile_job(
 
     api.check_outputs(out, out.with_suffix(".html"), overwrite=overwrite)
     handle = api.load(model)
-    dense = _dense_model(handle, plan, calib)
+    runtime = api.runtime(rt)
+    dense = _dense_model(handle, plan, calib, runtime)
     bits = {"dense_bits": 32, "act_bits": 32, "kv_bits": 32}
     layout = replace(layout, runtime="eager")  # what runs here: transformers in eager PyTorch
     shape, _, hw, est = api.estimate_performance(
@@ -189,13 +191,15 @@ def profile_job(
     return result
 
 
-def _dense_model(handle: Any, plan: Plan | None, calib: api.TextConfig | None) -> Any:
+def _dense_model(handle: Any, plan: Plan | None, calib: api.TextConfig | None, runtime: Any) -> Any:
     if plan is None:
-        return handle.load_model()
-    from lowbit.workflows.spine import _quantize
+        return handle.load_model(runtime)
+    from lowbit.workflows.spine import quantize_windows
 
-    qm, _ = _quantize(handle, plan, calib or api.TextConfig(), "quantize")
-    return api.fake_quant_model(handle, qm)
+    cfg = calib or api.TextConfig()
+    windows = api.text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
+    qm = quantize_windows(handle, plan, windows, "quantize", runtime)
+    return api.fake_quant_model(handle, qm, runtime)
 
 
 def _end_to_end(est: Any, measured: Any) -> dict[str, dict[str, float]]:

@@ -1,19 +1,41 @@
 """The jobs behind the CLI commands, one function each: quantize, evaluate, run (the demo).
 
-Each validates its outputs before any work, shows progress, prints a table and writes one JSON
-result with provenance.
+Each validates its outputs before any work, resolves the runtime (device, dtype, memory),
+shows progress, prints a table and writes one JSON result with provenance. One model is in
+memory at a time: quantization streams blocks to the output, evaluation runs layer-wise
+against the reference's cached log-probabilities.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lowbit import api
 from lowbit.plan import Plan
 from lowbit.report.console import console, progress_bar, results_table
+from lowbit.runtime import RuntimeConfig
+
+if TYPE_CHECKING:
+    from lowbit.evaluation.harness import TaskConfig
+    from lowbit.models.quantize import QuantizedModel
+    from lowbit.models.sources import ModelHandle
+    from lowbit.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a job runs: the runtime request, chunking and propagation."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    chunk_size: int = 4
+    propagation: str = "true-sequential"
+    reference_cache: Path | None = None
+
+
+DEFAULT_EXECUTION = Execution()
 
 
 def quantize_job(
@@ -23,32 +45,36 @@ def quantize_job(
     out: Path,
     *,
     result_path: Path | None = None,
-    propagation: str = "true-sequential",
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Quantize ``model`` under ``plan`` and save it to ``out``."""
+    """Quantize ``model`` under ``plan``, writing each block to ``out`` as it is done."""
     result_path = result_path or Path(f"{out}.result.json")
     api.check_outputs(out, result_path, overwrite=overwrite)
+    rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     calib_w = (
         api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     )
-    qm, calib_w = _quantize(handle, plan, calib, "quantize", calib_w, propagation=propagation)
-    fp = api.footprint(handle, qm)
-    summary = {
-        **fp.to_dict(),
-        "quantize_s": qm.timings["quantize_s"],
-        "layers": [asdict(r) for r in qm.layers],
-    }
-    prov = api.provenance(
-        "quantize",
-        handle,
-        {"plan": plan.to_dict(), "propagation": propagation},
-        {"calibration": calib_w.info if calib_w else None},
-        qm.timings,
-    )
-    api.save(qm, out, prov, overwrite=overwrite)
+    with api.saving(out, overwrite=overwrite) as tmp:
+        qm = quantize_windows(handle, plan, calib_w, "quantize", rt, execution, shard_dir=tmp)
+        fp = api.footprint(handle, qm)
+        summary = {
+            **fp.to_dict(),
+            "quantize_s": qm.timings["quantize_s"],
+            "execution": dict(qm.execution),
+            "layers": [asdict(r) for r in qm.layers],
+        }
+        prov = api.provenance(
+            "quantize",
+            handle,
+            {"plan": plan.to_dict(), "propagation": execution.propagation},
+            {"calibration": calib_w.info if calib_w else None},
+            dict(qm.timings),
+            rt,
+        )
+        api.finish_save(qm, tmp, prov)
     api.write_result(result_path, {**prov, "result": summary}, overwrite=overwrite)
     console.print(
         f"saved {out}: {fp.bits_per_weight_linear:.3f} bits per weight in the linear layers, "
@@ -63,26 +89,34 @@ def eval_job(
     result_path: Path,
     *,
     reference: str | None = None,
-    tasks: Any | None = None,
+    tasks: TaskConfig | None = None,
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Perplexity of ``model``; with ``reference`` (a model source), KL divergence to it too.
-    A saved quantized model is compared with the model it came from unless told otherwise.
-    With ``tasks`` (a TaskConfig), accuracy on tasks too, every sample kept."""
+    """Perplexity of ``model``; with a reference (``reference``, or the model a saved quantized
+    model came from), KL divergence to it too. With ``tasks``, accuracy on tasks too."""
     api.check_outputs(result_path, overwrite=overwrite)
-    candidate, handle, manifest = api.load_for_eval(model, allow_pickle=allow_pickle)
+    rt = api.runtime(execution.runtime)
+    if tasks is not None:
+        from lowbit.evaluation.harness import resolve
+        from lowbit.evaluation.text import data_dir
+
+        resolve(tasks, data_dir())  # unknown tasks are refused before any model is loaded
+    view, handle = api.view_of(model, allow_pickle=allow_pickle)
     out: dict[str, Any] = {}
     data: dict[str, Any] = {}
     if evalcfg is not None:
-        text_results, data["eval"] = _eval_text(model, candidate, handle, manifest, evalcfg,
-                                                reference, allow_pickle)  # fmt: skip
-        out["results"] = {k: v.to_dict() for k, v in text_results.items()}
+        results, data["eval"] = _eval_text(model, view, handle, evalcfg, reference, rt, execution,
+                                           allow_pickle)  # fmt: skip
+        out["results"] = {k: v.to_dict() for k, v in results.items()}
     if tasks is not None:
         from lowbit.evaluation.compare import category_rows
         from lowbit.workflows.tasks import run_tasks_for
 
-        run = run_tasks_for(model, candidate, handle, tasks)
+        dense, _ = api.load_for_tasks(model, rt, allow_pickle=allow_pickle)
+        run = run_tasks_for(model, dense, handle, tasks)
+        del dense
         out["tasks"] = run.to_dict()
         out["categories"] = category_rows(run.samples)
     config = {
@@ -90,7 +124,7 @@ def eval_job(
         "reference": reference,
         "tasks": None if tasks is None else {**asdict(tasks), "source": tasks.source.value},
     }
-    prov = api.provenance("eval", handle, config, data, {})
+    prov = api.provenance("eval", handle, config, data, {}, rt)
     result = {**prov, **out}
     api.write_result(result_path, result, overwrite=overwrite)
     return result
@@ -98,22 +132,29 @@ def eval_job(
 
 def _eval_text(
     model: str,
-    candidate: Any,
-    handle: Any,
-    manifest: dict[str, Any] | None,
+    view: Any,
+    handle: ModelHandle,
     evalcfg: api.TextConfig,
     reference: str | None,
+    rt: Runtime,
+    execution: Execution,
     allow_pickle: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     windows = api.text_windows(handle, evalcfg, calibration=False)
-    ref_model = None
     if reference is not None:
-        ref_model, _, _ = api.load_for_eval(reference, allow_pickle=allow_pickle)
-    elif manifest is not None:
-        api.check_origin(model, handle, manifest)
-        ref_model = handle.load_model()
-    with progress_bar("evaluating", windows.ids.shape[0]) as update:
-        results = api.evaluate(ref_model, {"model": candidate}, windows, progress=update)
+        ref_view, _ = api.view_of(reference, allow_pickle=allow_pickle)
+    elif api.saved_origin(model) is not None:
+        ref_view = api.model_view(handle)
+    else:  # a plain model: perplexity alone, no reference to cache
+        with progress_bar("evaluating", None) as update:
+            results = {"model": api.perplexity(view, windows, rt, progress=update)}
+        ref_view = None
+    if ref_view is not None:
+        with progress_bar("evaluating", None) as update:
+            results = api.evaluate(
+                ref_view, {"model": view}, windows, rt, cache=execution.reference_cache,
+                progress=update,
+            )  # fmt: skip
     rows = [_row(model if name == "model" else name, r) for name, r in results.items()]
     console.print(results_table(rows, f"{model} on {windows.info['source']}"))
     return results, windows.info
@@ -125,10 +166,13 @@ def run_job(
     calib: api.TextConfig,
     result_path: Path,
     *,
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The demo: the original model against RTN W4, GPTQ W4 and GPTQ W3 (group 64, symmetric)."""
+    """The demo: the original model against RTN W4, GPTQ W4 and GPTQ W3 (group 64, symmetric),
+    each quantized and then evaluated on its own, one model in memory at a time."""
     api.check_outputs(result_path, overwrite=overwrite)
+    rt = api.runtime(execution.runtime)
     handle = api.load(model)
     plans = {
         "RTN W4 g64": api.spec_from_options(4, 64, True, "rtn"),
@@ -138,25 +182,31 @@ def run_job(
     windows = api.text_windows(handle, evalcfg, calibration=False)  # bad input fails here
     calib_w = api.text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
-    quantized = {}
-    for name, spec in plans.items():
-        qm, _ = _quantize(handle, api.plan_from_options(spec), calib, name, calib_w)
-        quantized[name] = qm
-    candidates = {name: api.fake_quant_model(handle, qm) for name, qm in quantized.items()}
-    with progress_bar("evaluating 4 models", windows.ids.shape[0]) as update:
-        results = api.evaluate(handle.load_model(), candidates, windows, progress=update)
-    rows = []
-    for name, res in results.items():
-        fp = api.footprint(handle, quantized.get(name))
-        qs = quantized[name].timings["quantize_s"] if name in quantized else None
-        rows.append(_row("original (fp32)" if name == "reference" else name, res, fp, qs))
-    console.print(
-        results_table(
-            rows,
-            f"{model}: eval on {windows.info['source']} "
-            f"({windows.info['windows']} × {evalcfg.ctx} tokens)",
+    reference = api.model_view(handle)
+    with progress_bar("original: reference log-probabilities", None) as update:
+        path, ref_s = api.reference_cache(
+            reference, windows, rt, path=execution.reference_cache, progress=update
         )
+    results, rows = {}, []
+    for name, spec in plans.items():
+        qm = quantize_windows(handle, api.plan_from_options(spec), calib_w, name, rt, execution)
+        with progress_bar(f"{name}: evaluating", None) as update:
+            res = api.evaluate(
+                reference, {name: api.quantized_view(qm, name)}, windows, rt, cache=path,
+                progress=update,
+            )  # fmt: skip
+        results.setdefault("reference", res["reference"])
+        results[name] = res[name]
+        rows.append(_row(name, res[name], api.footprint(handle, qm), qm.timings["quantize_s"]))
+        del qm, res
+    original = replace(results["reference"], seconds=ref_s)
+    rows.insert(0, _row(f"original ({_short(rt)})", original, api.footprint(handle, None)))
+    title = (
+        f"{model}: eval on {windows.info['source']} "
+        f"({windows.info['windows']} × {evalcfg.ctx} tokens; {rt.describe()['device_name']}, "
+        f"{rt.describe()['dtype']})"
     )
+    console.print(results_table(rows, title))
     prov = api.provenance(
         "run",
         handle,
@@ -167,6 +217,7 @@ def run_job(
         },
         {"eval": windows.info, "calibration": calib_w.info},
         {r["name"]: r["quantize_s"] or 0.0 for r in rows},
+        rt,
     )
     out = {**prov, "rows": rows, "results": {k: v.to_dict() for k, v in results.items()}}
     api.write_result(result_path, out, overwrite=overwrite)
@@ -174,24 +225,35 @@ def run_job(
     return out
 
 
-def _quantize(
-    handle: Any,
+def quantize_windows(
+    handle: ModelHandle,
     plan: Plan,
-    calib: api.TextConfig,
+    windows: api.Windows | None,
     label: str,
-    windows: api.Windows | None = None,
-    propagation: str = "true-sequential",
-) -> tuple[Any, api.Windows | None]:
-    needs = plan.needs_calibration()
-    if needs and windows is None:
-        windows = api.text_windows(handle, calib, calibration=True)
+    rt: Runtime,
+    execution: Execution = DEFAULT_EXECUTION,
+    *,
+    shard_dir: Path | None = None,
+) -> QuantizedModel:
+    """Quantize with a progress bar; ``windows`` when the plan needs calibration."""
     t0 = time.perf_counter()
     with progress_bar(f"{label}: blocks", None) as update:
         qm = api.quantize(
-            handle, plan, windows if needs else None, propagation=propagation, progress=update
+            handle,
+            plan,
+            windows if plan.needs_calibration() else None,
+            rt=rt,
+            propagation=execution.propagation,
+            chunk_size=execution.chunk_size,
+            progress=update,
+            shard_dir=shard_dir,
         )
-    qm.timings["wall_s"] = time.perf_counter() - t0
-    return qm, windows if needs else None
+    return replace(qm, timings={**qm.timings, "wall_s": time.perf_counter() - t0})
+
+
+def _short(rt: Runtime) -> str:
+    name = str(rt.dtype).removeprefix("torch.")
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
 
 
 def _row(

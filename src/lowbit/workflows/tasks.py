@@ -14,6 +14,7 @@ from typing import Any
 from lowbit import api
 from lowbit.errors import DataError
 from lowbit.report.console import console, progress_bar, task_table
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
 
 
 def run_tasks_for(label: str, model: Any, handle: Any, cfg: Any) -> Any:
@@ -37,6 +38,7 @@ def compare_job(
     result_path: Path,
     report_path: Path | None,
     *,
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def compare_job(
     if reference.endswith(".json") and quantized.endswith(".json"):
         out = _compare_results(Path(reference), Path(quantized))
     else:
-        out = _compare_models(reference, quantized, tasks, text, allow_pickle)
+        out = _compare_models(reference, quantized, tasks, text, execution, allow_pickle)
     out = {"reference": reference, "quantized": quantized, **out}
     _print_comparison(out)
     report = None
@@ -64,14 +66,25 @@ def compare_job(
 
 
 def _compare_models(
-    reference: str, quantized: str, tasks: Any | None, text: api.TextConfig | None, allow: bool
+    reference: str,
+    quantized: str,
+    tasks: Any | None,
+    text: api.TextConfig | None,
+    execution: Execution,
+    allow: bool,
 ) -> dict[str, Any]:
-    from lowbit.evaluation.harness import tokenizer_fingerprint
+    """One model in memory at a time: the text through the cached reference, layer-wise; the
+    tasks with each whole model in turn."""
+    from lowbit.evaluation.harness import resolve, tokenizer_fingerprint
+    from lowbit.evaluation.text import data_dir
 
     if tasks is None and text is None:
         raise DataError("nothing to compare on: give --tasks, --eval-text, or both")
-    ref_model, ref_handle, _ = api.load_for_eval(reference, allow_pickle=allow)
-    q_model, q_handle, _ = api.load_for_eval(quantized, allow_pickle=allow)
+    if tasks is not None:
+        resolve(tasks, data_dir())  # unknown tasks are refused before any model is loaded
+    rt = api.runtime(execution.runtime)
+    ref_view, ref_handle = api.view_of(reference, allow_pickle=allow)
+    q_view, q_handle = api.view_of(quantized, allow_pickle=allow)
     tok_r = tokenizer_fingerprint(ref_handle.load_tokenizer())
     tok_q = tokenizer_fingerprint(q_handle.load_tokenizer())
     if tok_r != tok_q:
@@ -82,8 +95,11 @@ def _compare_models(
     out: dict[str, Any] = {}
     if text is not None:
         windows = api.text_windows(ref_handle, text, calibration=False)
-        with progress_bar("KL divergence on text", windows.ids.shape[0]) as update:
-            res = api.evaluate(ref_model, {"quantized": q_model}, windows, progress=update)
+        with progress_bar("KL divergence on text", None) as update:
+            res = api.evaluate(
+                ref_view, {"quantized": q_view}, windows, rt, cache=execution.reference_cache,
+                progress=update,
+            )  # fmt: skip
         out["text"] = {
             "source": windows.info["source"],
             "config": asdict(text),
@@ -91,13 +107,17 @@ def _compare_models(
         }
         out["text"] |= {k: v.to_dict() for k, v in res.items()}
     if tasks is not None:
-        runs = {
-            "reference": run_tasks_for("reference", ref_model, ref_handle, tasks),
-            "quantized": run_tasks_for("quantized", q_model, q_handle, tasks),
-        }
+        runs = {}
+        for label, source, handle in (
+            ("reference", reference, ref_handle),
+            ("quantized", quantized, q_handle),
+        ):
+            model, _ = api.load_for_tasks(source, rt, allow_pickle=allow)
+            runs[label] = run_tasks_for(label, model, handle, tasks)
+            del model
         out["runs"] = {k: r.to_dict() for k, r in runs.items()}
         out["comparison"] = api.compare_task_runs(runs["reference"], runs["quantized"])
-    prov = api.provenance("compare", ref_handle, {"tasks": _cfg(tasks)}, {}, {})
+    prov = api.provenance("compare", ref_handle, {"tasks": _cfg(tasks)}, {}, {}, rt)
     return {**prov, **out}
 
 

@@ -140,7 +140,9 @@ def threshold(
         return absmax
     if counts is None:
         raise ValueError(f"{calibration.name} calibration needs a histogram")
-    edges = torch.linspace(0.0, absmax, counts.numel() + 1, dtype=torch.float64)
+    edges = torch.linspace(
+        0.0, absmax, counts.numel() + 1, dtype=torch.float64, device=counts.device
+    )
     if isinstance(calibration, PercentileRange):
         return percentile_threshold(counts, edges, calibration.percent)
     if isinstance(calibration, MSERange):
@@ -152,14 +154,15 @@ def percentile_threshold(counts: torch.Tensor, edges: torch.Tensor, percent: flo
     """The ``percent``-th percentile of the histogrammed values, linear inside its bin."""
     cdf = torch.cumsum(counts, 0)
     target = float(percent) / 100.0 * float(cdf[-1])
-    j = min(int(torch.searchsorted(cdf, torch.tensor(target, dtype=cdf.dtype))), len(counts) - 1)
+    at = torch.tensor(target, dtype=cdf.dtype, device=cdf.device)
+    j = min(int(torch.searchsorted(cdf, at)), len(counts) - 1)
     below = float(cdf[j - 1]) if j > 0 else 0.0
     frac = (target - below) / float(counts[j]) if counts[j] > 0 else 1.0
     return float(edges[j] + (edges[j + 1] - edges[j]) * min(max(frac, 0.0), 1.0))
 
 
-def _candidates(n_bins: int, start_bin: int, stride: int) -> torch.Tensor:
-    return torch.arange(min(start_bin, n_bins), n_bins + 1, stride)
+def _candidates(n_bins: int, start_bin: int, stride: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(min(start_bin, n_bins), n_bins + 1, stride, device=device)
 
 
 def mse_threshold(
@@ -172,7 +175,7 @@ def mse_threshold(
     """The edge t_i (i = start_bin … bins) minimising Σ counts · (c - q_t(c))² over bin centres
     c; ties keep the larger threshold."""
     centres = (edges[:-1] + edges[1:]) / 2
-    cand = _candidates(len(counts), start_bin, stride)
+    cand = _candidates(len(counts), start_bin, stride, counts.device)
     errors = []
     for chunk in cand.split(_CHUNK):
         t = edges[chunk].float()[:, None]
@@ -189,7 +192,7 @@ def kl_threshold(
     stride: int = 1,
 ) -> float:
     """TensorRT's entropy calibration (module docstring): the edge minimising KL(P ‖ Q)."""
-    cand = _candidates(len(counts), start_bin, stride)
+    cand = _candidates(len(counts), start_bin, stride, counts.device)
     divergences = torch.cat([_kl_divergences(counts, edges, fmt, c) for c in cand.split(_CHUNK)])
     return float(edges[cand[_last_argmin(divergences)]])
 
@@ -201,14 +204,14 @@ def kl_levels(n_used: torch.Tensor, edges: torch.Tensor, fmt: ActivationFormat) 
     grid magnitude the bin centre rounds to with the grid scaled so that its top is edges[i].
     """
     n_bins = len(edges) - 1
-    j = torch.arange(n_bins)[None, :]
+    j = torch.arange(n_bins, device=edges.device)[None, :]
     if not isinstance(fmt, FloatFormat):
         n_levels = 2 ** (fmt.bits - 1)
         return torch.div(j * n_levels, n_used[:, None], rounding_mode="floor")
     centres = ((edges[:-1] + edges[1:]) / 2).float()[None, :]
     scale = edges[n_used].float()[:, None] / fmt.max_value
     rounded = fmt.round(centres / scale)
-    grid = fmt.values()[: 2 ** (fmt.bits - 1)]
+    grid = fmt.values(edges.device)[: 2 ** (fmt.bits - 1)]
     grid = grid[torch.isfinite(grid)]
     return torch.searchsorted(grid.contiguous(), rounded.contiguous())
 
@@ -217,23 +220,24 @@ def _kl_divergences(
     counts: torch.Tensor, edges: torch.Tensor, fmt: ActivationFormat, n_used: torch.Tensor
 ) -> torch.Tensor:
     """KL(P_i ‖ Q_i) (C,) for the candidate edges ``n_used`` (C,)."""
-    n_bins = len(counts)
-    j = torch.arange(n_bins)[None, :]
+    n_bins, device = len(counts), counts.device
+    j = torch.arange(n_bins, device=device)[None, :]
     inside = j < n_used[:, None]  # (C, bins)
-    kept = torch.where(inside, counts[None, :], torch.zeros(()).double())
+    kept = torch.where(inside, counts[None, :], 0.0)
     tail = counts.sum() - kept.sum(1)  # outlier mass, folded into the last used bin
     p = kept.clone()
-    p[torch.arange(len(n_used)), n_used - 1] += tail
+    p[torch.arange(len(n_used), device=device), n_used - 1] += tail
     levels = kl_levels(n_used, edges, fmt).clamp(min=0)
     levels = torch.where(inside, levels, torch.zeros_like(levels))
     nonzero = (kept > 0).double()
     n_levels = int(levels.max()) + 1
-    mass = torch.zeros(len(n_used), n_levels, dtype=torch.float64).scatter_add_(1, levels, kept)
-    nnz = torch.zeros(len(n_used), n_levels, dtype=torch.float64).scatter_add_(1, levels, nonzero)
+    zeros = torch.zeros(len(n_used), n_levels, dtype=torch.float64, device=device)
+    mass = zeros.clone().scatter_add_(1, levels, kept)
+    nnz = zeros.scatter_add_(1, levels, nonzero)
     q = torch.where(nonzero > 0, mass.gather(1, levels) / nnz.gather(1, levels).clamp(min=1), 0)
     p = p / p.sum(1, keepdim=True)
     q = q / q.sum(1, keepdim=True).clamp(min=1e-300)
-    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros(()).double())
+    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), 0.0)
     return terms.sum(1)
 
 

@@ -109,8 +109,8 @@ class SweepLayout:
 def sweep_layout(diag: torch.Tensor, granularity: Granularity, act_order: ActOrder) -> SweepLayout:
     """The sweep order and groups for Hessian diagonal ``diag`` (in,) (module docstring of
     :class:`~lowbit.algorithms.config.ActOrder` for each order)."""
-    in_f = diag.shape[0]
-    g_idx = group_index(in_f, granularity)
+    in_f, device = diag.shape[0], diag.device
+    g_idx = group_index(in_f, granularity, device)
     if not isinstance(granularity, PerGroup) or act_order is ActOrder.STATIC:
         if act_order is ActOrder.OFF:
             return SweepLayout(None, g_idx.tolist())
@@ -122,11 +122,13 @@ def sweep_layout(diag: torch.Tensor, granularity: Granularity, act_order: ActOrd
         return SweepLayout(None, g_idx.tolist(), natural)
     if act_order is ActOrder.GROUP:
         order = torch.argsort(diag, descending=True, stable=True)
-        return SweepLayout(order, (torch.arange(in_f) // size).tolist(), natural, saves_perm=True)
-    sums = torch.zeros(granularity.groups(in_f), dtype=diag.dtype).index_add_(0, g_idx, diag)
+        group_of = [k // size for k in range(in_f)]
+        return SweepLayout(order, group_of, natural, saves_perm=True)
+    sums = torch.zeros(granularity.groups(in_f), dtype=diag.dtype, device=device)
+    sums.index_add_(0, g_idx, diag)
     parts, starts, pos = [], {}, 0
     for g in torch.argsort(sums, descending=True, stable=True).tolist():
-        cols = torch.arange(g * size, min((g + 1) * size, in_f))
+        cols = torch.arange(g * size, min((g + 1) * size, in_f), device=device)
         parts.append(cols[torch.argsort(diag[cols], descending=True, stable=True)])
         starts[pos] = len(cols)
         pos += len(cols)
@@ -139,7 +141,7 @@ class _IntGrid:
 
     def __init__(self, fmt: IntFormat, W: torch.Tensor, granularity: Granularity) -> None:
         self.fmt, self.granularity = fmt, granularity
-        g_idx = group_index(W.shape[1], granularity)
+        g_idx = group_index(W.shape[1], granularity, W.device)
         n_groups = granularity.groups(W.shape[1])
         per_tensor = isinstance(granularity, PerTensor)
         self.scale, self.zero = choose_qparams(W, fmt, g_idx, n_groups, per_tensor)
@@ -226,7 +228,8 @@ def _refresh_group(
     cols: torch.Tensor, fmt: IntFormat, scale: torch.Tensor, zero: torch.Tensor | None, g: int
 ) -> None:
     """Choose group ``g``'s parameters on its current (fully updated) columns."""
-    s, z = choose_qparams(cols, fmt, torch.zeros(cols.shape[1], dtype=torch.long), 1)
+    one_group = torch.zeros(cols.shape[1], dtype=torch.long, device=cols.device)
+    s, z = choose_qparams(cols, fmt, one_group, 1)
     scale[:, g] = s[:, 0]
     if zero is not None and z is not None:
         zero[:, g] = z[:, 0]
@@ -235,7 +238,8 @@ def _refresh_group(
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹ in fp32.
 
-    Tries fp32, then float64, then raises the damping tenfold; returns the damping used."""
+    Tries fp32, then float64 (on H's device), then raises the damping tenfold; returns the
+    damping used."""
     mean_diag = float(torch.diag(H).double().mean())
     for _ in range(8):
         for dtype in (torch.float32, torch.float64):
@@ -245,7 +249,7 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float
             # Cholesky factor of H⁻¹ is R⁻¹ = J·L⁻¹·J: one factorisation and one triangular solve.
             L, info = torch.linalg.cholesky_ex(Hd.flip(0, 1))
             if int(info) == 0:
-                eye = torch.eye(L.shape[0], dtype=dtype)
+                eye = torch.eye(L.shape[0], dtype=dtype, device=L.device)
                 U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
                 if bool(torch.isfinite(U).all()):
                     return U.float(), damp

@@ -51,12 +51,12 @@ def check_gptq_format(fmt: object) -> None:
         )
 
 
-def grid_codes(fmt: WeightFormat) -> torch.Tensor:
-    """Every code the format's encoder can produce (K,), in the format's code dtype: 0 … 2^b - 1,
-    or -2^(b-1) … 2^(b-1) - 1 for two's complement codes; MXINT8 stops at ±127 (its encoder
-    clamps there, as the OCP reference does)."""
+def grid_codes(fmt: WeightFormat, device: torch.device | None = None) -> torch.Tensor:
+    """Every code the format's encoder can produce (K,), in the format's code dtype, on
+    ``device``: 0 … 2^b - 1, or -2^(b-1) … 2^(b-1) - 1 for two's complement codes; MXINT8 stops
+    at ±127 (its encoder clamps there, as the OCP reference does)."""
     n = 2**fmt.bits
-    codes = torch.arange(n) - (n // 2 if fmt.signed_codes else 0)
+    codes = torch.arange(n, device=device) - (n // 2 if fmt.signed_codes else 0)
     if isinstance(fmt, MXFormat) and fmt.element_format is None:
         codes = codes[codes >= -127]
     return codes.to(code_dtype(fmt))
@@ -81,7 +81,7 @@ class FormatGrid:
         self.scale = up.scale.clone()
         self.zero = None if up.zero is None else up.zero.clone()
         self.tensor_scale = up.tensor_scale
-        self.codes = grid_codes(fmt)
+        self.codes = grid_codes(fmt, W.device)
         self._tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._bytes = 0
 
@@ -163,5 +163,5 @@ def _up_front(
     if isinstance(granularity, PerTensor):
         X, weights = W.reshape(1, -1), weights.reshape(1, -1)
     table = fit_table(X, lo, hi, fmt.bits, fmt.iterations, fmt.torch_table_dtype, weights)
-    codes = torch.zeros(W.shape, dtype=torch.uint8)
+    codes = torch.zeros(W.shape, dtype=torch.uint8, device=W.device)
     return QuantizedWeight(codes, table.to(fmt.torch_table_dtype), None, fmt, granularity)

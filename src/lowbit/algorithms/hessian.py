@@ -3,6 +3,8 @@
 ``HessianAccumulator.add_batch(X)`` takes inputs X (..., in) and keeps Σ xᵀx over all tokens;
 ``hessian()`` returns the mean H = Σ xᵀx / n (in, in). Only the upper block triangle is
 computed (the matrix is symmetric), which saves about a third of the arithmetic for wide inputs.
+The sum is kept in fp32 (inputs of any float dtype are upcast per batch) on ``device``, or,
+when none is given, on the device of the first batch.
 """
 
 from __future__ import annotations
@@ -15,28 +17,41 @@ _BLOCK = 384  # column block for the upper-triangular product; plain GEMM below 
 class HessianAccumulator:
     """Σ xᵀx over every token seen, in fp32 (accumulated per block of columns)."""
 
-    def __init__(self, in_features: int) -> None:
+    def __init__(self, in_features: int, device: torch.device | str | None = None) -> None:
         self.in_features = in_features
-        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.device = None if device is None else torch.device(device)
+        self._sum: torch.Tensor | None = None
         self.count = 0
         bounds = list(range(0, in_features, _BLOCK)) + [in_features]
         self._blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
 
+    @property
+    def sum(self) -> torch.Tensor:
+        """Σ xᵀx (in, in) fp32, upper block triangle only when blocked; zeros before any batch
+        (on ``device``, or torch's default device when none was given)."""
+        if self._sum is None:
+            n = self.in_features
+            self._sum = torch.zeros(n, n, dtype=torch.float32, device=self.device)
+        return self._sum
+
     def add_batch(self, X: torch.Tensor) -> None:
-        X = X.detach().reshape(-1, X.shape[-1]).float()
         if X.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs with {self.in_features} features, got {X.shape[-1]}")
+        if self.device is None:
+            self.device = X.device
+        X = X.detach().reshape(-1, X.shape[-1]).to(self.device, torch.float32)
+        S = self.sum
         self.count += X.shape[0]
         if len(self._blocks) < 2:
-            self.sum.addmm_(X.T, X)
+            S.addmm_(X.T, X)
             return
         for i, (a0, a1) in enumerate(self._blocks):
             Xa = X[:, a0:a1].T
             for b0, b1 in self._blocks[i:]:
-                self.sum[a0:a1, b0:b1].addmm_(Xa, X[:, b0:b1])
+                S[a0:a1, b0:b1].addmm_(Xa, X[:, b0:b1])
 
     def hessian(self) -> torch.Tensor:
-        """The mean second moment (in, in), symmetric."""
+        """The mean second moment (in, in), symmetric, fp32 on the accumulator's device."""
         if self.count == 0:
             raise ValueError("no inputs were accumulated")
         H = self.sum / self.count

@@ -85,7 +85,7 @@ def select_outliers(W: torch.Tensor, count: int) -> torch.Tensor:
     """Flat indices (count,) int64, ascending, of the ``count`` largest |w| of ``W`` (ties: the
     lower index)."""
     if count <= 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=W.device)
     magnitude = W.abs().reshape(-1)
     order = torch.argsort(magnitude, descending=True, stable=True)
     return order[:count].sort().values
@@ -94,7 +94,7 @@ def select_outliers(W: torch.Tensor, count: int) -> torch.Tensor:
 def dense_range(W: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the min and max (out, 1) of ``W`` (out, in) without the flat positions
     ``index``; a row with nothing left gets [0, 0]."""
-    mask = torch.zeros(W.numel(), dtype=torch.bool)
+    mask = torch.zeros(W.numel(), dtype=torch.bool, device=W.device)
     mask[index] = True
     mask = mask.view(W.shape)
     lo = W.masked_fill(mask, torch.inf).amin(dim=1, keepdim=True)

@@ -92,4 +92,6 @@ def fake_quantize_tensor(
         raise ConfigError(
             f"a static threshold needs a symmetric format, got {fmt.name}; use int8 or fp8_e4m3"
         )
-    return fake_quantize_symmetric(x, symmetric_scale(torch.tensor(threshold), fmt), fmt)
+    return fake_quantize_symmetric(
+        x, symmetric_scale(torch.tensor(threshold, device=x.device), fmt), fmt
+    )

@@ -84,7 +84,7 @@ def clipping_from_dict(data: dict[str, Any]) -> Clipping:
 def minmax_range(W: torch.Tensor, granularity: Granularity) -> tuple[torch.Tensor, torch.Tensor]:
     """Group min and max of ``W`` (out, in): two (rows, n_groups) fp32 tensors."""
     W = W.float()
-    g_idx = group_index(W.shape[1], granularity)
+    g_idx = group_index(W.shape[1], granularity, W.device)
     n_groups = granularity.groups(W.shape[1])
     per_tensor = isinstance(granularity, PerTensor)
     wmin = group_reduce(W, g_idx, n_groups, "amin", per_tensor)

@@ -8,6 +8,7 @@ one fp16 entry per level per row (``QuantizedWeight.scale`` holds the table, (ro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -50,6 +51,12 @@ def nearest_index(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(mids.contiguous(), x.contiguous())
 
 
+@cache
+def _nf4_on(device: torch.device) -> torch.Tensor:
+    """NF4's levels on ``device``, made once per device (read only)."""
+    return torch.tensor(NF4_VALUES, dtype=torch.float32, device=device)
+
+
 @dataclass(frozen=True)
 class NF4Format(GridScaled):
     """NF4: QLoRA's 16 normal-float levels in [-1, 1], scaled by each group's absmax."""
@@ -65,14 +72,15 @@ class NF4Format(GridScaled):
     symmetric = True
     signed_codes = False
 
-    def values(self) -> torch.Tensor:
-        return torch.tensor(NF4_VALUES, dtype=torch.float32)
+    def values(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The 16 levels (16,) fp32 on ``device`` (None: torch's default device)."""
+        return torch.tensor(NF4_VALUES, dtype=torch.float32, device=device)
 
     def to_codes(self, x: torch.Tensor) -> torch.Tensor:
-        return nearest_index(x, self.values().to(x.device)).to(torch.uint8)
+        return nearest_index(x, _nf4_on(x.device)).to(torch.uint8)
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.values().to(codes.device)[codes.long()]
+        return _nf4_on(codes.device)[codes.long()]
 
     def describe(self, granularity: Granularity) -> str:
         return f"NF4 {granularity_label(granularity)}"

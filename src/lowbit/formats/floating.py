@@ -11,6 +11,7 @@ Codes are the element bit patterns (uint8, sign in the top bit).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -66,7 +67,7 @@ class FloatFormat(GridScaled):
 
     @property
     def max_value(self) -> float:
-        return float(_positive_values(*self._key)[-1])
+        return max_finite(*self._key)
 
     @property
     def min_subnormal(self) -> float:
@@ -83,9 +84,10 @@ class FloatFormat(GridScaled):
     def code_dtype(self) -> torch.dtype:
         return torch.uint8
 
-    def values(self) -> torch.Tensor:
-        """The value of every code 0 … 2^bits - 1 (NaN and ±inf where the format has them)."""
-        return all_values(*self._key).clone()
+    def values(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The value of every code 0 … 2^bits - 1 (NaN and ±inf where the format has them), fp32
+        on ``device`` (None: torch's default device)."""
+        return all_values(*self._key, device).clone()
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
         """Nearest representable value (ties to even, saturating), fp32, same shape as ``x``."""
@@ -97,37 +99,62 @@ class FloatFormat(GridScaled):
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Values (fp32) of bit-pattern codes."""
-        return all_values(*self._key).to(codes.device)[codes.long()]
+        return all_values(*self._key, codes.device)[codes.long()]
 
     def describe(self, granularity: Granularity) -> str:
         return f"{self.name.upper()} {granularity_label(granularity)}"
 
 
 @cache
-def all_values(exponent_bits: int, mantissa_bits: int) -> torch.Tensor:
-    """Value of every code (2^bits,) fp32, by the definition in the module docstring."""
+def value_list(exponent_bits: int, mantissa_bits: int) -> tuple[float, ...]:
+    """Value of every code 0 … 2^bits - 1, by the definition in the module docstring (exact in
+    Python floats; every value is an fp32 number)."""
     e, m = exponent_bits, mantissa_bits
-    bias = 2 ** (e - 1) - 1
-    codes = torch.arange(2 ** (1 + e + m))
-    sign = 1.0 - 2.0 * ((codes >> (e + m)) & 1).double()
-    E = (codes >> m) & (2**e - 1)
-    M = (codes & (2**m - 1)).double()
-    normal = torch.ldexp(1 + M / 2**m, (E - bias).double())
-    subnormal = torch.ldexp(M / 2**m, torch.full_like(M, 1 - bias))
-    value = sign * torch.where(E == 0, subnormal, normal)
-    top_e, top_m = 2**e - 1 == E, 2**m - 1 == M
-    if _SPECIALS[(e, m)] == "nan":
-        value[top_e & top_m] = torch.nan
-    elif _SPECIALS[(e, m)] == "ieee":
-        value[top_e] = torch.where(M[top_e] == 0, sign[top_e] * torch.inf, torch.nan)
-    return value.float()
+    bias, top_e, top_m = 2 ** (e - 1) - 1, 2**e - 1, 2**m - 1
+    special = _SPECIALS[(e, m)]
+    out = []
+    for code in range(2 ** (1 + e + m)):
+        sign = -1.0 if (code >> (e + m)) & 1 else 1.0
+        exp, man = (code >> m) & top_e, code & top_m
+        if exp == top_e and (special == "ieee" or (special == "nan" and man == top_m)):
+            out.append(sign * math.inf if special == "ieee" and man == 0 else math.nan)
+        elif exp == 0:
+            out.append(sign * math.ldexp(man / 2**m, 1 - bias))
+        else:
+            out.append(sign * math.ldexp(1 + man / 2**m, exp - bias))
+    return tuple(out)
 
 
 @cache
-def _positive_values(exponent_bits: int, mantissa_bits: int) -> torch.Tensor:
+def max_finite(exponent_bits: int, mantissa_bits: int) -> float:
+    """The largest finite value of the element format."""
+    return max(v for v in value_list(exponent_bits, mantissa_bits) if math.isfinite(v))
+
+
+def all_values(
+    exponent_bits: int, mantissa_bits: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Value of every code (2^bits,) fp32 on ``device`` (None: torch's default device); one
+    cached tensor per device: do not modify it."""
+    return _values_on(exponent_bits, mantissa_bits, _resolve(device), finite_only=False)
+
+
+def _positive_values(exponent_bits: int, mantissa_bits: int, device: torch.device) -> torch.Tensor:
     """The finite non-negative values in code order (increasing): codes 0 … max code."""
-    values = all_values(exponent_bits, mantissa_bits)[: 2 ** (exponent_bits + mantissa_bits)]
-    return values[torch.isfinite(values)]
+    return _values_on(exponent_bits, mantissa_bits, _resolve(device), finite_only=True)
+
+
+@cache
+def _values_on(e: int, m: int, device: torch.device, finite_only: bool) -> torch.Tensor:
+    values = value_list(e, m)
+    if finite_only:
+        values = tuple(v for v in values[: 2 ** (e + m)] if math.isfinite(v))
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _resolve(device: torch.device | str | None) -> torch.device:
+    """The device itself, torch's default device for None (a stable cache key)."""
+    return torch.get_default_device() if device is None else torch.device(device)
 
 
 def round_to_float(
@@ -149,8 +176,8 @@ def round_to_float(
 
 def float_codes(x: torch.Tensor, exponent_bits: int, mantissa_bits: int) -> torch.Tensor:
     """Bit patterns (uint8, same shape as ``x``) of ``x`` rounded to the element format."""
-    table = _positive_values(exponent_bits, mantissa_bits).to(x.device)
-    q = round_to_float(x, exponent_bits, mantissa_bits, float(table[-1]))
+    table = _positive_values(exponent_bits, mantissa_bits, x.device)
+    q = round_to_float(x, exponent_bits, mantissa_bits, max_finite(exponent_bits, mantissa_bits))
     magnitude = torch.searchsorted(table, q.abs().contiguous())
     sign = torch.signbit(x).to(torch.long) << (exponent_bits + mantissa_bits)
     return (magnitude | sign).to(torch.uint8)

@@ -61,11 +61,14 @@ class PerGroup:
 Granularity = PerTensor | PerChannel | PerGroup
 
 
-def group_index(in_features: int, granularity: Granularity) -> torch.Tensor:
-    """Column → group index (in,) int64 for columns in storage order."""
+def group_index(
+    in_features: int, granularity: Granularity, device: torch.device | None = None
+) -> torch.Tensor:
+    """Column → group index (in,) int64 for columns in storage order, on ``device`` (None: torch's
+    default device; pass the device of the weight it indexes)."""
     if isinstance(granularity, PerGroup):
-        return torch.arange(in_features) // granularity.size
-    return torch.zeros(in_features, dtype=torch.long)
+        return torch.arange(in_features, device=device) // granularity.size
+    return torch.zeros(in_features, dtype=torch.long, device=device)
 
 
 def group_reduce(

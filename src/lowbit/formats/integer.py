@@ -99,7 +99,7 @@ class IntFormat:
     ) -> QuantizedWeight:
         """Round ``W`` (out, in) to the nearest code of the grid spanning [lo, hi] per group."""
         W = W.float()
-        g_idx = group_index(W.shape[1], granularity)
+        g_idx = group_index(W.shape[1], granularity, W.device)
         scale, zero = qparams_from_range(lo, hi, self)
         zero_cols = None if zero is None else zero[:, g_idx]
         codes = quantize_to_codes(W, scale[:, g_idx], zero_cols, self)
@@ -113,7 +113,7 @@ class IntFormat:
 
     def decode(self, qw: QuantizedWeight) -> torch.Tensor:
         """(q - zero)·scale (out, in) fp32, in storage column order."""
-        g_idx = group_index(qw.shape[1], qw.granularity)
+        g_idx = group_index(qw.shape[1], qw.granularity, qw.codes.device)
         zero = None if qw.zero is None else qw.zero.float()[:, g_idx]
         return codes_to_values(qw.codes, qw.scale.float()[:, g_idx], zero)
 

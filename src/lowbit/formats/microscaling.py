@@ -105,14 +105,14 @@ class MXFormat:
         """Element codes of block-scaled values ``x``: FP bit patterns (uint8) or INT8 codes."""
         fmt = self.element_format
         if fmt is None:
-            k = torch.round(torch.ldexp(x, torch.tensor(INT8_FRACTION_BITS)))
+            k = torch.round(x * 2.0**INT8_FRACTION_BITS)  # exact: a power of two
             return k.clamp(-127, 127).to(torch.int8)
         return fmt.to_codes(x)
 
     def element_values(self, codes: torch.Tensor) -> torch.Tensor:
         fmt = self.element_format
         if fmt is None:
-            return torch.ldexp(codes.float(), torch.tensor(-INT8_FRACTION_BITS))
+            return codes.float() * 2.0**-INT8_FRACTION_BITS
         return fmt.from_codes(codes)
 
 

@@ -5,11 +5,15 @@
 i·bits … i·bits + bits - 1 of the stream, least significant first: 4-bit codes are two nibbles
 per byte (the first in the low nibble), 6-bit codes four per three bytes. ``pack_weight`` /
 ``unpack_weight`` store a whole :class:`QuantizedWeight` of any format.
+
+Packing is torch arithmetic on the device of its input (8 codes of ``bits`` bits make one
+``bits``-byte word); packed tensors stay there, so a writer moves them to the CPU itself (as
+safetensors needs). ``unpack_weight(..., device=...)`` unpacks on the device given, so a loader
+dequantizes straight onto it.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from lowbit.formats.granularity import Granularity
@@ -19,32 +23,48 @@ _CHUNK = 1 << 20  # codes per step (a multiple of 8, so every step ends on a byt
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack integer codes (any shape; values must fit ``bits`` bits) into a flat uint8 tensor.
+    """Pack integer codes (any shape; values must fit ``bits`` bits) into a flat uint8 tensor
+    on the device of ``codes``.
 
     Works in steps of ``_CHUNK`` codes, so temporary memory stays bounded for any layer size."""
-    flat = codes.reshape(-1).numpy()
-    shifts = np.arange(bits, dtype=np.uint8)
-    parts = []
-    for start in range(0, flat.size, _CHUNK):
-        part = flat[start : start + _CHUNK].astype(np.int16) & ((1 << bits) - 1)
-        bit_matrix = ((part[:, None] >> shifts) & 1).astype(np.uint8)
-        parts.append(np.packbits(bit_matrix.reshape(-1), bitorder="little"))
-    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.uint8))
+    flat = codes.reshape(-1)
+    out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8, device=flat.device)
+    byte_shifts = torch.arange(0, 8 * bits, 8, device=flat.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start : start + _CHUNK].to(torch.int64) & ((1 << bits) - 1)
+        groups = torch.nn.functional.pad(part, (0, -part.numel() % 8)).reshape(-1, 8)
+        word = _join(groups, bits)  # 8 codes → one word of 8·bits bits, the first lowest
+        data = ((word[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+        n_bytes = packed_nbytes(part.numel(), bits)
+        first = start * bits // 8
+        out[first : first + n_bytes] = data[:n_bytes]
+    return out
 
 
 def unpack(packed: torch.Tensor, bits: int, count: int, signed: bool) -> torch.Tensor:
-    """Inverse of :func:`pack`: ``count`` codes as int16 (signed codes sign-extended)."""
-    data = packed.numpy()
-    weights = (1 << np.arange(bits, dtype=np.int16)).astype(np.int16)
-    out = np.empty(count, dtype=np.int16)
+    """Inverse of :func:`pack`: ``count`` codes as int16 (signed codes sign-extended), on the
+    device of ``packed``."""
+    out = torch.empty(count, dtype=torch.int16, device=packed.device)
+    code_shifts = torch.arange(0, 8 * bits, bits, device=packed.device)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
-        first, last = start * bits // 8, (start + n) * bits // 8 + 1
-        stream = np.unpackbits(data[first:last], bitorder="little", count=n * bits)
-        out[start : start + n] = stream.reshape(n, bits).astype(np.int16) @ weights
+        first = start * bits // 8
+        data = packed[first : first + packed_nbytes(n, bits)].to(torch.int64)
+        data = torch.nn.functional.pad(data, (0, -data.numel() % bits)).reshape(-1, bits)
+        word = _join(data, 8)  # ``bits`` bytes → one word holding 8 codes
+        codes = (word[:, None] >> code_shifts) & ((1 << bits) - 1)
+        out[start : start + n] = codes.reshape(-1)[:n].to(torch.int16)
     if signed:
-        out = np.where(out >= 1 << (bits - 1), out - (1 << bits), out).astype(np.int16)
-    return torch.from_numpy(out)
+        out = torch.where(out >= 1 << (bits - 1), out - (1 << bits), out)
+    return out
+
+
+def _join(fields: torch.Tensor, width: int) -> torch.Tensor:
+    """Per row of ``fields`` (rows, k) int64, Σ fields[:, i] << (i · width) (disjoint bits)."""
+    word = fields[:, 0].clone()
+    for i in range(1, fields.shape[1]):
+        word |= fields[:, i] << (i * width)
+    return word
 
 
 def packed_nbytes(count: int, bits: int) -> int:
@@ -59,7 +79,7 @@ def code_dtype(fmt: WeightFormat) -> torch.dtype:
 def pack_codes(codes: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
     """Codes of any format in ``fmt.bits`` bits each: FP4/NF4 as two nibbles per byte (first
     value in the low nibble), FP6 as four values in three bytes, integers in two's complement."""
-    return pack(codes.cpu(), fmt.bits)
+    return pack(codes, fmt.bits)
 
 
 def unpack_codes(packed: torch.Tensor, fmt: WeightFormat, count: int) -> torch.Tensor:
@@ -71,10 +91,11 @@ def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     """The stored tensors of one weight: ``codes`` and ``zero`` packed to their bit width,
     ``scale`` in its storage dtype (fp16/bf16/fp32 scales, E8M0 bytes, FP8 E4M3 block scales or
     a LUT's fp16 table), ``perm`` as int32, ``tensor_scale`` as fp32 and the sparse outliers as
-    ``outlier_index`` (int32 flat indices) and ``outlier_value`` (fp16), when present."""
+    ``outlier_index`` (int32 flat indices) and ``outlier_value`` (fp16), when present. Every
+    tensor is on the weight's device: move them to the CPU to write them."""
     out = {"codes": pack_codes(qw.codes, qw.fmt), "scale": qw.scale.contiguous()}
     if qw.zero is not None:
-        out["zero"] = pack(qw.zero.cpu(), qw.fmt.bits)
+        out["zero"] = pack(qw.zero, qw.fmt.bits)
     if qw.perm is not None:
         out["perm"] = qw.perm.to(torch.int32)
     if qw.tensor_scale is not None:
@@ -90,8 +111,12 @@ def unpack_weight(
     fmt: WeightFormat,
     granularity: Granularity,
     shape: tuple[int, int],
+    device: torch.device | str | None = None,
 ) -> QuantizedWeight:
-    """Inverse of :func:`pack_weight` for a weight of ``shape`` (out, in)."""
+    """Inverse of :func:`pack_weight` for a weight of ``shape`` (out, in), unpacked on ``device``
+    (None: where ``tensors`` are), so a loader can dequantize straight onto an accelerator."""
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     out_f, in_f = shape
     codes = unpack_codes(tensors["codes"], fmt, out_f * in_f).view(out_f, in_f)
     scale = tensors["scale"]

@@ -55,7 +55,7 @@ def group_sum(E: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     if isinstance(granularity, PerTensor):
         return E.sum().reshape(1, 1)
     n_groups = granularity.groups(E.shape[1])
-    g_idx = group_index(E.shape[1], granularity).to(E.device)
+    g_idx = group_index(E.shape[1], granularity, E.device)
     out = torch.zeros(E.shape[0], n_groups, dtype=E.dtype, device=E.device)
     return out.index_add_(1, g_idx, E)
 
@@ -71,7 +71,7 @@ def scale_bits_per_weight(
 
 def columns(params: torch.Tensor, granularity: Granularity, in_features: int) -> torch.Tensor:
     """Per-group parameters (rows, n_groups) spread to every column: (rows, in_features)."""
-    return params[:, group_index(in_features, granularity).to(params.device)]
+    return params[:, group_index(in_features, granularity, params.device)]
 
 
 def encode_on_grid(

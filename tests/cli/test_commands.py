@@ -191,8 +191,9 @@ def test_a_damaged_saved_model_is_named(tiny_llama, tmp_path, corpus):
     out = tmp_path / "q"
     run = lowbit("quantize", str(tiny_llama), "-o", str(out), "--algorithm", "rtn", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    data = (out / "model.safetensors").read_bytes()
-    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    shard = sorted(out.glob("blocks-*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
     run = lowbit(
         "eval", str(out), "--eval-text", str(corpus[0]), "--ctx", "64", "-o", "e.json", cwd=tmp_path
     )

@@ -12,7 +12,20 @@ import torch
 
 from lowbit.errors import ArtefactError
 from lowbit.evaluation import refcache as rc
-from lowbit.evaluation.metrics import Accumulator, _finish, _score
+from lowbit.evaluation.metrics import Accumulator, _finish
+
+
+def _score(logp, ref_logp, target, acc):
+    """The exact scoring with the reference's full log-probabilities in memory (what the
+    evaluator computed before the cache existed)."""
+    lp_target = logp.gather(1, target[:, None])[:, 0]
+    acc.nll.append(-lp_target)
+    ref_p = ref_logp.exp()
+    acc.kl.append((ref_p * (ref_logp - logp)).sum(-1).clamp_min_(0.0))
+    acc.agree.append(ref_logp.argmax(-1) == logp.argmax(-1))
+    ref_target = ref_logp.gather(1, target[:, None])[:, 0]
+    acc.dp.append(lp_target.exp() - ref_target.exp())
+
 
 KEY = rc.ReferenceKey(
     model="m" * 16, text="t" * 16, ctx=9, windows=3, selection="consecutive", bos="none",

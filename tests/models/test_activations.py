@@ -4,6 +4,8 @@ activations are named by layer."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from lowbit.algorithms.activation_specs import ActivationSpec
 from lowbit.errors import ArtefactError, DataError
 from lowbit.formats import FP8_E4M3, IntFormat, PerChannel
 from lowbit.models.activations import attach_activation_quant, calibrate_activations
+from lowbit.models.views import original_view
 from lowbit.plan import LayerSpec, Plan
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
@@ -60,7 +63,7 @@ def test_fp8_static_thresholds_by_each_method(tiny_llama, calibration):
     ids = _ids(handle)
     spec = ActivationSpec(FP8_E4M3, "per_tensor", dynamic=False, calibration=calibration)
     names = [Q_PROJ, DOWN]
-    t = calibrate_activations(model, names, ids, spec)
+    t = calibrate_activations(original_view(handle), names, ids, spec, api.runtime())
     absmax = {n: float(torch.cat([_capture(model, n, ids[i : i + 1])[0].abs().flatten()
                                   for i in range(3)]).max()) for n in names}  # fmt: skip
     for n in names:
@@ -80,14 +83,18 @@ def test_static_plan_needs_every_threshold(tiny_llama):
         attach_activation_quant(model, [Q_PROJ], spec, {})
 
 
-def test_nan_activations_named_by_layer(tiny_llama):
+def test_nan_activations_named_by_layer(tiny_llama, tmp_path):
     handle = api.load(str(tiny_llama))
     model = handle.load_model()
     with torch.no_grad():
         model.get_submodule("model.layers.1.post_attention_layernorm").weight[3] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    handle.load_tokenizer().save_pretrained(tmp_path / "nan")
+    bad = api.load(str(tmp_path / "nan"))
     spec = ActivationSpec(IntFormat(8), "per_tensor", dynamic=False)
+    names = [Q_PROJ, "model.layers.1.mlp.gate_proj"]
     with pytest.raises(DataError, match="layer model.layers.1.mlp.gate_proj: .*NaN or infinity"):
-        calibrate_activations(model, [Q_PROJ, "model.layers.1.mlp.gate_proj"], _ids(handle), spec)
+        calibrate_activations(original_view(bad), names, _ids(bad), spec, api.runtime())
 
 
 @pytest.mark.parametrize(
@@ -107,7 +114,8 @@ def test_saved_model_with_activations_reloads_identical_logits(tiny_any, tmp_pat
     assert bool(qm.activation_ranges) == (not act.dynamic)
     evaluated = api.fake_quant_model(handle, qm)
     out = api.save(qm, tmp_path / "q", {})
-    reloaded, _, manifest = api.load_for_eval(str(out))
+    reloaded, _ = api.load_for_tasks(str(out), api.runtime())
+    manifest = json.loads((out / "lowbit.json").read_text())
     with torch.inference_mode():
         a = evaluated(input_ids=ids).logits
         b = reloaded(input_ids=ids).logits

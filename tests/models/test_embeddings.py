@@ -45,7 +45,7 @@ def test_tied_pair_quantized_together(tiny_llama, tmp_path):
     fp = api.footprint(handle, qm)
     saved = VOCAB * HIDDEN * 32 - expected.n_bits()
     assert fp.size_bytes == (_fp32_bits(handle) - saved + 7) // 8
-    reloaded, _, _ = api.load_for_eval(str(api.save(qm, tmp_path / "q", {})))
+    reloaded, _ = api.load_for_tasks(str(api.save(qm, tmp_path / "q", {})), api.runtime())
     assert torch.equal(_logits(model, _ids()), _logits(reloaded, _ids()))
 
 
@@ -80,7 +80,7 @@ def test_untied_head_counted_and_reloaded(tiny_llama, tmp_path, head):
     )
     assert fp.parameters == sum(n for _, n, _ in stored_bits(handle)) + VOCAB * HIDDEN
     assert ("lm_head.weight" in fp.full_precision) == (head is None)
-    reloaded, _, _ = api.load_for_eval(str(api.save(qm, tmp_path / "q", {})))
+    reloaded, _ = api.load_for_tasks(str(api.save(qm, tmp_path / "q", {})), api.runtime())
     assert not reloaded.config.tie_word_embeddings
     assert torch.equal(_logits(model, _ids()), _logits(reloaded, _ids()))
     if head is None:
@@ -100,5 +100,5 @@ def test_untied_model_head_quantized(tiny_root, tmp_path):
         fp.size_bytes
         == (_fp32_bits(handle) - VOCAB * HIDDEN * 32 + qm.weights["lm_head"].n_bits() + 7) // 8
     )
-    reloaded, _, _ = api.load_for_eval(str(api.save(qm, tmp_path / "q", {})))
+    reloaded, _ = api.load_for_tasks(str(api.save(qm, tmp_path / "q", {})), api.runtime())
     assert torch.equal(_logits(model, _ids()), _logits(reloaded, _ids()))

@@ -75,7 +75,7 @@ def test_kv_plan_evaluates_and_reloads(rope_model, tmp_path):
     ids = _ids(handle)
     a = _logits(api.fake_quant_model(handle, qm), ids)
     assert not torch.equal(a, _logits(handle.load_model(), ids))
-    model, _, _ = api.load_for_eval(str(api.save(qm, tmp_path / "q", {})))
+    model, _ = api.load_for_tasks(str(api.save(qm, tmp_path / "q", {})), api.runtime())
     assert torch.equal(a, _logits(model, ids))
 
 

@@ -9,8 +9,8 @@ from lowbit.algorithms import GPTQConfig, RTNConfig
 from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat, PerGroup
 from lowbit.models.fakequant import apply_weights
-from lowbit.models.lazy import LazyModel
-from lowbit.models.quantize import PipelineConfig, Propagation, capture_block_inputs, quantize_model
+from lowbit.models.capture import capture
+from lowbit.models.quantize import PipelineConfig, Propagation, quantize_model
 from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec, Plan, Rule, uniform_plan
 
@@ -39,7 +39,7 @@ def test_every_linear_is_quantized_or_listed(tiny_any):
     qm = quantize_model(handle, plan, _calib(handle), pipeline=PipelineConfig(chunk_size=3))
     n_linear = handle.config.num_hidden_layers * len(handle.arch.linear_names)
     assert len(qm.weights) + len(qm.kept) == n_linear
-    assert qm.kept == [keep]
+    assert qm.kept == (keep,)
     assert {r.name for r in qm.layers} == set(qm.weights) | set(qm.kept)
 
 
@@ -79,11 +79,14 @@ def test_gptq_without_calibration_is_an_error(tiny_llama):
 def test_captured_inputs_are_the_embeddings(tiny_llama):
     handle = resolve_model(str(tiny_llama))
     ids = _calib(handle, n=4, ctx=16)
-    hidden, kwargs = capture_block_inputs(LazyModel(handle), handle, ids, 3)
+    lazy = handle.lazy()
+    acts = capture(lazy, ids, 3, lazy.runtime.device)
+    hidden = [c.hidden for c in acts.chunks]
     assert [h.shape[0] for h in hidden] == [3, 1]
     emb = handle.load_model().get_input_embeddings()
     torch.testing.assert_close(torch.cat(hidden), emb(ids).detach(), rtol=0, atol=0)
-    assert len(kwargs) == 2
+    assert all("position_embeddings" in c.kwargs for c in acts.chunks)
+    assert all(p.device.type == "meta" for p in lazy.model.parameters())  # all released
 
 
 def test_nan_weights_are_named(tiny_llama, tmp_path):

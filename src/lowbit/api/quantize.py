@@ -57,7 +57,7 @@ def quantize(
         handle,
         plan,
         ids,
-        rt,
+        runtime=rt,
         pipeline=PipelineConfig(propagation, chunk_size),
         progress=progress,
         smoothquant=smoothquant,

@@ -40,6 +40,11 @@ KEYS = {
 SUFFIXES = tuple(f".{q}" for q in KEYS.values())
 
 
+def block_shard(i: int) -> str:
+    """The file holding decoder block ``i``'s packed layers in a saved directory."""
+    return f"blocks-{i:05d}.safetensors"
+
+
 @dataclass(frozen=True)
 class LayerLayout:
     """What unpacking a layer needs: its spec (format and granularity) and shape (out, in),

@@ -35,7 +35,7 @@ from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_emb
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
-from lowbit.models.qstore import QuantizedLayers
+from lowbit.models.qstore import QuantizedLayers, block_shard
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec, Plan
@@ -117,17 +117,12 @@ def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
     ]
 
 
-def shard_name(i: int, n_blocks: int) -> str:
-    """The shard of block ``i`` (the last shard, ``n_blocks``, holds everything else)."""
-    return f"model-{i + 1:05d}-of-{n_blocks + 1:05d}.safetensors"
-
-
 def quantize_model(
     handle: ModelHandle,
     plan: Plan,
     calibration: torch.Tensor | None,
-    runtime: Runtime,
     *,
+    runtime: Runtime | None = None,
     pipeline: PipelineConfig = DEFAULT_PIPELINE,
     progress: Progress | None = None,
     smoothquant: SmoothQuantConfig | None = None,
@@ -137,7 +132,11 @@ def quantize_model(
 
     ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ, AWQ or
     SqueezeLLM, or with ``smoothquant``. With ``shard_dir``, each block's packed layers are
-    written there (``shard_name``) as soon as the block is done."""
+    written there (``block_shard``) as soon as the block is done. ``runtime``: this machine's
+    default (:func:`~lowbit.runtime.resolve_runtime`) unless given."""
+    from lowbit.runtime import resolve_runtime
+
+    runtime = runtime or resolve_runtime()
     lazy = handle.lazy(runtime)
     names = linear_names(lazy.model, handle)
     specs = plan.resolve(names)
@@ -210,7 +209,7 @@ def _data_free(
             name = f"{path}.{member}"
             _quantize_layer(name, block.get_submodule(member), specs[name], None, result)
         lazy.release(i)
-        result.layers.flush(shard_name(i, n_blocks))
+        result.layers.flush(block_shard(i))
         if progress:
             progress(i + 1, n_blocks)
 
@@ -230,7 +229,6 @@ def _calibrated(
     acts = capture(lazy, calibration, pipeline.chunk_size, home)
     result.timings["capture_s"] = time.perf_counter() - t0
     run = _RUNNERS[strategy]
-    n_blocks = len(lazy)
 
     def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
         path = f"{arch.blocks_path}.{i}"
@@ -244,7 +242,7 @@ def _calibrated(
 
         def observe(g: int, x: torch.Tensor) -> None:
             if g not in stats:
-                stats[g] = HessianAccumulator(int(x.shape[-1]))
+                stats[g] = HessianAccumulator(int(x.shape[-1]), device=runtime.device)
             stats[g].add_batch(x)
 
         def on_group(g: int) -> None:
@@ -253,7 +251,7 @@ def _calibrated(
                 _quantize_layer(name, module, specs[name], H, result, clip=name not in no_clip)
 
         outputs = run(block, inputs, groups, observe, on_group)
-        result.layers.flush(shard_name(i, n_blocks))
+        result.layers.flush(block_shard(i))
         return outputs
 
     for_each_block(lazy, acts, stage, progress)

@@ -38,10 +38,6 @@ LAYOUT = "lowbit-quantized-v2"
 READABLE = ("lowbit-quantized-v1", LAYOUT)
 
 
-def block_shard(i: int) -> str:
-    return f"blocks-{i:05d}.safetensors"
-
-
 @contextmanager
 def saving(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """The temporary directory a quantization writes its shards into; renamed to ``out`` only
@@ -171,12 +167,16 @@ def saved_config(path: Path, manifest: dict[str, Any]) -> Any:
     return config
 
 
-def load_quantized(path: Path, runtime: Runtime) -> tuple[Any, Any, dict[str, Any]]:
+def load_quantized(
+    path: Path, runtime: Runtime | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """The dense fake-quantized model (no activation or KV-cache quantization attached) on
-    ``runtime``, its quantized layers, and the manifest."""
+    ``runtime`` (default: this machine's), its quantized layers, and the manifest."""
     from lowbit.models.arch import spec_for_model_type
     from lowbit.models.views import saved_view
+    from lowbit.runtime import resolve_runtime
 
+    runtime = runtime or resolve_runtime()
     path = Path(path)
     manifest = read_manifest(path)
     config = saved_config(path, manifest)

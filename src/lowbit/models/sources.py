@@ -39,16 +39,25 @@ class ModelHandle:
         """Its tensors, read one module at a time."""
         return SafetensorsWeights(self.weight_files, self.source)
 
-    def lazy(self, runtime: Runtime, weights: WeightSource | None = None) -> LazyModel:
+    def lazy(
+        self, runtime: Runtime | None = None, weights: WeightSource | None = None
+    ) -> LazyModel:
         """The model with every parameter on disk (``weights``: another source, e.g. its
         quantized overlay) until a module is materialized on ``runtime``'s device."""
+        from lowbit.runtime import resolve_runtime
+
+        runtime = runtime or resolve_runtime()
         return LazyModel(self.config, self.arch, weights or self.weights(), runtime, self.source)
 
-    def load_model(self, runtime: Runtime) -> Any:
-        """The whole model on ``runtime``'s device in its compute dtype, in eval mode (for the
-        stages that need every layer at once: harness tasks, profiling, export)."""
+    def load_model(self, runtime: Runtime | None = None) -> Any:
+        """The whole model on ``runtime``'s device in its compute dtype (default: this
+        machine's runtime), in eval mode, for the stages that need every layer at once
+        (harness tasks, profiling, export, tests)."""
         from transformers import AutoModelForCausalLM
 
+        from lowbit.runtime import resolve_runtime
+
+        runtime = runtime or resolve_runtime()
         model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=runtime.dtype, device_map={"": runtime.device}
         )

@@ -12,9 +12,10 @@ import math
 import pytest
 import torch
 
+from lowbit import api
 from lowbit.algorithms import GPTQConfig, RTNConfig
 from lowbit.evaluation import text as T
-from lowbit.evaluation.metrics import evaluate_models
+from lowbit.evaluation.metrics import Accumulator, _finish
 from lowbit.formats import IntFormat, PerGroup
 from lowbit.models.fakequant import apply_weights
 from lowbit.models.quantize import quantize_model
@@ -42,6 +43,7 @@ def setting():
     test_ids = T.tokenize(tok, T.load_text(T.FileText(data / "wikitext-2-raw" / "wiki.test.raw")))
     valid = T.load_text(T.FileText(data / "wikitext-2" / "wiki.valid.tokens"))
     windows = T.eval_windows(test_ids, 512, 8, "wiki.test.raw")
+    windows = api.Windows(windows, {"fingerprint": "wiki.test.raw-8x512", "selection": "first"})
     calib = T.calibration_windows(T.tokenize(tok, valid), 512, 16, 0, "wiki.valid.tokens")
     return handle, windows, calib
 
@@ -53,10 +55,12 @@ def quantized(setting):
 
 
 @pytest.fixture(scope="module")
-def results(setting, quantized):
+def results(setting, quantized, tmp_path_factory):
+    """Layer-wise, one candidate after another, against the cached reference."""
     handle, windows, _ = setting
-    cands = {n: apply_weights(handle.load_model(), q.weights) for n, q in quantized.items()}
-    return evaluate_models(handle.load_model(), cands, windows)
+    cands = {n: api.quantized_view(q, n) for n, q in quantized.items()}
+    cache = tmp_path_factory.mktemp("reference") / "ref.lbref"
+    return api.evaluate(api.model_view(handle), cands, windows, cache=cache)
 
 
 def test_reference_perplexity_matches_an_independent_evaluator(setting, results):
@@ -66,7 +70,7 @@ def test_reference_perplexity_matches_an_independent_evaluator(setting, results)
     model = AutoModelForCausalLM.from_pretrained(handle.path, dtype=torch.float32).eval()
     nll, count = 0.0, 0
     with torch.no_grad():
-        for w in windows:
+        for w in windows.ids:
             logits = model(w[None]).logits[0, :-1]
             lp = torch.log_softmax(logits.double(), -1)
             nll -= lp.gather(1, w[1:, None]).sum().item()
@@ -106,4 +110,31 @@ def test_save_load_gives_identical_logits(setting, quantized, tmp_path):
     loaded, _, _ = load_quantized(out)
     evaluated = apply_weights(handle.load_model(), qm.weights)
     with torch.inference_mode():
-        assert torch.equal(loaded(windows[:1]).logits, evaluated(windows[:1]).logits)
+        assert torch.equal(loaded(windows.ids[:1]).logits, evaluated(windows.ids[:1]).logits)
+
+
+def test_layerwise_cached_evaluation_equals_the_direct_one(setting, quantized, results):
+    """The real vocabulary (49,152): perplexity, top-1 agreement and Δp from the layer-wise
+    evaluation against the cached reference equal, bit for bit, scoring two whole models held
+    in memory; the KL divergence within 1e-4 relative (the cache's compact encoding)."""
+    handle, windows, _ = setting
+    ref_model = handle.load_model()
+    q_model = apply_weights(handle.load_model(), quantized["gptq-w4"].weights)
+    acc = Accumulator()
+    with torch.inference_mode():
+        for w in windows.ids:
+            r = torch.log_softmax(ref_model(w[None], use_cache=False).logits[0, :-1].float(), -1)
+            q = torch.log_softmax(q_model(w[None], use_cache=False).logits[0, :-1].float(), -1)
+            t = w[1:]
+            lp = q.gather(1, t[:, None])[:, 0]
+            acc.nll.append(-lp)
+            acc.kl.append((r.exp() * (r - q)).sum(-1).clamp_min_(0.0))
+            acc.agree.append(r.argmax(-1) == q.argmax(-1))
+            acc.dp.append(lp.exp() - r.gather(1, t[:, None])[:, 0].exp())
+    direct, cached = _finish(acc), results["gptq-w4"]
+    assert cached.perplexity == direct.perplexity
+    assert cached.top1_agreement == direct.top1_agreement
+    assert cached.delta_p == direct.delta_p
+    assert cached.kl["mean"] == pytest.approx(direct.kl["mean"], rel=1e-4)
+    for key in ("median", "p90", "p99", "max"):
+        assert cached.kl[key] == pytest.approx(direct.kl[key], rel=1e-3)

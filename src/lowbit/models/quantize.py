@@ -33,7 +33,6 @@ from lowbit.models.budget import block_needs, check_fits
 from lowbit.models.capture import capture
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.lazy import LazyModel, block_list
-from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
@@ -155,7 +154,6 @@ def quantize_model(
     start = time.perf_counter()
     with torch.no_grad():
         if needs:
-            fix_mmap_threshold()
             assert calibration is not None
             _calibrated(lazy, specs, calibration, pipeline, result, progress, smoothquant)
         else:

@@ -30,6 +30,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.runtime.config import Offload, RuntimeConfig
+from lowbit.runtime.memory import fix_mmap_threshold
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CPU = torch.device("cpu")
@@ -71,6 +72,7 @@ class Runtime:
 def resolve_runtime(cfg: RuntimeConfig | None = None) -> Runtime:
     """The runtime for ``cfg`` on this machine; a device or dtype it cannot run is an error."""
     cfg = cfg or RuntimeConfig()
+    fix_mmap_threshold()  # freed activations and weights go back to the OS (runtime/memory.py)
     device = _device(cfg.device)
     dtype = _DTYPES[cfg.dtype] if cfg.dtype != "auto" else _auto_dtype(device)
     _check_dtype(device, dtype)

@@ -14,17 +14,19 @@ import pytest
 from lowbit.algorithms import RTNConfig, rtn_quantize
 from lowbit.allocation import AvgBits, build_problem, solve_exact
 from lowbit.evaluation import text as T
-from lowbit.evaluation.metrics import evaluate_models
 from lowbit.formats import IntFormat, PerGroup
 from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec
+from lowbit.runtime import RuntimeConfig, resolve_runtime
 from lowbit.sensitivity.probe import ProbeConfig, measure
 from tests.conftest import require_builtin_model, require_shared_data
+from tests.helpers.whole_model import whole_model_kl
 
 pytestmark = pytest.mark.integration
 
 MENU = tuple(LayerSpec(IntFormat(b), PerGroup(64), RTNConfig()) for b in (2, 3, 4, 8))
 CFG = ProbeConfig(probe_windows=2, probe_ctx=128, fisher_windows=4, fisher_ctx=64, blocks=(0, 29))
+RUNTIME = RuntimeConfig(dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def measured():
     valid = T.load_text(T.FileText(data / "wikitext-2" / "wiki.valid.tokens"))
     ids = T.tokenize(handle.load_tokenizer(), valid)
     calib = T.calibration_windows(ids, 512, 8, 0, "wiki.valid.tokens")
-    return handle, calib, measure(handle, MENU, calib, CFG)
+    return handle, calib, measure(handle, MENU, calib, CFG, runtime=resolve_runtime(RUNTIME))
 
 
 def test_only_the_asked_blocks_are_probed(measured):
@@ -65,13 +67,13 @@ def test_proxies_rank_layers_like_the_measurement(measured):
 
 def test_measured_kl_equals_an_independent_evaluation(measured):
     handle, calib, table = measured
-    model = handle.load_model()
+    model = handle.load_model(resolve_runtime(RUNTIME))
     name = "model.layers.0.mlp.down_proj"
     changed = copy.deepcopy(model)
     layer = changed.get_submodule(name)
     layer.weight.data = rtn_quantize(layer.weight.data, IntFormat(3), PerGroup(64)).dequantize()
     probe = calib[: CFG.probe_windows, : CFG.probe_ctx]
-    ref = evaluate_models(model, {"q": changed}, probe)["q"].kl["mean"]
+    ref = whole_model_kl(model, changed, probe)
     assert table.entry(name, 1).kl == pytest.approx(ref, rel=1e-3)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lowbit.errors import ConfigError
 from lowbit.plan import LayerSpec, Plan
+
+if TYPE_CHECKING:
+    from lowbit.runtime import Runtime
 
 
 def sensitivity(
@@ -15,11 +18,14 @@ def sensitivity(
     calib: Any,  # lowbit.api.Windows
     probe: Any = None,
     *,
+    rt: Runtime | None = None,
     done: dict | None = None,
     on_block: Any = None,
     progress: Any = None,
 ) -> Any:
-    """Sensitivity table of every linear layer of ``handle`` to each spec of ``menu``."""
+    """Sensitivity table of every linear layer of ``handle`` to each spec of ``menu``, on
+    ``rt`` (default: :func:`runtime`) one block at a time."""
+    from lowbit.api.core import runtime
     from lowbit.sensitivity.probe import ProbeConfig, measure
 
     return measure(
@@ -27,6 +33,7 @@ def sensitivity(
         menu,
         calib.ids,
         probe or ProbeConfig(),
+        runtime=rt or runtime(),
         done=done,
         on_block=on_block,
         progress=progress,

@@ -12,7 +12,8 @@ model computes, chunk for chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -67,29 +68,45 @@ class _Replay(nn.Module):
         return (self.output,) if self.as_tuple else self.output
 
 
+@contextlib.contextmanager
+def replayed_head(lazy: LazyModel, as_tuple: bool) -> Iterator[Callable[..., Any]]:
+    """The model's own forward from stored last-block outputs: yields ``run(hidden, ids,
+    **kwargs)``, the model's output for windows ``ids`` (w, ctx) whose last block returned
+    ``hidden`` (w, ctx, hidden) (``as_tuple``: the blocks return tuples); extra keyword
+    arguments go to the model (e.g. ``labels``). The modules outside the blocks are
+    materialized meanwhile. The caller chooses the grad mode: inference for logits, autograd
+    for the gradient of a loss with respect to ``hidden``."""
+    parent_path, attr = lazy.arch.blocks_path.rsplit(".", 1)
+    parent = lazy.model.get_submodule(parent_path)
+    blocks = getattr(parent, attr)
+    replay = _Replay(as_tuple)
+    paths = lazy.materialize_outside(head=True)
+    setattr(parent, attr, nn.ModuleList([replay]))
+
+    def run(hidden: torch.Tensor, ids: torch.Tensor, **kwargs: Any) -> Any:
+        replay.output = hidden
+        try:
+            return lazy.model(input_ids=ids.to(hidden.device), use_cache=False, **kwargs)
+        finally:
+            replay.output = None
+
+    try:
+        yield run
+    finally:
+        setattr(parent, attr, blocks)
+        lazy.release_outside(paths)
+
+
 def chunk_logits(
     lazy: LazyModel, acts: Activations, ids: torch.Tensor, windows_per_call: int = 1
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first window index, logits (w, ctx, vocab)) for the windows of ``ids`` (n, ctx) whose
     last-block outputs are ``acts`` (chunks in the order of ``ids``), ``windows_per_call`` at a
     time; the modules outside the blocks are materialized meanwhile."""
-    parent_path, attr = lazy.arch.blocks_path.rsplit(".", 1)
-    parent = lazy.model.get_submodule(parent_path)
-    blocks = getattr(parent, attr)
-    replay = _Replay(acts.block_returns_tuple)
-    paths = lazy.materialize_outside(head=True)
-    setattr(parent, attr, nn.ModuleList([replay]))
-    try:
+    with replayed_head(lazy, acts.block_returns_tuple) as run, torch.inference_mode():
         start = 0
-        with torch.inference_mode():
-            for i in range(len(acts.chunks)):
-                hidden = acts.on_device(i)
-                for part in torch.split(hidden, windows_per_call):
-                    replay.output = part
-                    x = ids[start : start + part.shape[0]].to(acts.device)
-                    yield start, lazy.model(input_ids=x, use_cache=False).logits
-                    start += part.shape[0]
-    finally:
-        replay.output = None
-        setattr(parent, attr, blocks)
-        lazy.release_outside(paths)
+        for i in range(len(acts.chunks)):
+            hidden = acts.on_device(i)
+            for part in torch.split(hidden, windows_per_call):
+                yield start, run(part, ids[start : start + part.shape[0]]).logits
+                start += part.shape[0]

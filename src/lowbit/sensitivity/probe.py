@@ -1,31 +1,66 @@
-"""Measure sensitivity: quantize one layer at a time, see what the model's output loses.
+"""Measure sensitivity: quantize one layer at a time, see what the model's output loses, without
+ever holding the whole model.
 
-For each block, in order: the block's calibration inputs (from the original model) give each
-group's Hessian; every layer of the block is quantized with every spec of the menu (GPTQ with
-that Hessian, or RTN); the proxies come from the quantized weight alone; the measured value is
-the KL divergence of the model's next-token distribution to the original's, on the probe
-windows, with only that layer quantized. The measured run starts at the layer's block, from the
-block inputs stored once for the probe windows, and runs several specs as one batch.
+For every layer of the blocks to probe and every spec of the menu: the layer is quantized (GPTQ
+with its group's Hessian on the calibration windows, or RTN); the proxies come from the
+quantized weight alone (Hessian diagonal; Fisher diagonal); the measured value is the KL
+divergence of the model's next-token distribution to the original's on the probe windows, with
+only that layer quantized. One block is materialized at a time, on the runtime's device:
+
+1. the reference: the original model's log-probabilities on the probe windows, computed
+   layer-wise once and cached on disk (``$LOWBIT_CACHE/references``);
+2. the sweep (:mod:`~lowbit.sensitivity.sweep`): one pass of the original blocks records the
+   inputs of the blocks to probe on the calibration and probe windows, and of every block from
+   the lowest one probed on the Fisher windows;
+3. blocks N−1 down to the lowest one probed, each materialized once: the Fisher backward step
+   (:mod:`~lowbit.sensitivity.fisher`), the block's Hessians from its recorded calibration
+   inputs, every candidate quantized, its proxies, and its block output on the probe windows;
+   then every candidate of the block through blocks i+1 … N−1, each materialized once, and the
+   model's final norm and head (:mod:`~lowbit.sensitivity.measured`).
+
+The blocks are visited last first because the Fisher's backward goes that way; the candidates
+of block i need blocks i+1 … N−1, so a full table loads a block about N²/2 times in all
+(O(N²/2), plus one sweep, one backward and, once per model and probe windows, the reference).
+Memory: one block (weights, one chunk in flight, its Hessians, its Fisher accumulators, one
+layer's quantized candidates) or the modules outside the blocks (with one window's logits),
+never two blocks; the reference's log-probabilities on the probe windows (float64, probe
+windows × tokens × vocabulary); and the recorded activations: per block to probe, its inputs on
+the calibration, probe and Fisher windows (released as it is probed), one gradient per Fisher
+window, and the hidden states of one block's candidates on the probe windows. These live on
+the device or, by the runtime's offload policy, in CPU memory; ``timings["stored_bytes"]``
+records their size and ``timings["block_loads"]`` the blocks materialized (the reference's
+aside). The whole model's weights, or its gradients, are never held at once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from lowbit.algorithms import HessianAccumulator
 from lowbit.errors import ConfigError, LowbitError
-from lowbit.models.capture import capture_inputs
-from lowbit.models.lazy import block_list
+from lowbit.models.capture import capture
+from lowbit.models.lazy import LazyModel, block_list
+from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.quantize import quantize_weight
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec
+from lowbit.runtime import Runtime
+from lowbit.runtime.runner import Activations
+from lowbit.sensitivity.fisher import BlockwiseFisher
+from lowbit.sensitivity.measured import KLProbe, reference_windows
 from lowbit.sensitivity.proxies import fisher_error, hessian_error
+from lowbit.sensitivity.sweep import (
+    CountingStore,
+    Recorded,
+    Streams,
+    block_hessians,
+    plan_memory,
+    record_inputs,
+)
 from lowbit.sensitivity.table import Entry, LayerInfo, SensitivityTable, check_menu
 
 
@@ -33,7 +68,8 @@ from lowbit.sensitivity.table import Entry, LayerInfo, SensitivityTable, check_m
 class ProbeConfig:
     """``probe_windows`` × ``probe_ctx`` tokens (the first calibration windows, cut) for the
     measured KL; ``fisher_windows`` × ``fisher_ctx`` for the Fisher estimate; the Hessians use
-    every calibration window; ``batch`` specs share one run of the model."""
+    every calibration window (``chunk_size`` windows per chunk); ``batch`` candidates share one
+    run of a block."""
 
     probe_windows: int = 2
     probe_ctx: int = 192
@@ -56,9 +92,11 @@ class ProbeConfig:
 
 
 BlockDone = Callable[[int, list[Entry]], None]
+Progress = Callable[[int, int], None]
 
 
 def layer_infos(model: nn.Module, handle: ModelHandle) -> tuple[LayerInfo, ...]:
+    """Every block linear of ``model`` (materialized or a meta-device skeleton)."""
     arch = handle.arch
     infos = []
     for i, block in enumerate(block_list(model, arch.blocks_path)):
@@ -78,14 +116,17 @@ def measure(
     calib: torch.Tensor,
     cfg: ProbeConfig = ProbeConfig(),
     *,
+    runtime: Runtime,
     done: dict[tuple[str, int], Entry] | None = None,
     on_block: BlockDone | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> SensitivityTable:
-    """The sensitivity table of ``handle`` for ``menu`` on calibration windows ``calib`` (n, ctx).
+    """The sensitivity table of ``handle`` for ``menu`` on calibration windows ``calib`` (n, ctx),
+    run on ``runtime`` one block at a time (see the module's docstring).
 
     ``done`` holds entries of an interrupted run: their layers are not probed again.
-    ``on_block(i, entries)`` is called after each block (to checkpoint)."""
+    ``on_block(i, entries)`` is called after each block, the last block first (to checkpoint);
+    ``progress(blocks done, blocks)``."""
     check_menu(menu)
     if cfg.probe_windows > calib.shape[0] or cfg.probe_ctx > calib.shape[1]:
         raise ConfigError(
@@ -93,41 +134,223 @@ def measure(
             f"{calib.shape[0]} × {calib.shape[1]} calibration windows; give more or shorter ones"
         )
     t_start = time.perf_counter()
-    model = handle.load_model()
-    infos = layer_infos(model, handle)
+    lazy = handle.lazy(runtime)
+    infos = layer_infos(lazy.model, handle)
     entries: dict[tuple[str, int], Entry] = dict(done or {})
-    probe_ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    fisher = _fisher(model, handle, calib, cfg) if cfg.fisher else None
-    timings["fisher_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    probe = _Probe(model, handle, probe_ids, cfg.batch) if cfg.measure else None
-    timings["reference_s"] = time.perf_counter() - t0
-    blocks = block_list(model, handle.arch.blocks_path)
-    first = blocks[0]
-    hidden, kwargs = capture_inputs(model, first, calib, cfg.chunk_size)
-    with torch.no_grad():
-        for i, block in enumerate(blocks):
-            if cfg.blocks is not None and i > max(cfg.blocks, default=-1):
-                break
-            todo = [x for x in infos if x.block == i and _wanted(x, menu, entries, cfg)]
-            hidden, hessians = _block_hessians(block, hidden, kwargs, handle, need=bool(todo))
-            new = [_probe_layer(info, block, menu, hessians, fisher, probe) for info in todo]
-            flat = [e for layer_entries in new for e in layer_entries]
-            entries.update({(e.layer, e.spec): e for e in flat})
-            if on_block:
-                on_block(i, flat)
-            if progress:
-                progress(i + 1, len(blocks))
-    timings["total_s"] = time.perf_counter() - t_start
-    return _table(handle, menu, infos, entries, len(blocks), cfg, calib, timings)
+    todo: dict[int, list[LayerInfo]] = {}
+    for x in infos:
+        if _wanted(x, menu, entries, cfg):
+            todo.setdefault(x.block, []).append(x)
+    run = _Run(handle, lazy, menu, calib, cfg)
+    if todo:
+        fix_mmap_threshold()
+        run.prepare(sorted(todo))
+    n_blocks = len(lazy)
+    lowest = max(min(cfg.blocks, default=0), 0) if cfg.blocks is not None else 0
+    for i in range(n_blocks - 1, lowest - 1, -1):
+        new = run.block(i, todo.get(i)) if i in todo or run.passes(i) else []
+        entries.update({(e.layer, e.spec): e for e in new})
+        if on_block:
+            on_block(i, new)
+        if progress:
+            progress(n_blocks - i, n_blocks)
+    run.timings["block_loads"] = float(run.store.loads)
+    run.timings["total_s"] = time.perf_counter() - t_start
+    return _table(handle, menu, infos, entries, n_blocks, cfg, calib, run.timings)
 
 
 def _wanted(info: LayerInfo, menu: tuple[LayerSpec, ...], entries: dict, cfg: ProbeConfig) -> bool:
     if cfg.blocks is not None and info.block not in cfg.blocks:
         return False
     return any((info.name, s) not in entries for s in range(len(menu)))
+
+
+@dataclass
+class _Row:
+    """One candidate: a layer quantized with one spec of the menu."""
+
+    info: LayerInfo
+    spec: int
+    bits: int
+    hessian: float
+    fisher: float | None
+    seconds: float
+    kl: float | None = None
+
+    def entry(self) -> Entry:
+        return Entry(
+            self.info.name, self.spec, self.bits, self.kl, self.hessian, self.fisher, self.seconds
+        )
+
+
+@dataclass
+class _Run:
+    """The state of one sensitivity run between the sweep and the probes."""
+
+    handle: ModelHandle
+    lazy: LazyModel
+    menu: tuple[LayerSpec, ...]
+    calib: torch.Tensor
+    cfg: ProbeConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    recorded: Recorded | None = None
+    fisher: BlockwiseFisher | None = None
+    kl: KLProbe | None = None
+
+    def __post_init__(self) -> None:
+        self.store = CountingStore(self.lazy)
+
+    def passes(self, i: int) -> bool:
+        """Whether the Fisher backward still has to go through block ``i``."""
+        return self.fisher is not None and i >= self.fisher.lowest
+
+    def prepare(self, todo: list[int]) -> None:
+        """The reference, the sweep and the Fisher's tail, for the blocks ``todo``."""
+        cfg, calib, runtime = self.cfg, self.calib, self.lazy.runtime
+        probe_ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
+        fisher_ids = calib[: cfg.fisher_windows, : cfg.fisher_ctx]
+        per_block = max(len(self.handle.arch.linear_names) * len(self.menu), 1)
+        home, stored = plan_memory(
+            self.lazy,
+            {"calibration": calib, "probe": probe_ids, "fisher": fisher_ids},
+            {
+                "calibration": len(todo),
+                "probe": len(todo) + (per_block if cfg.measure else 0),
+                "fisher": (len(self.lazy) - todo[0] + 1) if cfg.fisher else 0,
+            },
+            cfg.chunk_size,
+        )
+        self.timings["stored_bytes"] = float(sum(stored.values()))
+        if cfg.measure:
+            t0 = time.perf_counter()
+            reference, _ = reference_windows(self.handle, probe_ids, runtime)
+            self.kl = KLProbe(self.lazy, self.store, probe_ids, reference, cfg.batch, home)
+            self.timings["reference_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        streams = Streams(
+            capture(self.lazy, calib, cfg.chunk_size, home),
+            capture(self.lazy, probe_ids, cfg.probe_windows, home) if cfg.measure else None,
+            capture(self.lazy, fisher_ids, 1, home) if cfg.fisher else None,
+        )
+        self.recorded = record_inputs(self.store, streams, todo)
+        self.timings["sweep_s"] = time.perf_counter() - t0
+        if cfg.fisher:
+            t0 = time.perf_counter()
+            rec = self.recorded
+            assert rec.fisher_out is not None
+            self.fisher = BlockwiseFisher(
+                self.lazy, rec.fisher, rec.fisher_out, fisher_ids, todo[0]
+            )
+            self.timings["fisher_s"] = time.perf_counter() - t0
+
+    def block(self, i: int, infos: list[LayerInfo] | None) -> list[Entry]:
+        """Block ``i``'s Fisher backward step and, for ``infos`` (its layers to probe), every
+        candidate's entry."""
+        block = self.store.load(i)
+        try:
+            fisher = self._fisher_step(i, block)
+            rows, outputs = self._candidates(i, block, infos or [], fisher)
+            del fisher
+        finally:
+            self.store.release(i)
+        if self.kl is not None and rows:
+            t0 = time.perf_counter()
+            kls = self.kl.kls(i, outputs)
+            share = (time.perf_counter() - t0) / len(rows)
+            for row, kl in zip(rows, kls, strict=True):
+                row.kl, row.seconds = kl, row.seconds + share
+            self.timings["probe_s"] = self.timings.get("probe_s", 0.0) + share * len(rows)
+        return [row.entry() for row in rows]
+
+    def _fisher_step(self, i: int, block: nn.Module) -> dict[str, torch.Tensor] | None:
+        if not self.passes(i):
+            return None
+        assert self.fisher is not None
+        t0 = time.perf_counter()
+        fisher = self.fisher.step(i, block, self.handle.arch.linear_names)
+        self.timings["fisher_s"] = self.timings.get("fisher_s", 0.0) + time.perf_counter() - t0
+        return fisher
+
+    def _candidates(
+        self,
+        i: int,
+        block: nn.Module,
+        infos: list[LayerInfo],
+        fisher: dict[str, torch.Tensor] | None,
+    ) -> tuple[list[_Row], list[torch.Tensor]]:
+        """Every candidate of ``infos`` (layers of block ``i``): its row, and its block output
+        on the probe windows when the KL is measured."""
+        if not infos:
+            return [], []
+        assert self.recorded is not None
+        arch = self.handle.arch
+        t0 = time.perf_counter()
+        hessians = block_hessians(
+            block,
+            self.recorded.calibration.pop(i),
+            arch.sequential_groups,
+            self.lazy.runtime.device,
+        )
+        self.timings["hessian_s"] = self.timings.get("hessian_s", 0.0) + time.perf_counter() - t0
+        probe_in = self.recorded.probe.pop(i, None)
+        rows: list[_Row] = []
+        outputs: list[torch.Tensor] = []
+        for info in infos:
+            F = None if fisher is None else fisher[info.module]
+            layer_rows, weights = _quantize_layer(info, block, self.menu, hessians, F)
+            if self.kl is not None:
+                assert probe_in is not None
+                outputs += self._block_outputs(block, info, layer_rows, weights, probe_in)
+            rows += layer_rows
+        return rows, outputs
+
+    def _block_outputs(
+        self,
+        block: nn.Module,
+        info: LayerInfo,
+        rows: list[_Row],
+        weights: list[torch.Tensor],
+        probe_in: Activations,
+    ) -> list[torch.Tensor]:
+        assert self.kl is not None
+        outputs = []
+        batch = self.cfg.batch
+        for start in range(0, len(weights), batch):
+            t0 = time.perf_counter()
+            part = weights[start : start + batch]
+            outputs += self.kl.block_outputs(block, info.module, part, probe_in)
+            share = (time.perf_counter() - t0) / len(part)
+            for row in rows[start : start + batch]:
+                row.seconds += share
+        return outputs
+
+
+def _quantize_layer(
+    info: LayerInfo,
+    block: nn.Module,
+    menu: tuple[LayerSpec, ...],
+    hessians: dict[str, torch.Tensor],
+    fisher: torch.Tensor | None,
+) -> tuple[list[_Row], list[torch.Tensor]]:
+    """The rows of layer ``info`` (every spec of ``menu``) and its quantized weights."""
+    W = block.get_submodule(info.module).weight.data
+    if not torch.isfinite(W).all():
+        raise LowbitError(
+            f"layer {info.name} has NaN or infinite weights; the checkpoint is corrupt"
+        )
+    H = hessians[info.module]
+    h_diag = torch.diagonal(H).clone()
+    rows, weights = [], []
+    with torch.no_grad():
+        for s, spec in enumerate(menu):
+            t0 = time.perf_counter()
+            qw = quantize_weight(info.name, W, spec, H).weight
+            Wq = qw.dequantize().to(W.dtype)
+            hessian = hessian_error(W, Wq, h_diag)
+            F = None if fisher is None else fisher_error(W, Wq, fisher)
+            rows.append(_Row(info, s, qw.n_bits(), hessian, F, time.perf_counter() - t0))
+            weights.append(Wq)
+    return rows, weights
 
 
 def _table(
@@ -173,201 +396,3 @@ def _other_bytes(handle: ModelHandle, infos: tuple[LayerInfo, ...]) -> int:
 
     linear = {f"{x.name}.weight" for x in infos}
     return (sum(bits for key, _, bits in stored_bits(handle) if key not in linear) + 7) // 8
-
-
-def _block_hessians(
-    block: nn.Module,
-    hidden: list[torch.Tensor],
-    kwargs: Sequence[dict[str, Any]],
-    handle: ModelHandle,
-    *,
-    need: bool,
-) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    """Run the original ``block`` on every chunk (outputs replace ``hidden``); with ``need``,
-    the Hessian of each sequential group's inputs, keyed by member name."""
-    groups = handle.arch.sequential_groups
-    stats = [HessianAccumulator(int(block.get_submodule(g[0]).weight.shape[1])) for g in groups]
-    handles = []
-    if need:
-        for g, group in enumerate(groups):
-            hook = _stat_hook(stats[g])
-            handles.append(block.get_submodule(group[0]).register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            out = [_hidden(block(h, **kw)) for h, kw in zip(hidden, kwargs, strict=True)]
-    finally:
-        for h in handles:
-            h.remove()
-    hessians = {}
-    if need:
-        for g, group in enumerate(groups):
-            H = stats[g].hessian()
-            hessians.update({member: H for member in group})
-    return out, hessians
-
-
-def _stat_hook(stat: HessianAccumulator) -> Callable[..., None]:
-    def hook(module: nn.Module, args: tuple) -> None:
-        stat.add_batch(args[0])
-
-    return hook
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _probe_layer(
-    info: LayerInfo,
-    block: nn.Module,
-    menu: tuple[LayerSpec, ...],
-    hessians: dict[str, torch.Tensor],
-    fisher: dict[str, torch.Tensor] | None,
-    probe: _Probe | None,
-) -> list[Entry]:
-    module = block.get_submodule(info.module)
-    W = module.weight.data
-    if not torch.isfinite(W).all():
-        raise LowbitError(
-            f"layer {info.name} has NaN or infinite weights; the checkpoint is corrupt"
-        )
-    H = hessians[info.module]
-    h_diag = torch.diagonal(H).clone()
-    F = None if fisher is None else fisher[info.name]
-    rows: list[dict[str, Any]] = []
-    for s, spec in enumerate(menu):
-        t0 = time.perf_counter()
-        qw, _, _ = quantize_weight(info.name, W, spec, H)
-        Wq = qw.dequantize().to(W.dtype)
-        rows.append(
-            {
-                "spec": s,
-                "Wq": Wq,
-                "bits": qw.n_bits(),
-                "hessian": hessian_error(W, Wq, h_diag),
-                "fisher": None if F is None else fisher_error(W, Wq, F),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-    if probe is not None:
-        probe.measure(info, module, rows)
-    return [
-        Entry(info.name, r["spec"], r["bits"], r.get("kl"), r["hessian"], r["fisher"], r["seconds"])
-        for r in rows
-    ]
-
-
-class _Probe:
-    """The measured KL divergence of the model with one layer replaced, on fixed windows."""
-
-    def __init__(
-        self, model: nn.Module, handle: ModelHandle, ids: torch.Tensor, batch: int
-    ) -> None:
-        self.model, self.ids, self.batch = model, ids, batch
-        self.blocks_path = handle.arch.blocks_path
-        self.blocks = block_list(model, self.blocks_path)
-        self.inputs: list[torch.Tensor] = []
-        handles = [b.register_forward_pre_hook(self._record, with_kwargs=True) for b in self.blocks]
-        try:
-            with torch.inference_mode():
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        finally:
-            for h in handles:
-                h.remove()
-        self.ref_logp = torch.log_softmax(logits, dim=-1)
-        self.ref_p = self.ref_logp.exp()
-
-    def _record(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        self.inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
-
-    def measure(self, info: LayerInfo, module: nn.Module, rows: list[dict[str, Any]]) -> None:
-        """Set ``row["kl"]`` for each row (a candidate weight ``row["Wq"]`` of ``module``)."""
-        for start in range(0, len(rows), self.batch):
-            part = rows[start : start + self.batch]
-            t0 = time.perf_counter()
-            kls = self._run(info, module, [r["Wq"] for r in part])
-            share = (time.perf_counter() - t0) / len(part)
-            for r, kl in zip(part, kls, strict=True):
-                r["kl"], r["seconds"] = kl, r["seconds"] + share
-
-    def _run(self, info: LayerInfo, module: nn.Module, weights: list[torch.Tensor]) -> list[float]:
-        k, n = len(weights), self.ids.shape[0]
-        parent_path, attr = self.blocks_path.rsplit(".", 1)
-        parent = self.model.get_submodule(parent_path)
-        block = self.blocks[info.block]
-        start = self.inputs[info.block].repeat(k, 1, 1)
-        swap_parent, swap_attr = _parent(block, info.module)
-        stacked = _StackedLinear(weights, module.bias)
-
-        def feed(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (start, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": start}
-
-        hook = block.register_forward_pre_hook(feed, with_kwargs=True)
-        setattr(parent, attr, nn.ModuleList(list(self.blocks)[info.block :]))
-        setattr(swap_parent, swap_attr, stacked)
-        try:
-            with torch.inference_mode():
-                logits = self.model(input_ids=self.ids.repeat(k, 1), use_cache=False).logits
-        finally:
-            hook.remove()
-            setattr(swap_parent, swap_attr, module)
-            setattr(parent, attr, self.blocks)
-        kls = []
-        for c in range(k):
-            logp = torch.log_softmax(logits[c * n : (c + 1) * n, :-1].float(), dim=-1)
-            kl = (self.ref_p * (self.ref_logp - logp)).sum(-1).clamp_min_(0.0)
-            kls.append(float(kl.double().mean()))
-        return kls
-
-
-class _StackedLinear(nn.Module):
-    """A linear layer with weight k for the k-th of len(weights) equal slices of the batch."""
-
-    def __init__(self, weights: list[torch.Tensor], bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.W = torch.stack([w.T for w in weights])  # (k, in, out)
-        self.bias = bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # rows of x are ordered by batch entry whether x is (batch, T, in) or flattened
-        y = torch.bmm(x.reshape(self.W.shape[0], -1, x.shape[-1]), self.W)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.W.shape[-1])
-
-
-def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:
-    if "." not in path:
-        return root, path
-    head, attr = path.rsplit(".", 1)
-    return root.get_submodule(head), attr
-
-
-def _fisher(
-    model: nn.Module, handle: ModelHandle, calib: torch.Tensor, cfg: ProbeConfig
-) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of every block linear's weight, per token: T · E_w[g_w²], with
-    g_w the gradient of window w's mean token negative log-likelihood (T tokens per window)."""
-    names = [x.name for x in layer_infos(model, handle)]
-    weights = {name: model.get_submodule(name).weight for name in names}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for w in weights.values():
-        w.requires_grad_(True)
-    acc = {name: torch.zeros_like(w) for name, w in weights.items()}
-    ids = calib[: cfg.fisher_windows, : cfg.fisher_ctx]
-    try:
-        for row in ids:
-            x = row[None]
-            out = model(input_ids=x, labels=x, use_cache=False)
-            grads = torch.autograd.grad(out.loss, list(weights.values()))
-            for name, g in zip(weights, grads, strict=True):
-                acc[name].add_(g.pow(2))
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
-    scale = (ids.shape[1] - 1) / ids.shape[0]
-    return {name: a.mul_(scale) for name, a in acc.items()}

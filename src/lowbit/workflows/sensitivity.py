@@ -14,6 +14,7 @@ from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.console import console, progress_bar
 from lowbit.report.sensitivity import sensitivity_report
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
 
 
 def sensitivity_paths(out: Path) -> dict[str, Path]:
@@ -35,15 +36,18 @@ def sensitivity_job(
     out: Path,
     *,
     resume: bool = False,
+    execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> Any:
-    """Measure ``model``'s sensitivity to each spec of ``menu``; returns the table."""
+    """Measure ``model``'s sensitivity to each spec of ``menu`` on ``execution``'s runtime;
+    returns the table."""
     from lowbit.sensitivity import check_menu
 
     check_menu(menu)
     paths = sensitivity_paths(out)
     api.check_outputs(paths["json"], paths["csv"], paths["html"], overwrite=overwrite)
+    rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     windows = api.text_windows(handle, calib, calibration=True)
     key = _run_key(handle, menu, windows, probe)
@@ -56,7 +60,7 @@ def sensitivity_job(
 
     with progress_bar("sensitivity: blocks", None) as update:
         table = api.sensitivity(
-            handle, menu, windows, probe, done=done, on_block=checkpoint, progress=update
+            handle, menu, windows, probe, rt=rt, done=done, on_block=checkpoint, progress=update
         )
     table.probe["calibration"] = windows.info
     with atomic_file(paths["csv"], overwrite=overwrite) as f:

@@ -23,9 +23,12 @@ def _setup(path, chunks=3, ctx=24):
     acts = capture(lazy, ids, 2, lazy.runtime.device)
     block = lazy.load(0)
     groups = [[(m, block.get_submodule(m)) for m in g] for g in handle.arch.sequential_groups]
-    hidden = [c.hidden for c in acts.chunks]
-    kwargs = [c.kwargs for c in acts.chunks]
-    return handle, block, acts, hidden, kwargs, groups
+    return handle, block, acts, groups
+
+
+def _plain(acts):
+    """The chunks' inputs and keyword arguments, to run the block directly."""
+    return [c.hidden for c in acts.chunks], [c.kwargs for c in acts.chunks]
 
 
 def run_block_staged(block, acts, groups, on_group, runner=run_staged):
@@ -49,7 +52,8 @@ def _copy(acts):
 
 
 def test_unchanged_weights_give_the_plain_forward(tiny_any):
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_any)
+    _, block, acts, groups = _setup(tiny_any)
+    hidden, kwargs = _plain(acts)
     with torch.inference_mode():
         expected = [block(h, **k) for h, k in zip(hidden, kwargs, strict=True)]
     expected = [e[0] if isinstance(e, tuple) else e for e in expected]
@@ -62,7 +66,8 @@ def test_unchanged_weights_give_the_plain_forward(tiny_any):
 
 
 def test_weights_changed_at_each_group_are_used_by_later_groups(tiny_any):
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_any)
+    _, block, acts, groups = _setup(tiny_any)
+    hidden, kwargs = _plain(acts)
     original = {n: m.weight.detach().clone() for g in groups for n, m in g}
 
     def scale_group(g, stat):
@@ -79,7 +84,8 @@ def test_weights_changed_at_each_group_are_used_by_later_groups(tiny_any):
 
 
 def test_two_pass_uses_the_final_weights_for_every_output(tiny_any):
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_any)
+    _, block, acts, groups = _setup(tiny_any)
+    hidden, kwargs = _plain(acts)
     with torch.inference_mode():
         plain = [block(h, **k) for h, k in zip(hidden, kwargs, strict=True)]
     counts = []
@@ -103,7 +109,7 @@ def test_two_pass_uses_the_final_weights_for_every_output(tiny_any):
 def test_hessian_of_a_later_group_sees_the_changed_earlier_group(tiny_llama):
     """True sequential: group 1 (o_proj) statistics are of inputs computed with group 0's new
     weights, not the original ones."""
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_llama)
+    _, block, acts, groups = _setup(tiny_llama)
     counts = {}
 
     def zero_qkv(g, stat):
@@ -117,7 +123,7 @@ def test_hessian_of_a_later_group_sees_the_changed_earlier_group(tiny_llama):
 
 
 def test_a_spec_that_does_not_match_the_forward_is_an_error(tiny_llama):
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_llama)
+    _, block, acts, groups = _setup(tiny_llama)
     swapped = [groups[1], groups[0], *groups[2:]]
     with pytest.raises(LowbitError, match="order|never called"):
         run_block_staged(block, _copy(acts), swapped, lambda g, s: None)
@@ -132,7 +138,7 @@ def test_block_list_of_a_wrong_path_is_an_error(tiny_llama):
 
 def test_recompute_equals_staged_bit_for_bit(tiny_any):
     """Bounded-memory true-sequential gives the same statistics and outputs as one pass."""
-    handle, block, acts, _, _, groups = _setup(tiny_any)
+    _, block, acts, groups = _setup(tiny_any)
     original = {n: m.weight.detach().clone() for g in groups for n, m in g}
     results = {}
     for runner in (run_staged, run_recompute):

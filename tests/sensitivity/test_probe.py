@@ -67,8 +67,8 @@ def test_measured_kl_equals_an_independent_evaluation(llama_table, rt):
             layer = changed.get_submodule(name)
             layer.weight.data = _rtn(layer, spec)
             ref = whole_model_kl(model, changed, probe)
-            # the reference's log-probs come from the on-disk cache (about 1e-5 relative)
-            assert table.entry(name, s).kl == pytest.approx(ref, rel=1e-4, abs=1e-10)
+            # the cached reference (about 1e-5 relative) and float32 normalisation (~1e-7 nats)
+            assert table.entry(name, s).kl == pytest.approx(ref, rel=1e-4, abs=2e-7)
 
 
 def test_fisher_proxies_equal_the_whole_model_fisher(llama_table, rt):

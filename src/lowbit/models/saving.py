@@ -167,9 +167,7 @@ def saved_config(path: Path, manifest: dict[str, Any]) -> Any:
     return config
 
 
-def load_quantized(
-    path: Path, runtime: Runtime | None = None
-) -> tuple[Any, Any, dict[str, Any]]:
+def load_quantized(path: Path, runtime: Runtime | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """The dense fake-quantized model (no activation or KV-cache quantization attached) on
     ``runtime`` (default: this machine's), its quantized layers, and the manifest."""
     from lowbit.models.arch import spec_for_model_type

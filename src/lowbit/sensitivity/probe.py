@@ -23,7 +23,7 @@ of block i need blocks i+1 … N−1, so a full table loads a block about N²/2 
 (O(N²/2), plus one sweep, one backward and, once per model and probe windows, the reference).
 Memory: one block (weights, one chunk in flight, its Hessians, its Fisher accumulators, one
 layer's quantized candidates) or the modules outside the blocks (with one window's logits),
-never two blocks; the reference's log-probabilities on the probe windows (float64, probe
+never two blocks; the reference's log-probabilities on the probe windows (probe
 windows × tokens × vocabulary); and the recorded activations: per block to probe, its inputs on
 the calibration, probe and Fisher windows (released as it is probed), one gradient per Fisher
 window, and the hidden states of one block's candidates on the probe windows. These live on
@@ -44,7 +44,6 @@ from torch import nn
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.models.capture import capture
 from lowbit.models.lazy import LazyModel, block_list
-from lowbit.models.memory import fix_mmap_threshold
 from lowbit.models.quantize import quantize_weight
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec
@@ -143,7 +142,6 @@ def measure(
             todo.setdefault(x.block, []).append(x)
     run = _Run(handle, lazy, menu, calib, cfg)
     if todo:
-        fix_mmap_threshold()
         run.prepare(sorted(todo))
     n_blocks = len(lazy)
     lowest = max(min(cfg.blocks, default=0), 0) if cfg.blocks is not None else 0

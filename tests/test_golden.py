@@ -1,0 +1,68 @@
+"""CPU fp32 results are the same as before the execution core, bit for bit.
+
+``tests/golden/cpu_fp32.json`` was written by commit c3dc85e (the last one before the block
+runner, the device policy and the cached reference) with ``python -m tests.golden.observe``;
+this test runs the same observation on the current code. Quantization must match exactly
+(every packed code, scale and zero point, and the norms AWQ rescaled), and so must every figure
+computed from exact quantities (perplexity, top-1 agreement, Δp, sensitivity bits, Hessian and
+Fisher proxies). The KL divergence now comes from the reference's cached log-probabilities
+(2 bytes a vocabulary entry, :mod:`lowbit.evaluation.refcache`): its mean is compared to 1e-4
+relative, per-token statistics and the sensitivity probes to the float32 floor of about 1e-7
+nats on this random model, whose divergences are tiny.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.golden.observe import observe
+
+GOLDEN = Path(__file__).parent / "golden" / "cpu_fp32.json"
+
+
+def _f(x: str) -> float:
+    return float.fromhex(x)
+
+
+@pytest.fixture(scope="module")
+def seen(tiny_llama, tmp_path_factory):
+    return observe(tiny_llama, tmp_path_factory.mktemp("golden"))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.loads(GOLDEN.read_text())
+
+
+def test_quantization_is_bit_identical(seen, golden):
+    names = [k for k in golden if k.startswith("quantize/")]
+    assert names and all(k in seen for k in names)
+    for name in names:
+        assert seen[name] == golden[name], name
+
+
+def test_evaluation_figures_are_identical(seen, golden):
+    for model, before in golden["eval/gptq_w4g48"].items():
+        now = seen["eval/gptq_w4g48"][model]
+        assert now["perplexity"] == before["perplexity"], model
+        assert now["nll"] == before["nll"], model
+        assert now["top1_agreement"] == before["top1_agreement"], model
+        assert now["delta_p"] == before["delta_p"], model
+        if before["kl"] is None:
+            assert now["kl"] is None
+            continue
+        for key in ("mean", "stderr"):
+            assert _f(now["kl"][key]) == pytest.approx(_f(before["kl"][key]), rel=1e-4), key
+        for key, value in before["kl"].items():
+            assert _f(now["kl"][key]) == pytest.approx(_f(value), abs=1e-6), key
+
+
+def test_sensitivity_entries_are_identical(seen, golden):
+    before, now = golden["sensitivity"], seen["sensitivity"]
+    assert [e[:2] for e in now] == [e[:2] for e in before]
+    for (layer, spec, bits, kl, hessian, fisher), after in zip(before, now, strict=True):
+        assert after[2] == bits and after[4] == hessian and after[5] == fisher, (layer, spec)
+        assert _f(after[3]) == pytest.approx(_f(kl), rel=1e-3, abs=2e-7), (layer, spec)

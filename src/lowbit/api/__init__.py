@@ -11,6 +11,7 @@ Every result file is written with provenance (lowbit version, model and data fin
 configuration, the runtime, timings, machine). The CLI calls these functions and nothing below.
 """
 
+from lowbit.allocation import AvgBits, MaxBytes
 from lowbit.api.analysis import allocate, load_table, sensitivity
 from lowbit.api.core import (
     JsonDict,
@@ -52,9 +53,24 @@ from lowbit.api.quantize import (
     saving,
 )
 from lowbit.api.tasks import compare_task_runs, evaluate_tasks, load_for_tasks
+from lowbit.evaluation.harness import TaskConfig
+from lowbit.models.pipeline import Propagation
+from lowbit.perf.estimate import Layout
+from lowbit.plan import LayerSpec, Plan
+from lowbit.runtime import RuntimeConfig
+from lowbit.sensitivity.probe import ProbeConfig
 
 __all__ = [
+    "AvgBits",
     "JsonDict",
+    "LayerSpec",
+    "Layout",
+    "MaxBytes",
+    "Plan",
+    "ProbeConfig",
+    "Propagation",
+    "RuntimeConfig",
+    "TaskConfig",
     "TextConfig",
     "Windows",
     "allocate",

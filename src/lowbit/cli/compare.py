@@ -69,8 +69,7 @@ def compare(
     Example: lowbit compare smollm2-135m smol-w4 --tasks piqa,mmlu --limit 200
     --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw
     """
-    from lowbit.api import TextConfig
-    from lowbit.evaluation.harness import TaskConfig
+    from lowbit.api import TaskConfig, TextConfig
     from lowbit.workflows.spine import Execution
     from lowbit.workflows.tasks import compare_job
 

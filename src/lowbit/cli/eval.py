@@ -69,8 +69,7 @@ def evaluate(
     Examples: lowbit eval smol-w4 --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw ;
     lowbit eval smollm2-135m --tasks piqa,arc_easy,mmlu --limit 100
     """
-    from lowbit.api import TextConfig
-    from lowbit.evaluation.harness import TaskConfig
+    from lowbit.api import TaskConfig, TextConfig
     from lowbit.workflows import eval_job
     from lowbit.workflows.spine import Execution
 

@@ -79,7 +79,7 @@ def export(
     Example: lowbit export smol-w4g32 --to gguf -o smol-q4_0.gguf
     """
     from lowbit import api
-    from lowbit.plan import Plan
+    from lowbit.api import Plan
     from lowbit.workflows import export_job
     from lowbit.workflows.spine import Execution
 

@@ -67,8 +67,8 @@ def load_menu(path: Path) -> tuple[Any, ...]:
 
     import yaml
 
+    from lowbit.api import LayerSpec
     from lowbit.errors import ArtefactError
-    from lowbit.plan import LayerSpec
 
     if not path.is_file():
         raise ArtefactError(f"menu file {path} does not exist")

@@ -58,8 +58,7 @@ def perf(
     Example: lowbit perf llama-3-8b/config.json --plan plan.yaml --hw h100-sxm --tp 2 --batch 8
     --prompt 2048 --gen 256
     """
-    from lowbit.perf.estimate import Layout
-    from lowbit.plan import Plan
+    from lowbit.api import Layout, Plan
     from lowbit.workflows.perf import perf_job
 
     layout = Layout(batch, prompt, gen, tp, pp, dp, ep, paged=not contiguous_kv)
@@ -92,8 +91,7 @@ def profile(
 
     Example: lowbit profile smollm2-135m --batch 1 --prompt 128 --gen 32
     """
-    from lowbit.perf.estimate import Layout
-    from lowbit.plan import Plan
+    from lowbit.api import Layout, Plan
     from lowbit.workflows.perf import profile_job
 
     layout = Layout(batch, prompt, gen)

@@ -41,7 +41,7 @@ def plan(
 
     Example: lowbit plan smollm2-135m --table sens.json --avg-bits 3.25 -o plan.yaml
     """
-    from lowbit.allocation import AvgBits, MaxBytes
+    from lowbit.api import AvgBits, MaxBytes
     from lowbit.cli.menu import parse_pins, parse_size
     from lowbit.errors import ConfigError
     from lowbit.workflows import plan_job

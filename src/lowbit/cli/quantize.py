@@ -83,7 +83,7 @@ def quantize(
     Example: lowbit quantize smollm2-135m -o smol-w4 --bits 4 --group-size 64
     """
     from lowbit import api
-    from lowbit.plan import Plan
+    from lowbit.api import Plan
     from lowbit.workflows import quantize_job
     from lowbit.workflows.spine import Execution
 

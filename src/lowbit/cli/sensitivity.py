@@ -55,8 +55,8 @@ def sensitivity(
     Example: lowbit sensitivity smollm2-135m --bits 2 --bits 3 --bits 4 --bits 8 -o sens.json
     """
     from lowbit import api
+    from lowbit.api import ProbeConfig
     from lowbit.cli.menu import menu_specs
-    from lowbit.sensitivity.probe import ProbeConfig
     from lowbit.workflows import sensitivity_job
     from lowbit.workflows.spine import Execution
 

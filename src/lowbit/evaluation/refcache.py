@@ -398,6 +398,20 @@ def score_reference(ref: ReferenceWindow, acc: ScoreSink) -> None:
     acc.nll.append(-ref.target_logp)
 
 
+_ROWS = 64  # tokens whose KL terms are formed at once (bounds the (rows, V) temporaries)
+
+
+def _kl_rows(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Σ_v p_v (log p_v − log q_v) per row of (T, V) log-probs, ``_ROWS`` rows at a time;
+    entries with p_v = 0 contribute nothing."""
+    out = torch.empty(ref_logp.shape[0], dtype=ref_logp.dtype, device=ref_logp.device)
+    for a in range(0, ref_logp.shape[0], _ROWS):
+        r = ref_logp[a : a + _ROWS]
+        p = r.exp()
+        out[a : a + _ROWS] = torch.where(p > 0, p * (r - logp[a : a + _ROWS]), 0.0).sum(-1)
+    return out
+
+
 def score_cached(
     logp: torch.Tensor, ref: ReferenceWindow, target: torch.Tensor, acc: ScoreSink
 ) -> None:
@@ -421,8 +435,6 @@ def score_cached(
     ref_logp = ref.logp.to(device)
     lp_target = logp.gather(1, target.to(device)[:, None])[:, 0]
     acc.nll.append(-lp_target)
-    ref_p = ref_logp.exp()
-    terms = torch.where(ref_p > 0, ref_p * (ref_logp - logp), 0.0)
-    acc.kl.append(terms.sum(-1).clamp_min_(0.0))
+    acc.kl.append(_kl_rows(ref_logp, logp).clamp_min_(0.0))
     acc.agree.append(ref.argmax.to(device) == logp.argmax(-1))
     acc.dp.append(lp_target.exp() - ref.target_logp.to(device).exp())

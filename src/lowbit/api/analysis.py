@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lowbit.errors import ConfigError
 from lowbit.plan import LayerSpec, Plan
 
 if TYPE_CHECKING:
+    from lowbit.allocation import Budget
+    from lowbit.allocation.solve import Allocation
+    from lowbit.api.core import Windows
+    from lowbit.models.sources import ModelHandle
     from lowbit.runtime import Runtime
+    from lowbit.sensitivity import Entry, SensitivityTable
+    from lowbit.sensitivity.probe import ProbeConfig
 
 
 def sensitivity(
-    handle: Any,
+    handle: ModelHandle,
     menu: tuple[LayerSpec, ...],
-    calib: Any,  # lowbit.api.Windows
-    probe: Any = None,
+    calib: Windows,
+    probe: ProbeConfig | None = None,
     *,
     rt: Runtime | None = None,
-    done: dict | None = None,
-    on_block: Any = None,
-    progress: Any = None,
-) -> Any:
+    done: dict[tuple[str, int], Entry] | None = None,
+    on_block: Callable[[int, list[Entry]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SensitivityTable:
     """Sensitivity table of every linear layer of ``handle`` to each spec of ``menu``, on
     ``rt`` (default: :func:`runtime`) one block at a time."""
     from lowbit.api.core import runtime
@@ -40,7 +47,7 @@ def sensitivity(
     )
 
 
-def load_table(path: Path, handle: Any | None = None) -> Any:
+def load_table(path: Path, handle: ModelHandle | None = None) -> SensitivityTable:
     """A saved sensitivity table; with ``handle``, checked to be of that model."""
     from lowbit.sensitivity import SensitivityTable
 
@@ -51,14 +58,14 @@ def load_table(path: Path, handle: Any | None = None) -> Any:
 
 
 def allocate(
-    table: Any,
-    budget: Any,
+    table: SensitivityTable,
+    budget: Budget,
     *,
     method: str = "exact",
     metric: str = "kl",
     fuse: bool = True,
     pins: dict[str, int] | None = None,
-) -> tuple[Any, Plan]:
+) -> tuple[Allocation, Plan]:
     """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``)
     or ``llamacpp`` (the llama.cpp-style mix that spends the most within the budget)."""
     from lowbit.allocation import build_problem, solve_exact

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lowbit.errors import ConfigError
 from lowbit.plan import Plan
 
+if TYPE_CHECKING:
+    from lowbit.models.sources import ModelHandle
+    from lowbit.perf.estimate import Estimate, Layout
+    from lowbit.perf.hardware import Hardware
+    from lowbit.perf.operators import Precision
+    from lowbit.perf.shape import ModelShape
 
-def model_config(source: str) -> Any:
+# a model configuration: a transformers PretrainedConfig or the dict of a config.json
+ModelConfig = object
+
+
+def model_config(source: str) -> ModelConfig:
     """A model's config alone: a ``config.json`` file, a directory holding one (weights are not
     needed), or any model source ``load`` accepts."""
     import json
@@ -28,16 +38,16 @@ def model_config(source: str) -> Any:
 
 
 def estimate_performance(
-    config: Any,
+    config: ModelConfig,
     plan: Plan | None,
-    hardware: Any,
-    layout: Any,
+    hardware: Hardware | str,
+    layout: Layout,
     *,
     dense_bits: int = 16,
     act_bits: int | None = None,
     kv_bits: int | None = None,
     compute: str | None = None,
-) -> tuple[Any, Any, Any, Any]:
+) -> tuple[ModelShape, Precision, Hardware, Estimate]:
     """(shape, precision, hardware, estimate) for ``config`` under ``plan`` on ``hardware``
     (a datasheet name from ``lowbit ls hardware``, or ``this`` to measure the current device)."""
     from lowbit.perf.estimate import estimate
@@ -61,7 +71,7 @@ def estimate_performance(
     return shape, prec, hw, estimate(shape, prec, hw, layout)
 
 
-def this_machine_for(handle: Any) -> Any:
+def this_machine_for(handle: ModelHandle) -> Hardware:
     """This device's measured roofline, with the eager runtime's fixed cost per operator
     measured on a tiny twin of ``handle``'s architecture."""
     from dataclasses import replace

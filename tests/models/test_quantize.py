@@ -8,8 +8,8 @@ import torch
 from lowbit.algorithms import GPTQConfig, RTNConfig
 from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat, PerGroup
-from lowbit.models.fakequant import apply_weights
 from lowbit.models.capture import capture
+from lowbit.models.fakequant import apply_weights
 from lowbit.models.quantize import PipelineConfig, Propagation, quantize_model
 from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec, Plan, Rule, uniform_plan

@@ -21,7 +21,8 @@ def test_auto_is_the_cpu_in_float32_without_a_gpu():
 
 
 @pytest.mark.parametrize(
-    ("name", "dtype"), [("bf16", torch.bfloat16), ("float16", torch.float16), ("fp32", torch.float32)]
+    ("name", "dtype"),
+    [("bf16", torch.bfloat16), ("float16", torch.float16), ("fp32", torch.float32)],
 )
 def test_dtype_names_and_aliases(name, dtype):
     assert resolve_runtime(RuntimeConfig("cpu", name)).dtype is dtype

@@ -103,7 +103,7 @@ def test_two_pass_uses_the_final_weights_for_every_output(tiny_any):
 def test_hessian_of_a_later_group_sees_the_changed_earlier_group(tiny_llama):
     """True sequential: group 1 (o_proj) statistics are of inputs computed with group 0's new
     weights, not the original ones."""
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_llama)
+    _, block, acts, _, _, groups = _setup(tiny_llama)
     counts = {}
 
     def zero_qkv(g, stat):
@@ -117,7 +117,7 @@ def test_hessian_of_a_later_group_sees_the_changed_earlier_group(tiny_llama):
 
 
 def test_a_spec_that_does_not_match_the_forward_is_an_error(tiny_llama):
-    _, block, acts, hidden, kwargs, groups = _setup(tiny_llama)
+    _, block, acts, _, _, groups = _setup(tiny_llama)
     swapped = [groups[1], groups[0], *groups[2:]]
     with pytest.raises(LowbitError, match="order|never called"):
         run_block_staged(block, _copy(acts), swapped, lambda g, s: None)
@@ -132,7 +132,7 @@ def test_block_list_of_a_wrong_path_is_an_error(tiny_llama):
 
 def test_recompute_equals_staged_bit_for_bit(tiny_any):
     """Bounded-memory true-sequential gives the same statistics and outputs as one pass."""
-    handle, block, acts, _, _, groups = _setup(tiny_any)
+    _, block, acts, _, _, groups = _setup(tiny_any)
     original = {n: m.weight.detach().clone() for g in groups for n, m in g}
     results = {}
     for runner in (run_staged, run_recompute):

@@ -28,7 +28,12 @@ from lowbit.api.core import (
     text_windows,
     write_result,
 )
-from lowbit.api.cost import estimate_performance, model_config, this_machine_for
+from lowbit.api.cost import (
+    estimate_performance,
+    executed_precision,
+    model_config,
+    this_machine_for,
+)
 from lowbit.api.evaluate import (
     evaluate,
     model_view,
@@ -82,6 +87,7 @@ __all__ = [
     "estimate_performance",
     "evaluate",
     "evaluate_tasks",
+    "executed_precision",
     "export",
     "fake_quant_model",
     "finish_save",

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from lowbit.models.sources import ModelHandle
     from lowbit.perf.estimate import Estimate, Layout
     from lowbit.perf.hardware import Hardware
+    from lowbit.perf.measure import Probes
     from lowbit.perf.operators import Precision
     from lowbit.perf.shape import ModelShape
+    from lowbit.runtime import Runtime
 
 # a model configuration: a transformers PretrainedConfig or the dict of a config.json
 ModelConfig = object
@@ -71,15 +73,33 @@ def estimate_performance(
     return shape, prec, hw, estimate(shape, prec, hw, layout)
 
 
-def this_machine_for(handle: ModelHandle) -> Hardware:
-    """This device's measured roofline, with the eager runtime's fixed cost per operator
-    measured on a tiny twin of ``handle``'s architecture."""
+def this_machine_for(
+    handle: ModelHandle, rt: Runtime | None = None, *, probes: Probes | None = None
+) -> Hardware:
+    """The roofline of ``rt``'s device (default: this machine's runtime) measured in its
+    compute dtype, with the eager runtime's fixed cost per operator measured on a tiny twin of
+    ``handle``'s architecture run there in that dtype. ``probes``: the micro-benchmark sizes
+    (:mod:`lowbit.perf.measure`; default: the full ones for the device)."""
     from dataclasses import replace
 
+    from lowbit.api.core import runtime
     from lowbit.models.sources import cache_root
     from lowbit.models.twin import tiny_twin
     from lowbit.perf.measure import this_machine
     from lowbit.perf.profile import operator_overheads
 
-    hw = this_machine(cache_root())
-    return replace(hw, op_overhead=operator_overheads(tiny_twin(handle.config)))
+    rt = rt or runtime()
+    hw = this_machine(cache_root(), device=rt.device, dtype=rt.dtype, probes=probes)
+    twin = tiny_twin(handle.config).to(device=rt.device, dtype=rt.dtype)
+    return replace(hw, op_overhead=operator_overheads(twin))
+
+
+def executed_precision(rt: Runtime) -> dict[str, int | str]:
+    """The performance model's precision for a dense model run on ``rt``: weights,
+    activations and KV cache at the compute dtype's bits, matmuls in it
+    (``estimate_performance`` keywords)."""
+    from lowbit.perf.precision import BITS, compute_of_dtype
+
+    compute = compute_of_dtype(str(rt.dtype).removeprefix("torch."))
+    bits = BITS[compute]
+    return {"dense_bits": bits, "act_bits": bits, "kv_bits": bits, "compute": compute}

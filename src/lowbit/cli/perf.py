@@ -86,10 +86,11 @@ def profile(
     dtype: Dtype = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """Measure prefill and decode of MODEL (fake-quantized under PLAN) on this device and
-    compare each operator with the prediction for this device.
+    """Measure prefill and decode of MODEL (fake-quantized under PLAN) on the chosen device in
+    the chosen dtype and compare each operator with the prediction for that device and dtype.
 
-    Example: lowbit profile smollm2-135m --batch 1 --prompt 128 --gen 32
+    Example: lowbit profile smollm2-135m --batch 1 --prompt 128 --gen 32 --device cuda --dtype
+    bfloat16
     """
     from lowbit.api import Layout, Plan
     from lowbit.workflows.perf import profile_job

@@ -1,5 +1,9 @@
 """ "This machine" as a :class:`Hardware`: matrix-multiply peaks, memory bandwidth and the fixed
-cost of one operator, measured by micro-benchmarks on the current device and cached."""
+cost of one operator, measured by micro-benchmarks on a runtime's device and cached.
+
+The device is the runtime's (``--device``; by default the runtime policy's choice, the first
+GPU, else the CPU); the matrix-vector bandwidth curve and the operator costs are measured in
+the runtime's compute dtype, since a bf16 decode step streams bf16 weights."""
 
 from __future__ import annotations
 
@@ -8,48 +12,64 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowbit.perf.hardware import Hardware
+from lowbit.runtime.policy import device_name, is_gpu, synchronize, total_memory
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-VERSION = 3
+VERSION = 4
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+@dataclass(frozen=True)
+class Probes:
+    """Sizes of the micro-benchmarks: the side of the peak matmul, the sides of the matmul
+    throughput curve, the bytes read for the bandwidth peak, the bytes cycled through for the
+    matrix-vector curve and the sides of its square matrices."""
+
+    matmul: int
+    sides: tuple[int, ...]
+    bandwidth_bytes: int
+    curve_bytes: int
+    curve_sides: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
 
 
-def _best(fn: Any, device: str, repeats: int = 5) -> float:
+GPU_PROBES = Probes(8192, (512, 1024, 2048, 4096, 8192), 1 << 30, 1 << 30)
+CPU_PROBES = Probes(1024, (64, 128, 256, 512, 1024), 256 << 20, 256 << 20)
+QUICK_PROBES = Probes(256, (64, 128, 256), 16 << 20, 16 << 20, (256, 512, 1024))
+"""Small sizes for smoke tests: the figures are rough, the code paths are the full ones."""
+
+
+def _best(fn: Any, device: torch.device, repeats: int = 5) -> float:
     fn()
-    _sync(device)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def matmul_peak(dtype: torch.dtype, device: str, n: int) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int) -> float:
     """FLOP/s of an n × n × n matrix multiply (best of five)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     return 2.0 * n**3 / _best(lambda: torch.mm(a, b), device)
 
 
-def compute_curve(dtype: torch.dtype, device: str, sides: tuple[int, ...]) -> list:
+def compute_curve(dtype: torch.dtype, device: torch.device, sides: tuple[int, ...]) -> list:
     """(FLOPs, FLOP/s) of square matrix multiplies of each side: small ones do not reach the
     peak, and the model's prefill matmuls are of every size."""
     return [(2.0 * n**3, matmul_peak(dtype, device, n)) for n in sides]
 
 
-def bandwidth(device: str, nbytes: int) -> dict[str, float]:
+def bandwidth(device: torch.device, nbytes: int) -> dict[str, float]:
     """Bytes/s reading a large fp32 tensor (a sum) and streaming a matrix through a
     matrix-vector product (what a decode step does with every weight)."""
     n = nbytes // 4
@@ -62,16 +82,22 @@ def bandwidth(device: str, nbytes: int) -> dict[str, float]:
     return {"read": read, "gemv": gemv}
 
 
-def linear_bandwidth_curve(device: str, total: int) -> list[tuple[float, float]]:
+def linear_bandwidth_curve(
+    device: torch.device,
+    total: int,
+    dtype: torch.dtype = torch.float32,
+    sides: tuple[int, ...] = CPU_PROBES.curve_sides,
+) -> list[tuple[float, float]]:
     """(matrix bytes, bytes/s) of a one-row linear layer (a decode step's GEMV) streaming
-    through square fp32 matrices of 256 kB to 64 MB, cycling over ``total`` bytes of them so
+    through square ``dtype`` matrices of each side, cycling over ``total`` bytes of them so
     that no matrix is still in cache when it is read again."""
-    x_cache: dict[int, torch.Tensor] = {}
     curve = []
-    for side in (256, 512, 1024, 2048, 4096):
-        size = side * side * 4
-        mats = [torch.randn(side, side, device=device) for _ in range(max(total // size, 2))]
-        x = x_cache.setdefault(side, torch.randn(1, side, device=device))
+    for side in sides:
+        size = side * side * torch.empty(0, dtype=dtype).element_size()
+        mats = [
+            torch.randn(side, side, device=device).to(dtype) for _ in range(max(total // size, 2))
+        ]
+        x = torch.randn(1, side, device=device).to(dtype)
 
         def stream(mats: list = mats, x: torch.Tensor = x) -> None:
             for W in mats:
@@ -82,11 +108,11 @@ def linear_bandwidth_curve(device: str, total: int) -> list[tuple[float, float]]
     return curve
 
 
-def dispatch_costs(device: str) -> dict[str, float]:
+def dispatch_costs(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Seconds per dispatch of small operators (the mean over the elementwise, reduction and
     view operators a decoder layer runs, on a 1 × 576 tensor) and per module call (a tiny
     ``nn.Linear`` called as a module minus the same call as a function)."""
-    x = torch.randn(1, 576, device=device)
+    x = torch.randn(1, 576, device=device).to(dtype)
     ops = (
         lambda: x.add(1.0),
         lambda: x * x,
@@ -107,7 +133,7 @@ def dispatch_costs(device: str) -> dict[str, float]:
         return run
 
     dispatch = sum(_best(loop(op), device, 3) for op in ops) / (len(ops) * reps)
-    lin = torch.nn.Linear(64, 64, bias=False).to(device)
+    lin = torch.nn.Linear(64, 64, bias=False).to(device=device, dtype=dtype)
     xs = x[:, :64]
     with torch.no_grad():
         module = _best(loop(lambda: lin(xs)), device, 3) / reps
@@ -115,25 +141,39 @@ def dispatch_costs(device: str) -> dict[str, float]:
     return {"dispatch_s": dispatch, "module_s": max(module - bare, 0.0)}
 
 
-def _machine_id(device: str) -> str:
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor()
+def _machine_id(device: torch.device, dtype: torch.dtype, probes: Probes) -> str:
+    name = device_name(device) if is_gpu(device) else platform.processor()
     raw = (
-        f"{VERSION}|{device}|{name}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}"
+        f"{VERSION}|{device}|{name}|{os.cpu_count()}|{torch.get_num_threads()}|"
+        f"{torch.__version__}|{dtype}|{probes}"
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
-def this_machine(cache_dir: Path | None = None, *, refresh: bool = False) -> Hardware:
-    """Measure (or read the cached measurement of) the current device: CUDA when present."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def this_machine(
+    cache_dir: Path | None = None,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    probes: Probes | None = None,
+    refresh: bool = False,
+) -> Hardware:
+    """Measure (or read the cached measurement of) ``device`` (default: the runtime policy's
+    choice) with weights and activations in ``dtype``; ``probes``: the benchmark sizes
+    (default: :data:`GPU_PROBES` on a GPU, :data:`CPU_PROBES` on the CPU)."""
+    if device is None:
+        from lowbit.runtime.policy import resolve_runtime
+
+        device = resolve_runtime().device
+    probes = probes or (GPU_PROBES if is_gpu(device) else CPU_PROBES)
     path = (
         (cache_dir or Path.home() / ".cache" / "lowbit")
         / "hardware"
-        / f"{_machine_id(device)}.json"
+        / f"{_machine_id(device, dtype, probes)}.json"
     )
     if path.is_file() and not refresh:
         return _hardware(json.loads(path.read_text()))
-    data = _measure(device)
+    data = _measure(device, dtype, probes)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
     tmp.write_text(json.dumps(data, indent=2))
@@ -141,34 +181,34 @@ def this_machine(cache_dir: Path | None = None, *, refresh: bool = False) -> Har
     return _hardware(data)
 
 
-def _measure(device: str) -> dict[str, Any]:
-    gpu = device.startswith("cuda")
-    n = 8192 if gpu else 1024
-    peaks = {k: matmul_peak(dt, device, n) for k, dt in _DTYPES.items() if gpu or k != "fp16"}
-    sides = (512, 1024, 2048, 4096, 8192) if gpu else (64, 128, 256, 512, 1024)
-    curves = {k: compute_curve(_DTYPES[k], device, sides) for k in ("fp32", "bf16") if k in peaks}
+def _measure(device: torch.device, dtype: torch.dtype, probes: Probes) -> dict[str, Any]:
+    gpu = is_gpu(device)
+    kinds = [k for k in _DTYPES if gpu or k != "fp16"]  # CPUs have no fast fp16 matmul
+    peaks = {k: matmul_peak(_DTYPES[k], device, probes.matmul) for k in kinds}
+    curves = {k: compute_curve(_DTYPES[k], device, probes.sides) for k in kinds}
     for k, curve in curves.items():
         peaks[k] = max(peaks[k], *(y for _, y in curve))
-    bw = bandwidth(device, (1 << 30) if gpu else (256 << 20))
-    if gpu:
-        name, memory = (
-            torch.cuda.get_device_name(0),
-            torch.cuda.get_device_properties(0).total_memory,
-        )
-    else:
-        import psutil
-
-        name, memory = platform.processor() or platform.machine(), psutil.virtual_memory().total
+    bw = bandwidth(device, probes.bandwidth_bytes)
+    name = device_name(device) if gpu else platform.processor() or platform.machine()
+    curve = linear_bandwidth_curve(device, probes.curve_bytes, dtype, probes.curve_sides)
     return {
         "name": f"this machine ({name}, {device}, {torch.get_num_threads()} threads)",
-        "memory_bytes": float(memory),
+        "memory_bytes": float(total_memory(device)),
         "peaks": peaks,
         "bandwidth": max(bw.values()),
         "bandwidth_kernels": bw,
-        **dispatch_costs(device),
+        **dispatch_costs(device, dtype),
         "compute_curves": curves,
-        "bandwidth_curve": linear_bandwidth_curve(device, (1 << 30) if gpu else (256 << 20)),
-        "device": device,
+        "bandwidth_curve": curve,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "probes": {
+            "matmul": probes.matmul,
+            "sides": list(probes.sides),
+            "bandwidth_bytes": probes.bandwidth_bytes,
+            "curve_bytes": probes.curve_bytes,
+            "curve_sides": list(probes.curve_sides),
+        },
         "measured_unix": time.time(),
     }
 
@@ -187,5 +227,9 @@ def _hardware(d: dict[str, Any]) -> Hardware:
         bandwidth_curve=tuple(tuple(p) for p in d["bandwidth_curve"]),
         compute_curves={k: tuple(tuple(p) for p in v) for k, v in d["compute_curves"].items()},
         sources=("measured by lowbit.perf.measure",),
-        extra={"bandwidth_kernels": d["bandwidth_kernels"], "device": d["device"]},
+        extra={
+            "bandwidth_kernels": d["bandwidth_kernels"],
+            "device": d["device"],
+            "dtype": d.get("dtype", "float32"),
+        },
     )

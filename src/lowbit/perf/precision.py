@@ -8,6 +8,16 @@ from lowbit.perf.shape import ModelShape
 from lowbit.plan import Plan
 
 BITS = {"fp32": 32, "tf32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "fp4": 4}
+_COMPUTE_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def compute_of_dtype(dtype: str) -> str:
+    """The performance model's name of a runtime compute dtype (``bfloat16`` → ``bf16``)."""
+    if dtype not in _COMPUTE_OF_DTYPE:
+        raise ConfigError(
+            f"no performance-model dtype for {dtype!r}; use one of {', '.join(_COMPUTE_OF_DTYPE)}"
+        )
+    return _COMPUTE_OF_DTYPE[dtype]
 
 
 def precision_for(

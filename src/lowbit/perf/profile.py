@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from lowbit.runtime.policy import is_gpu, synchronize
+
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -47,7 +49,7 @@ def category(name: str, module: torch.nn.Module) -> str | None:
 class _Timer:
     """Inclusive times per module via forward hooks, turned into own times per category."""
 
-    def __init__(self, model: torch.nn.Module, device: str) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         self.device = device
         self.mods = {n: m for n, m in model.named_modules() if category(n, m) is not None}
         self.inclusive: dict[str, float] = defaultdict(float)
@@ -58,8 +60,7 @@ class _Timer:
             self.handles.append(m.register_forward_hook(self._post(n)))
 
     def _now(self) -> float:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(self.device)
         return time.perf_counter()
 
     def _pre(self, name: str) -> Any:
@@ -99,13 +100,18 @@ def profile(
     cache; the last position's logits only (as serving engines compute). Times: the median of
     three prefills, and the mean decode step; then one hooked pass of each for the per-operator
     split (hooks add a little time, so the end-to-end figures come from unhooked passes)."""
-    device = str(next(model.parameters()).device)
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, prompt), generator=g).to(device)
     step_ids = torch.randint(0, vocab, (batch, 1), generator=g).to(device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def sync() -> None:
+        synchronize(device)
+
     with torch.no_grad():
-        model(ids, use_cache=True, logits_to_keep=1)  # warm-up
+        warm = model(ids, use_cache=True, logits_to_keep=1)  # warm-up: prefill and one step
+        model(step_ids, past_key_values=warm.past_key_values, use_cache=True, logits_to_keep=1)
+        del warm
         times = []
         for _ in range(3):
             sync()
@@ -125,7 +131,7 @@ def profile(
     return Measured(sorted(times)[1], decode, steps, prefill_ops, decode_ops, top)
 
 
-def _split(model: Any, ids: torch.Tensor, step_ids: torch.Tensor, device: str) -> tuple:
+def _split(model: Any, ids: torch.Tensor, step_ids: torch.Tensor, device: torch.device) -> tuple:
     timer = _Timer(model, device)
     try:
         out = model(ids, use_cache=True, logits_to_keep=1)
@@ -138,11 +144,13 @@ def _split(model: Any, ids: torch.Tensor, step_ids: torch.Tensor, device: str) -
     return prefill, decode, _top_aten(model, step_ids, out.past_key_values, device)
 
 
-def _top_aten(model: Any, step_ids: torch.Tensor, past: Any, device: str, n: int = 12) -> list:
+def _top_aten(
+    model: Any, step_ids: torch.Tensor, past: Any, device: torch.device, n: int = 12
+) -> list:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if is_gpu(device) else [])
     with torch_profile(activities=acts) as prof:
         model(step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]

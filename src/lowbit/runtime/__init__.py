@@ -1,7 +1,8 @@
 """The execution core: the device and dtype policy, and the one block runner every stage uses.
 
-``RuntimeConfig`` (no torch) is imported eagerly; ``Runtime``, ``resolve_runtime`` and
-``cgroup_headroom`` load torch and are imported on first use.
+``RuntimeConfig`` (no torch) is imported eagerly; ``Runtime``, ``resolve_runtime``,
+``cgroup_headroom`` and the device helpers (``device_name``, ``is_gpu``, ``synchronize``,
+``total_memory``) load torch and are imported on first use.
 """
 
 from __future__ import annotations
@@ -11,13 +12,32 @@ from typing import TYPE_CHECKING, Any
 from lowbit.runtime.config import Offload, RuntimeConfig
 
 if TYPE_CHECKING:
-    from lowbit.runtime.policy import Runtime, cgroup_headroom, resolve_runtime
+    from lowbit.runtime.policy import (
+        Runtime,
+        cgroup_headroom,
+        device_name,
+        is_gpu,
+        resolve_runtime,
+        synchronize,
+        total_memory,
+    )
 
-__all__ = ["Offload", "Runtime", "RuntimeConfig", "cgroup_headroom", "resolve_runtime"]
+__all__ = [
+    "Offload",
+    "Runtime",
+    "RuntimeConfig",
+    "cgroup_headroom",
+    "device_name",
+    "is_gpu",
+    "resolve_runtime",
+    "synchronize",
+    "total_memory",
+]
+_POLICY = frozenset(__all__) - {"Offload", "RuntimeConfig"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Runtime", "resolve_runtime", "cgroup_headroom"):
+    if name in _POLICY:
         from lowbit.runtime import policy
 
         return getattr(policy, name)

@@ -127,6 +127,27 @@ def _check_dtype(device: torch.device, dtype: torch.dtype) -> None:
         ) from exc
 
 
+def is_gpu(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU (work is queued, so timings need :func:`synchronize`)."""
+    return device.type == "cuda"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (nothing to wait for on the CPU), so
+    that wall-clock timings measure the work rather than its launch."""
+    if is_gpu(device):
+        torch.cuda.synchronize(device)
+
+
+def total_memory(device: torch.device) -> int:
+    """Bytes of memory ``device`` has in all (the GPU's, or the machine's RAM)."""
+    if is_gpu(device):
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

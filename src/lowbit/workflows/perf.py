@@ -12,6 +12,7 @@ from rich.table import Table
 from lowbit import api
 from lowbit.plan import Plan
 from lowbit.report.console import console
+from lowbit.runtime import RuntimeConfig
 
 # predicted operator → the measured category it is compared with
 CATEGORY = {
@@ -145,26 +146,31 @@ def profile_job(
     plan: Plan | None,
     layout: Any,
     out: Path,
-    rt: Any = None,
+    rt: RuntimeConfig | None = None,
     *,
     calib: api.TextConfig | None = None,
+    probes: Any = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Measure ``model`` (fake-quantized under ``plan`` if given) on this device and compare
-    with the prediction for this device's measured roofline (weights as executed: dense fp32)."""
+    """Measure ``model`` (fake-quantized under ``plan`` if given) on ``rt``'s device in its
+    compute dtype (``--device``/``--dtype``) and compare with the prediction for that device's
+    measured roofline, weights as executed: dense, at the compute dtype's bits (fp32: 32,
+    bf16 and fp16: 16, for weights, activations and the KV cache alike). ``probes``: the
+    roofline micro-benchmarks' sizes (:mod:`lowbit.perf.measure`; default: full)."""
     from lowbit.perf.profile import profile
 
     api.check_outputs(out, out.with_suffix(".html"), overwrite=overwrite)
     handle = api.load(model)
     runtime = api.runtime(rt)
     dense = _dense_model(handle, plan, calib, runtime)
-    bits = {"dense_bits": 32, "act_bits": 32, "kv_bits": 32}
+    executed = api.executed_precision(runtime)
     layout = replace(layout, runtime="eager")  # what runs here: transformers in eager PyTorch
     shape, _, hw, est = api.estimate_performance(
-        handle.config, None, api.this_machine_for(handle), layout, compute="fp32", **bits
-    )
+        handle.config, None, api.this_machine_for(handle, runtime, probes=probes), layout,
+        **executed,
+    )  # fmt: skip
     console.print(
-        f"measuring {model} on {hw.name}: batch {layout.batch}, "
+        f"measuring {model} on {hw.name} in {executed['compute']}: batch {layout.batch}, "
         f"prompt {layout.prompt}, gen {layout.gen}"
     )
     measured = profile(
@@ -175,6 +181,9 @@ def profile_job(
         "model": model,
         "plan": None if plan is None else plan.to_dict(),
         "hardware": hw.to_dict(),
+        "runtime": runtime.describe(),
+        "compute": executed["compute"],
+        "bits": {k: v for k, v in executed.items() if k != "compute"},
         "layout": asdict(layout),
         "end_to_end": _end_to_end(est, measured),
         "comparison": {

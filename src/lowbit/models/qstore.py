@@ -125,9 +125,13 @@ class QuantizedLayers(Mapping[str, QuantizedWeight]):
         return store
 
     def __getitem__(self, name: str) -> QuantizedWeight:
+        return self.unpacked(name)
+
+    def unpacked(self, name: str, device: torch.device | None = None) -> QuantizedWeight:
+        """Layer ``name`` unpacked on ``device`` (None: the CPU, where the packed bytes are)."""
         layout = self.layouts[name]
         check = name in self._file and name not in self._checked
-        qw = _unpack(name, layout, self.packed(name), check=check)
+        qw = _unpack(name, layout, self.packed(name), device, check=check)
         self._checked.add(name)
         return qw
 
@@ -165,12 +169,18 @@ class QuantizedLayers(Mapping[str, QuantizedWeight]):
         return layout.n_bits if layout.n_bits >= 0 else self[name].n_bits()
 
     def dequantized(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The dense weight of layer ``name`` as evaluation uses it, on ``device``."""
-        return self[name].dequantize().to(device=device, dtype=dtype)
+        """The dense weight of layer ``name`` as evaluation uses it, unpacked and dequantized
+        on ``device``."""
+        return self.unpacked(name, device).dequantize().to(dtype=dtype)
 
 
 def _unpack(
-    name: str, layout: LayerLayout, tensors: dict[str, torch.Tensor], *, check: bool
+    name: str,
+    layout: LayerLayout,
+    tensors: dict[str, torch.Tensor],
+    device: torch.device | None,
+    *,
+    check: bool,
 ) -> QuantizedWeight:
     fmt, gran = layout.spec.fmt, layout.spec.granularity
     out_f, in_f = layout.shape
@@ -183,7 +193,7 @@ def _unpack(
     if isinstance(fmt, NVFP4Format) and "tensor_scale" not in tensors:
         raise ArtefactError(f"layer {name}: the NVFP4 tensor scale is missing")
     try:
-        qw = unpack_weight(tensors, fmt, gran, (out_f, in_f))
+        qw = unpack_weight(tensors, fmt, gran, (out_f, in_f), device)
         if check:
             qw.dequantize()  # shapes of codes, scales and tables must fit the layer
     except (ValueError, RuntimeError, IndexError) as exc:

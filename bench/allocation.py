@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "allocation"
 LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
@@ -130,7 +132,7 @@ def main() -> None:
         for g in (64, 128):
             cmd += ["--uniform-group", str(g)]
         record["pareto"] = run(cmd)
-    (OUT / f"bench-{int(time.time())}.json").write_text(json.dumps(record, indent=1))
+    record = write_result(OUT / f"bench-{int(time.time())}.json", record)
     print(json.dumps(record, indent=1))
 
 

@@ -6,10 +6,14 @@ Protocol: WikiText-2 raw test, ctx 512, first 40 windows, against the fp32 model
 windows of 512 tokens drawn (seed 0) from wiki.valid.tokens: `--calib-windows` for the table
 (default 128, the spine's), and always 128 for the 3-bit comparison of GPTQ, AWQ and SqueezeLLM
 with RTN. A configuration stored with any number of calibration windows is not run again
-unless named in `--only`. Each finished batch is stored at once in
-bench/results/formats/formats.json, so an interrupted run resumes where it stopped.
+unless named in `--only`. Each configuration is quantized and then evaluated on its own (one
+model in memory) against the reference's log-probabilities, computed once and cached under
+$LOWBIT_CACHE/references. Each finished batch of `--batch` configurations is
+stored at once in bench/results/formats/formats.json (each row with the command, commit and
+machine that measured it), so an interrupted run resumes where it stopped.
 
 Usage: .venv/bin/python bench/formats.py [--calib-windows N] [--only NAME ...] [--batch K]
+(`--eval-windows N` and `--store FILE` for a smoke test apart from the stored rows)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+from common import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "formats"
@@ -97,8 +103,9 @@ PRIORITY = tuple(f"{a} {f}" for f in ("MXFP4", "NVFP4", "INT4 g32") for a in ("R
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calib-windows", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=40, help="40: the protocol")
     parser.add_argument("--only", nargs="*", default=None)
-    parser.add_argument("--batch", type=int, default=6, help="configs evaluated together")
+    parser.add_argument("--batch", type=int, default=6, help="configs between two stores")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--store", default="formats.json", help="results file in OUT")
     parser.add_argument("--table", action="store_true", help="print the stored rows as Markdown")
@@ -118,7 +125,7 @@ def main() -> None:
     store = OUT / args.store
     done = json.loads(store.read_text()) if store.is_file() else {}
     handle = api.load("smollm2-135m")
-    test = api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 512, 40)
+    test = api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 512, args.eval_windows)
     windows = api.text_windows(handle, test, calibration=False)
     valid = str(data / "wikitext-2" / "wiki.valid.tokens")
     calib = {
@@ -144,34 +151,38 @@ def main() -> None:
 
 
 def run_batch(api, handle, windows, calib, batch: dict, done: dict, store: Path) -> None:
-    """Quantize each config of ``batch``, then evaluate them together (one reference pass)."""
-    models, rows = {}, {}
+    """Quantize each config of ``batch`` and evaluate it at once (one model in memory: the
+    fake-quantized view, read block by block) against the reference's log-probabilities,
+    computed once and cached (under $LOWBIT_CACHE/references); store the batch."""
+    rt = api.runtime()
+    reference = api.model_view(handle)
     for key, (part, plan, n_calib) in batch.items():
         print(f"--- {key}", flush=True)
         t0 = time.perf_counter()
-        qm = api.quantize(handle, plan, calib[n_calib])
+        qm = api.quantize(handle, plan, calib[n_calib], rt=rt)
         seconds = time.perf_counter() - t0
-        models[key] = api.fake_quant_model(handle, qm)
         fp = api.footprint(handle, qm)
-        rows[key] = {
+        view = api.quantized_view(qm, key)
+        res = api.evaluate(reference, {key: view}, windows, rt)
+        q = res[key]
+        done[key] = {
             "part": part,
             "bits_per_weight_linear": fp.bits_per_weight_linear,
             "bits_per_weight_model": fp.bits_per_weight_model,
             "quantize_s": seconds,
             "calibration_windows": n_calib if plan.needs_calibration() else 0,
-        }
-        del qm
-    res = api.evaluate(handle.load_model(), models, windows)
-    for key, row in rows.items():
-        q = res[key]
-        done[key] = row | {
             "perplexity": q.perplexity,
             "reference_perplexity": res["reference"].perplexity,
             "kl_mean": q.kl["mean"],
             "kl_p99": q.kl["p99"],
             "top1_agreement": q.top1_agreement,
+            "eval_windows": int(windows.ids.shape[0]),
+            "provenance": provenance(),
         }
-        print(key, json.dumps(done[key]), flush=True)
+        print(
+            key, json.dumps({k: v for k, v in done[key].items() if k != "provenance"}), flush=True
+        )
+        del qm, view, res
     store.write_text(json.dumps(done, indent=1))
 
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "perf"
 LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
@@ -111,7 +113,7 @@ def main() -> None:
         record["llm_viewer"] = part_a()
     if "B" in parts:
         record["this_machine"] = part_b()
-    (OUT / "summary.json").write_text(json.dumps(record, indent=2))
+    record = write_result(OUT / "summary.json", record)
     print(json.dumps(record, indent=2))
 
 

@@ -9,10 +9,13 @@ group 64, symmetric. Each quantization runs in its own process so its peak RSS i
 
 Steps: (1) the calibration windows are written to a file both tools read; (2) lowbit quantizes
 (``bench/spine_lowbit.py``); (3) llm-compressor quantizes (``bench/llmcompressor/run_gptq.py``);
-(4) one fp32 pass of the decoder over the calibration set is timed; (5) the reference, lowbit's
-and llm-compressor's models are evaluated with lowbit's evaluator, the evaluation is timed
-against bare forward passes over the same windows, and the reference perplexity is checked
-against an independent evaluator.
+(4) one fp32 pass of the decoder over the calibration set is timed; (5) lowbit's and
+llm-compressor's models are evaluated with lowbit's evaluator, one model in memory at a time,
+layer-wise, against the reference's log-probabilities cached on disk
+(``bench/results/spine-reference.lbref``); the reference's perplexity evaluation alone is timed
+against bare forward passes of the whole model over the same windows, and the reference
+perplexity is checked against an independent evaluator. The result file records the command,
+the commit and the machine.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -39,15 +43,14 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--skip-llmc", action="store_true")
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    from lowbit.evaluation import text as T
-    from lowbit.models.sources import resolve_model
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    from lowbit import api
+    from lowbit.evaluation.text import data_dir
 
-    handle = resolve_model("smollm2-135m")
-    data = T.data_dir()
-    tok = handle.load_tokenizer()
-    valid = T.tokenize(tok, T.load_text(T.FileText(data / "wikitext-2" / "wiki.valid.tokens")))
-    calib = T.calibration_windows(valid, 512, args.calib_windows, 0, "wiki.valid.tokens")
+    handle = api.load("smollm2-135m")
+    data = data_dir()
+    valid = api.TextConfig(str(data / "wikitext-2" / "wiki.valid.tokens"), 512, args.calib_windows)
+    calib = api.text_windows(handle, valid, calibration=True).ids
     calib_file = RESULTS / "calib.safetensors"
     from safetensors.torch import save_file
 
@@ -82,10 +85,10 @@ def main() -> None:
             (RESULTS / "llmc-gptq-w4" / "llmc_result.json").read_text()
         )
     out["decoder_pass_s"] = _decoder_pass(handle, calib)
-    test = T.tokenize(tok, T.load_text(T.FileText(data / "wikitext-2-raw" / "wiki.test.raw")))
-    windows = T.eval_windows(test, 512, args.eval_windows, "wiki.test.raw")
+    test = api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 512, args.eval_windows)
+    windows = api.text_windows(handle, test, calibration=False)
     out["eval"] = _evaluate(handle, windows, skip_llmc=args.skip_llmc)
-    (RESULTS / "spine.json").write_text(json.dumps(out, indent=2))
+    write_result(RESULTS / "spine.json", out)
     _print(out)
 
 
@@ -101,7 +104,8 @@ def _child(cmd: list[str]) -> dict:
 
 
 def _decoder_pass(handle, calib: torch.Tensor) -> float:
-    """One fp32 forward pass of the decoder blocks over every calibration window."""
+    """One fp32 forward pass of the decoder blocks over every calibration window (the whole
+    model in memory: the bare cost quantization is compared with)."""
     model = handle.load_model()
     body = model.get_submodule(handle.arch.blocks_path.rsplit(".", 1)[0])
     t0 = time.perf_counter()
@@ -111,28 +115,34 @@ def _decoder_pass(handle, calib: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def _evaluate(handle, windows: torch.Tensor, *, skip_llmc: bool) -> dict:
-    from transformers import AutoModelForCausalLM
+def _evaluate(handle, windows, *, skip_llmc: bool) -> dict:
+    """The three (or two) quantized models against the reference's cached log-probabilities,
+    one model in memory at a time, layer-wise; then the reference's perplexity alone, bare
+    forward passes of the whole model over the same windows, and the independent evaluator."""
+    from lowbit import api
 
-    from lowbit.evaluation.metrics import evaluate_models
-    from lowbit.models.saving import load_quantized
-
-    ref = handle.load_model()
-    cands = {f"lowbit-{m}": load_quantized(RESULTS / f"lowbit-{m}")[0] for m in MODES}
-    if not skip_llmc:
-        cands["llmcompressor"] = AutoModelForCausalLM.from_pretrained(
-            RESULTS / "llmc-gptq-w4", dtype=torch.float32
-        ).eval()
-    res = {k: v.to_dict() for k, v in evaluate_models(ref, cands, windows).items()}
-    alone = evaluate_models(ref, {}, windows)["reference"]
+    rt = api.runtime()
+    reference = api.model_view(handle)
+    cands = {f"lowbit-{m}": api.view_of(str(RESULTS / f"lowbit-{m}"))[0] for m in MODES}
+    if not skip_llmc:  # compressed-tensors: decompressed once into $LOWBIT_CACHE
+        cands["llmcompressor"] = api.view_of(str(RESULTS / "llmc-gptq-w4"))[0]
+    cache = RESULTS / "spine-reference.lbref"
+    cache.unlink(missing_ok=True)  # so that the reference's own evaluation is timed
+    res = {
+        k: v.to_dict() for k, v in api.evaluate(reference, cands, windows, rt, cache=cache).items()
+    }
+    alone = api.perplexity(reference, windows, rt)
+    model = handle.load_model(rt)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for w in windows:
-            ref(input_ids=w[None], use_cache=False)
+        for w in windows.ids:
+            model(input_ids=w[None], use_cache=False)
     bare = time.perf_counter() - t0
-    res["ppl_eval_alone_s"] = alone.seconds
+    del model
+    res["ppl_eval_alone_s"] = alone.wall_seconds
+    res["ppl_eval_alone_forward_s"] = alone.seconds
     res["bare_forward_s"] = bare
-    res["independent_ppl"] = _independent_ppl(handle.path, windows)
+    res["independent_ppl"] = _independent_ppl(handle.path, windows.ids)
     return res
 
 

@@ -17,11 +17,14 @@ Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M] [--cost-only
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "tasks"
@@ -51,12 +54,15 @@ def parity_and_cost(tasks: tuple[str, ...], limit: int) -> dict:
     from lowbit import api
     from lowbit.evaluation.harness import TaskConfig
     from lowbit.evaluation.samples import record_from_harness
+    from lowbit.runtime import RuntimeConfig
 
     torch.manual_seed(0)
-    handle = api.load("smollm2-135m")
-    model = handle.load_model()
+    rt = api.runtime(RuntimeConfig("cpu", "float32"))  # as the harness side runs
+    model, handle = api.load_for_tasks("smollm2-135m", rt)
     run_ = api.evaluate_tasks(model, handle, TaskConfig(tasks, limit))
     include = run_.info["task_dirs"]
+    del model  # the harness loads its own copy: one model in memory at a time
+    gc.collect()
     direct = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(handle.path), "dtype": "float32", "device": "cpu"},
@@ -83,6 +89,7 @@ def parity_and_cost(tasks: tuple[str, ...], limit: int) -> dict:
             "acc_harness": direct["results"][name]["acc,none"],
             "max_abs_loglik_diff": max_dll,
         }
+    model, _ = api.load_for_tasks("smollm2-135m", rt)
     lm = HFLM(pretrained=model, tokenizer=handle.load_tokenizer())
     return {"parity": parity, "cost": cost(lm, model, handle, tasks, limit, direct["samples"])}
 
@@ -146,7 +153,7 @@ def main() -> None:
     record |= parity_and_cost(MAIN, args.limit)
     print(json.dumps(record, indent=1), flush=True)
     if args.cost_only:
-        (OUT / "cost.json").write_text(json.dumps(record, indent=1))
+        write_result(OUT / "cost.json", record)
         return
     sets = {"main": (",".join(MAIN), args.limit), "mmlu": ("mmlu", args.mmlu_limit)}
     for part, (tasks, limit) in sets.items():
@@ -171,8 +178,8 @@ def main() -> None:
                     k: res[k] for k in ("perplexity", "kl", "top1_agreement", "delta_p")
                 }
         record[name] = entry
-        (OUT / "tasks.json").write_text(json.dumps(record, indent=1))
-    (OUT / "tasks.json").write_text(json.dumps(record, indent=1))
+        write_result(OUT / "tasks.json", record)
+    write_result(OUT / "tasks.json", record)
     print("written", OUT / "tasks.json")
 
 

@@ -2,7 +2,8 @@
 
 After a warm-up run, lowbit's task evaluation and the bare passes (each distinct sequence the
 harness scores, once, length-sorted batches of 16; see `bench/tasks.py`) alternate in one
-process: bare, lowbit, bare, lowbit, bare. Prints the seconds of each run.
+process: bare, lowbit, bare, lowbit, bare, on the CPU in fp32. Prints the seconds of each run
+and writes them to bench/results/tasks/cost-interleaved.json.
 
 Usage: .venv/bin/python bench/tasks_cost.py [--limit N]
 """
@@ -15,22 +16,24 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+OUT = Path(__file__).resolve().parent / "results" / "tasks"
 
 
 def main() -> None:
     import tasks as bench
+    from common import write_result
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     from lowbit import api
     from lowbit.evaluation.harness import TaskConfig
+    from lowbit.runtime import RuntimeConfig
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=25)
     args = parser.parse_args()
-    handle = api.load("smollm2-135m")
-    model = handle.load_model()
+    model, handle = api.load_for_tasks("smollm2-135m", api.runtime(RuntimeConfig("cpu", "float32")))
     cfg = TaskConfig(bench.MAIN, args.limit)
     warm = api.evaluate_tasks(model, handle, cfg)  # warm-up, and the task directories
     direct = simple_evaluate(
@@ -50,7 +53,9 @@ def main() -> None:
         out["lowbit"].append(api.evaluate_tasks(model, handle, cfg).info["seconds"])
     out["bare"].append(bench.bare_forward_seconds(lm, model, direct["samples"])["bare_forward_s"])
     mean = {k: sum(v) / len(v) for k, v in out.items()}
-    print(json.dumps({**out, "ratio_of_means": mean["lowbit"] / mean["bare"]}))
+    record = {"limit": args.limit, **out, "ratio_of_means": mean["lowbit"] / mean["bare"]}
+    write_result(OUT / "cost-interleaved.json", record)
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_gptq(fmt, granularity, act_order):
 def test_gptq_cholesky_falls_back_to_float64_on_the_device(monkeypatch):
     """An fp32 factorisation reported as failed is redone in float64 on H's device."""
     _, _, H = _problem()
-    expected, _ = _inverse_cholesky(H.double(), 0.01)
+    expected, _ = _inverse_cholesky(lambda: H.double(), 0.01)
     cholesky = torch.linalg.cholesky_ex
     dtypes = []
 
@@ -98,7 +98,7 @@ def test_gptq_cholesky_falls_back_to_float64_on_the_device(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "cholesky_ex", fp32_fails)
     with factories_on_meta():
-        U, damp = _inverse_cholesky(H, 0.01)
+        U, damp = _inverse_cholesky(H.clone, 0.01)
     assert dtypes == [torch.float32, torch.float64] and damp == 0.01
     assert U.device == CPU and U.dtype == torch.float32
     torch.testing.assert_close(U, expected, rtol=1e-4, atol=1e-5)

@@ -94,10 +94,13 @@ def test_quantize_and_evaluate_under_a_hard_memory_cap(big_tiny, tmp_path):
         assert int((group / "memory.failcnt").read_text()) >= 0
     finally:
         group.rmdir()
-    assert peak <= CAP
+    assert peak <= CAP  # the cgroup's own peak: everything charged to it, page cache included
     quantized = json.loads((tmp_path / "q.result.json").read_text())
     assert quantized["result"]["execution"]["runtime"]["memory_source"].startswith("cgroup")
-    assert quantized["peak_rss_bytes"] < CAP
+    # the whole model in fp32 (40 blocks × 3.4 M parameters × 4 bytes = 545 MB) beside the
+    # interpreter, torch and transformers (about 450 MB) would not fit under the cap
+    blocks = quantized["result"]["execution"]["needs"]["weights"] * 40
+    assert blocks > CAP - 400 * 2**20
     result = json.loads((tmp_path / "lowbit-eval.json").read_text())["results"]
     assert result["model"]["kl"]["mean"] > 0 and result["reference"]["perplexity"] > 1
 

@@ -16,6 +16,7 @@ Differences from the reference, each on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,38 +48,76 @@ class GPTQResult:
     damp: float
 
 
+@dataclass(frozen=True)
+class GPTQFactor:
+    """What the sweep needs of a Hessian, for one sweep layout: the layout, the upper Cholesky
+    factor ``Hinv`` of the damped inverse in sweep order, the damping used, the dead columns
+    (zero diagonal) and H's diagonal. Linears that read the same input share one H, so they can
+    share one factor (the factorisation is the solve's costliest step after the sweep)."""
+
+    layout: SweepLayout
+    Hinv: torch.Tensor
+    damp: float
+    dead: torch.Tensor
+    diag: torch.Tensor
+
+
+def gptq_factor(H: torch.Tensor, granularity: Granularity, cfg: GPTQConfig) -> GPTQFactor:
+    """Factor ``H`` (in, in) for the sweep of ``granularity`` and ``cfg``'s act-order and
+    damping. Peak memory about 3·in² besides H: the permuted copy is made once, the factor's
+    temporaries are freed as soon as they are used."""
+    H = H.detach()
+    diag = torch.diag(H).float()
+    dead = diag == 0
+    layout = sweep_layout(diag.masked_fill(dead, 1.0), granularity, cfg.act_order)
+    order = layout.order
+
+    def damped_input() -> torch.Tensor:
+        """H in sweep order, fp32, dead columns with a unit diagonal (a fresh copy)."""
+        P = H[order[:, None], order[None, :]] if order is not None else H.clone()
+        P = P.float()
+        d = P.diagonal()
+        d.masked_fill_(dead if order is None else dead[order], 1.0)
+        return P
+
+    Hinv, damp = _inverse_cholesky(damped_input, cfg.damp)
+    return GPTQFactor(layout, Hinv, damp, dead, diag)
+
+
 def gptq_quantize(
-    W: torch.Tensor, H: torch.Tensor, fmt: WeightFormat, granularity: Granularity, cfg: GPTQConfig
+    W: torch.Tensor,
+    H: torch.Tensor,
+    fmt: WeightFormat,
+    granularity: Granularity,
+    cfg: GPTQConfig,
+    factor: GPTQFactor | None = None,
 ) -> GPTQResult:
     """Quantize ``W`` (out, in) given the Hessian ``H`` (in, in) of its inputs, in any format
-    GPTQ takes (:func:`check_gptq_format`)."""
+    GPTQ takes (:func:`check_gptq_format`); ``factor``: ``gptq_factor(H, granularity, cfg)``
+    when already computed for another linear of the same input."""
     check_gptq_format(fmt)
     fmt.check_granularity(granularity)
+    factor = factor or gptq_factor(H, granularity, cfg)
+    layout = factor.layout
     W = W.detach().float().clone()
-    H = H.detach().float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-
-    layout = sweep_layout(torch.diag(H), granularity, cfg.act_order)
+    W[:, factor.dead] = 0.0
     grid: ColumnGrid
     if isinstance(fmt, IntFormat):
         grid = _IntGrid(fmt, W, granularity)
     else:
-        grid = FormatGrid(fmt, W, granularity, torch.diag(H).masked_fill(dead, 0.0))
+        grid = FormatGrid(fmt, W, granularity, factor.diag)
     order = layout.order
     if order is not None:
-        W, H = W[:, order], H[order][:, order]
-    Hinv, damp = _inverse_cholesky(H, cfg.damp)
+        W = W[:, order]
 
-    codes, loss = _sweep(W, Hinv, grid, layout, cfg.block_size)
+    codes, loss = _sweep(W, factor.Hinv, grid, layout, cfg.block_size)
 
     keep_perm = order if layout.saves_perm else None
     if order is not None and keep_perm is None:
         unpermuted = torch.empty_like(codes)
         unpermuted[:, order] = codes
         codes = unpermuted
-    return GPTQResult(weight=grid.weight(codes, keep_perm), loss=loss, damp=damp)
+    return GPTQResult(weight=grid.weight(codes, keep_perm), loss=loss, damp=factor.damp)
 
 
 class ColumnGrid(Protocol):
@@ -235,22 +274,33 @@ def _refresh_group(
         zero[:, g] = z[:, 0]
 
 
-def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹ in fp32.
+def _inverse_cholesky(
+    damped_input: Callable[[], torch.Tensor], damp: float
+) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹ in fp32, ``damped_input()``
+    making a fresh fp32 copy of H for each attempt.
 
     Tries fp32, then float64 (on H's device), then raises the damping tenfold; returns the
-    damping used."""
+    damping used. Each temporary is released as soon as the next exists (peak 3 in²)."""
+    H = damped_input()
     mean_diag = float(torch.diag(H).double().mean())
     for _ in range(8):
         for dtype in (torch.float32, torch.float64):
-            Hd = H.to(dtype, copy=True)
+            Hd = H if H is not None else damped_input()
+            H = None  # the first attempt uses the copy made above; later ones make their own
+            Hd = Hd.to(dtype)
             Hd.diagonal().add_(damp * mean_diag)
             # With J the reversal, J·H·J = L·Lᵀ gives H = R·Rᵀ (R = J·L·J upper), so the upper
             # Cholesky factor of H⁻¹ is R⁻¹ = J·L⁻¹·J: one factorisation and one triangular solve.
-            L, info = torch.linalg.cholesky_ex(Hd.flip(0, 1))
+            flipped = Hd.flip(0, 1)
+            del Hd
+            L, info = torch.linalg.cholesky_ex(flipped)
+            del flipped
             if int(info) == 0:
                 eye = torch.eye(L.shape[0], dtype=dtype, device=L.device)
-                U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+                U = torch.linalg.solve_triangular(L, eye, upper=False)
+                del L, eye
+                U = U.flip(0, 1)
                 if bool(torch.isfinite(U).all()):
                     return U.float(), damp
         damp = max(damp * 10.0, 1e-4)

@@ -10,13 +10,13 @@ config types themselves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lowbit.algorithms.awq import awq_quantize
 from lowbit.algorithms.config import AWQConfig, GPTQConfig, RTNConfig, SqueezeLLMConfig
-from lowbit.algorithms.gptq import gptq_quantize
+from lowbit.algorithms.gptq import gptq_factor, gptq_quantize
 from lowbit.algorithms.rtn import rtn_quantize
 from lowbit.algorithms.squeezellm import squeezellm_quantize
 from lowbit.errors import ConfigError, LowbitError
@@ -27,7 +27,8 @@ from lowbit.formats import Granularity, QuantizedWeight, WeightFormat
 class LayerJob:
     """One weight to quantize: ``W`` (out, in) in its compute dtype on the device, ``H`` the
     fp32 second moment of its inputs (in, in) when calibration ran, ``clip`` whether AWQ's clip
-    search may run on it, ``name`` for errors."""
+    search may run on it, ``name`` for errors. ``shared``: a cache the driver gives every
+    linear of one input group, where handlers keep what depends on H alone (GPTQ's factor)."""
 
     name: str
     W: torch.Tensor
@@ -35,6 +36,7 @@ class LayerJob:
     granularity: Granularity
     H: torch.Tensor | None = None
     clip: bool = True
+    shared: dict[tuple[object, ...], object] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,14 @@ def _rtn(job: LayerJob, cfg: RTNConfig) -> Outcome:  # type: ignore[misc]
 
 @register_handler(GPTQConfig)
 def _gptq(job: LayerJob, cfg: GPTQConfig) -> Outcome:  # type: ignore[misc]
-    out = gptq_quantize(job.W, _hessian(job, "GPTQ"), job.fmt, job.granularity, cfg)
+    H = _hessian(job, "GPTQ")
+    factor = None
+    if job.shared is not None:  # one factorisation for every linear of the group
+        key = ("gptq", job.granularity, cfg.act_order, cfg.damp)
+        factor = job.shared.get(key)
+        if factor is None:
+            factor = job.shared[key] = gptq_factor(H, job.granularity, cfg)
+    out = gptq_quantize(job.W, H, job.fmt, job.granularity, cfg, factor)  # type: ignore[arg-type]
     return Outcome(out.weight, out.loss, out.damp)
 
 

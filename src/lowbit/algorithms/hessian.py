@@ -51,10 +51,17 @@ class HessianAccumulator:
                 S[a0:a1, b0:b1].addmm_(Xa, X[:, b0:b1])
 
     def hessian(self) -> torch.Tensor:
-        """The mean second moment (in, in), symmetric, fp32 on the accumulator's device."""
+        """The mean second moment (in, in), symmetric, fp32 on the accumulator's device: one
+        new in² matrix, its lower block triangle mirrored from the upper one block by block
+        (the same values as ``triu(H) + triu(H, 1).T``, without their temporaries)."""
         if self.count == 0:
             raise ValueError("no inputs were accumulated")
         H = self.sum / self.count
-        if len(self._blocks) >= 2:
-            H = torch.triu(H) + torch.triu(H, diagonal=1).T
+        if len(self._blocks) < 2:
+            return H
+        for i, (a0, a1) in enumerate(self._blocks):
+            diag = H[a0:a1, a0:a1]
+            diag.copy_(torch.triu(diag) + torch.triu(diag, diagonal=1).T)
+            for b0, b1 in self._blocks[i + 1 :]:
+                H[b0:b1, a0:a1] = H[a0:a1, b0:b1].T
         return H

@@ -2,10 +2,11 @@
 
 Estimates, from the model's shapes (no weights are read):
 - ``weights``: the largest block's parameters in the compute dtype;
-- ``statistics``: the fp32 second moment of the widest linear input (in²), two when one
-  group is solved while the next accumulates;
-- ``solver``: GPTQ's fp32 working set on the largest linear (W, its error and codes: 3·out·in;
-  H, its Cholesky factor and inverse: 3·in²);
+- ``statistics``: the fp32 second moment of the widest linear input while it is accumulated
+  and averaged (2·in²);
+- ``solver``: GPTQ's fp32 working set, the largest over the linears: H, its copy in sweep order
+  and the factorisation's two temporaries (4·in²), the weight's copies, codes and errors
+  (4·out·in);
 - ``chunk``: one chunk of windows in flight through the block (per token about 4·hidden +
   2·intermediate values: the residual, the normalised input, attention or MLP products);
 - ``in_flight``: the same for every window at once, which one-pass true-sequential
@@ -34,8 +35,9 @@ class BlockNeeds:
 
     @property
     def one_block(self) -> int:
-        """Bytes to quantize one block with one chunk in flight."""
-        return self.weights + self.statistics + self.solver + self.chunk
+        """Bytes to quantize one block with one chunk in flight (statistics are accumulated,
+        then the solver runs: the two do not coexist)."""
+        return self.weights + max(self.statistics, self.solver) + self.chunk
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "one_block": self.one_block}
@@ -51,12 +53,11 @@ def block_needs(
         tuple(m.weight.shape) for b in blocks for m in b.modules() if isinstance(m, nn.Linear)
     ]
     widest = max((s[1] for s in shapes), default=0)
-    largest = max(shapes, key=lambda s: s[0] * s[1], default=(0, 0))
     per_token = _per_token_values(blocks[0], shapes) * elt
     return BlockNeeds(
         weights=weights,
         statistics=2 * widest * widest * 4,
-        solver=(3 * largest[0] * largest[1] + 3 * largest[1] ** 2) * 4,
+        solver=max((4 * i * i + 4 * o * i for o, i in shapes), default=0) * 4,
         chunk=per_token * chunk_tokens,
         in_flight=per_token * total_tokens,
     )
@@ -74,14 +75,16 @@ def _element_size(runtime: Runtime) -> int:
     return torch.empty(0, dtype=runtime.dtype).element_size()
 
 
-def check_fits(needs: int, runtime: Runtime, what: str, breakdown: dict[str, int]) -> None:
-    """Refuse before any work when ``needs`` bytes exceed the runtime's memory."""
-    if needs <= runtime.memory:
-        return
+def check_fits(needs: int, runtime: Runtime, what: str, breakdown: dict[str, int]) -> int:
+    """Refuse before any work when ``needs`` bytes exceed what the runtime has left now;
+    returns that headroom."""
+    free, source = runtime.headroom()
+    if needs <= free:
+        return free
     parts = ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in breakdown.items())
     raise ConfigError(
         f"{what} needs about {needs / 2**30:.2f} GiB for one block ({parts}), but "
-        f"{runtime.memory / 2**30:.2f} GiB is available on {runtime.device} "
-        f"({runtime.memory_source}); give it more memory (a larger --max-memory or cgroup "
-        "limit, or a bigger device), fewer windows per chunk (--chunk-size), or a shorter --ctx"
+        f"{free / 2**30:.2f} GiB is available on {runtime.device} ({source}); give it more "
+        "memory (a larger --max-memory or cgroup limit, or a bigger device), fewer windows per "
+        "chunk (--chunk-size), or a shorter --ctx"
     )

@@ -245,8 +245,10 @@ def _calibrated(
 
         def on_group(g: int) -> None:
             H = stats.pop(g).hessian()
+            shared: dict[tuple[object, ...], object] = {}  # e.g. GPTQ's factor of H
             for name, module in groups[g]:
-                _quantize_layer(name, module, specs[name], H, result, clip=name not in no_clip)
+                clip = name not in no_clip
+                _quantize_layer(name, module, specs[name], H, result, clip=clip, shared=shared)
 
         outputs = run(block, inputs, groups, observe, on_group)
         result.layers.flush(block_shard(i))
@@ -267,18 +269,20 @@ def _plan_execution(
         block_list(lazy.model, lazy.arch.blocks_path), runtime, chunk_tokens, n * ctx
     )
     hidden_bytes = 2 * n * ctx * int(lazy.model.config.hidden_size) * _elt(runtime)
-    check_fits(
-        needs.one_block,
+    on_cpu = hidden_bytes if runtime.on_cpu else 0  # else offloaded when they do not fit
+    free = check_fits(
+        needs.one_block + on_cpu,
         runtime,
         f"quantizing {lazy.where}",
-        {"weights": needs.weights, "statistics": needs.statistics, "solver": needs.solver,
-         "one chunk of activations": needs.chunk},
+        {"weights": needs.weights, "statistics and solver": max(needs.statistics, needs.solver),
+         "one chunk of activations": needs.chunk, "every window's block inputs and outputs":
+         on_cpu},
     )  # fmt: skip
     home = runtime.activations_device(hidden_bytes, needs.one_block)
     resident = hidden_bytes if home == runtime.device else 0
     if pipeline.propagation is Propagation.TWO_PASS:
         strategy = Strategy.TWO_PASS
-    elif needs.one_block + needs.in_flight + resident <= runtime.memory:
+    elif needs.one_block + needs.in_flight + resident <= free:
         strategy = Strategy.STAGED
     else:
         strategy = Strategy.RECOMPUTE
@@ -287,6 +291,7 @@ def _plan_execution(
         activations=str(home),
         activation_bytes=hidden_bytes,
         needs=needs.to_dict(),
+        memory_available=free,
     )
     return strategy, home
 
@@ -323,6 +328,7 @@ def _quantize_layer(
     result: _Result,
     *,
     clip: bool = True,
+    shared: dict[tuple[object, ...], object] | None = None,
 ) -> None:
     t0 = time.perf_counter()
     W = module.weight.data
@@ -333,7 +339,7 @@ def _quantize_layer(
         bits = float(W.element_size() * 8)
         result.reports.append(LayerReport(name, f"kept ({_dtype_name(W)})", shape, bits, 0.0))
         return
-    out = quantize_weight(name, W, spec, H, clip=clip)
+    out = quantize_weight(name, W, spec, H, clip=clip, shared=shared)
     module.weight.data = out.weight.dequantize().to(W.dtype)
     result.layers.add(name, out.weight)
     result.reports.append(
@@ -355,7 +361,13 @@ def _dtype_name(W: torch.Tensor) -> str:
 
 
 def quantize_weight(
-    name: str, W: torch.Tensor, spec: LayerSpec, H: torch.Tensor | None, *, clip: bool = True
+    name: str,
+    W: torch.Tensor,
+    spec: LayerSpec,
+    H: torch.Tensor | None,
+    *,
+    clip: bool = True,
+    shared: dict[tuple[object, ...], object] | None = None,
 ) -> Any:
     """Quantize ``W`` (out, in) as ``spec`` says with the handler registered for its algorithm
     (``H`` (in, in): the fp32 second moment of its inputs); returns the handler's Outcome."""

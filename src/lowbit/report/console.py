@@ -24,7 +24,12 @@ console = Console(stderr=True)
 def progress_bar(
     description: str, total: int | None = None
 ) -> Iterator[Callable[[int, int], None]]:
-    """Yield a callback ``update(done, total)`` that drives one progress bar."""
+    """Yield a callback ``update(done, total)`` that drives one progress bar; without a
+    terminal (a log file, a batch job), plain lines at each tenth and at the end instead, so a
+    log shows how far a job got."""
+    if not console.is_terminal:
+        yield _plain_lines(description)
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,6 +44,21 @@ def progress_bar(
             progress.update(task, completed=done, total=total_)
 
         yield update
+
+
+def _plain_lines(description: str) -> Callable[[int, int], None]:
+    import time
+
+    start, shown = time.perf_counter(), [-1]
+
+    def update(done: int, total: int) -> None:
+        step = max(total // 10, 1)
+        if done == total or done // step > shown[0]:
+            shown[0] = done // step
+            elapsed = time.perf_counter() - start
+            console.print(f"{description}: {done}/{total} ({elapsed:.0f} s)", highlight=False)
+
+    return update
 
 
 def results_table(rows: list[dict[str, Any]], title: str) -> Table:

@@ -28,3 +28,22 @@ def fix_mmap_threshold() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_BYTES))
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return None if name is None else ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def trim() -> None:
+    """Return the C heap's free pages to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+    Called after each block: small tensors freed there otherwise stay in the heap, about 50 MiB
+    a block measured on a 1.6 B model on the CPU."""
+    libc = _libc()
+    trim_fn = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim_fn is not None:
+        trim_fn(0)

@@ -38,17 +38,31 @@ _CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class Runtime:
-    """A resolved policy: compute on ``device`` in ``dtype``; ``memory`` bytes usable there."""
+    """A resolved policy: compute on ``device`` in ``dtype``; ``memory`` bytes were usable there
+    when it was resolved (:meth:`headroom` reads it again); ``max_memory``: the user's cap on
+    what this process uses there."""
 
     device: torch.device
     dtype: torch.dtype
     offload: Offload
     memory: int
     memory_source: str
+    max_memory: int | None = None
 
     @property
     def on_cpu(self) -> bool:
         return self.device.type == _CPU.type
+
+    def headroom(self) -> tuple[int, str]:
+        """(bytes this process may still take on the device now, where the figure comes
+        from): what is free there (on a CPU, the available RAM or what the cgroup limit
+        leaves), lowered to ``max_memory`` less what this process already uses."""
+        free, source = _free_memory(self.device)
+        if self.max_memory is not None:
+            cap = max(self.max_memory - _used(self.device), 0)
+            if cap < free:
+                return cap, "--max-memory less what this process uses"
+        return free, source
 
     def activations_device(self, nbytes: int, reserved: int) -> torch.device:
         """Where ``nbytes`` of activations live when ``reserved`` bytes go to one block."""
@@ -56,7 +70,7 @@ class Runtime:
             return _CPU
         if self.offload is Offload.DEVICE or self.on_cpu:
             return self.device
-        return self.device if nbytes + reserved <= self.memory else _CPU
+        return self.device if nbytes + reserved <= self.headroom()[0] else _CPU
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -79,7 +93,7 @@ def resolve_runtime(cfg: RuntimeConfig | None = None) -> Runtime:
     memory, source = _free_memory(device)
     if cfg.max_memory is not None and cfg.max_memory < memory:
         memory, source = cfg.max_memory, "--max-memory"
-    return Runtime(device, dtype, cfg.offload, memory, source)
+    return Runtime(device, dtype, cfg.offload, memory, source, cfg.max_memory)
 
 
 def _device(name: str) -> torch.device:
@@ -165,6 +179,15 @@ def _free_memory(device: torch.device) -> tuple[int, str]:
     if cgroup is not None and cgroup < available:
         return cgroup, "cgroup memory limit less current usage"
     return available, "available RAM"
+
+
+def _used(device: torch.device) -> int:
+    """Bytes this process holds on ``device`` (resident memory on the CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 _CGROUPS = (  # (root, is this hierarchy's line, limit file, usage file): v2, then v1

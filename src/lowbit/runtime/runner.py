@@ -25,6 +25,7 @@ from greenlet import greenlet
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.runtime.memory import trim
 
 Group = Sequence[tuple[str, nn.Module]]
 Observe = Callable[[int, torch.Tensor], None]  # (group index, its input (..., in))
@@ -99,6 +100,7 @@ def for_each_block(
             acts = stage(i, block, acts)
         finally:
             store.release(i)
+            trim()
         if progress:
             progress(i + 1, n)
     return acts

@@ -293,9 +293,11 @@ class _Run:
         probe_in = self.recorded.probe.pop(i, None)
         rows: list[_Row] = []
         outputs: list[torch.Tensor] = []
+        factors: dict[int, dict[tuple[object, ...], object]] = {}  # per shared H: GPTQ factors
         for info in infos:
             F = None if fisher is None else fisher[info.module]
-            layer_rows, weights = _quantize_layer(info, block, self.menu, hessians, F)
+            shared = factors.setdefault(id(hessians[info.module]), {})
+            layer_rows, weights = _quantize_layer(info, block, self.menu, hessians, F, shared)
             if self.kl is not None:
                 assert probe_in is not None
                 outputs += self._block_outputs(block, info, layer_rows, weights, probe_in)
@@ -329,6 +331,7 @@ def _quantize_layer(
     menu: tuple[LayerSpec, ...],
     hessians: dict[str, torch.Tensor],
     fisher: torch.Tensor | None,
+    shared: dict[tuple[object, ...], object],
 ) -> tuple[list[_Row], list[torch.Tensor]]:
     """The rows of layer ``info`` (every spec of ``menu``) and its quantized weights."""
     W = block.get_submodule(info.module).weight.data
@@ -342,7 +345,7 @@ def _quantize_layer(
     with torch.no_grad():
         for s, spec in enumerate(menu):
             t0 = time.perf_counter()
-            qw = quantize_weight(info.name, W, spec, H).weight
+            qw = quantize_weight(info.name, W, spec, H, shared=shared).weight
             Wq = qw.dequantize().to(W.dtype)
             hessian = hessian_error(W, Wq, h_diag)
             F = None if fisher is None else fisher_error(W, Wq, fisher)

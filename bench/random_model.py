@@ -90,8 +90,12 @@ class Shape:
         )
 
 
-# ≥ 1.5 B parameters (1,641,121,792), 3.28 GB in bf16, 6.56 GB in fp32
-FULL = Shape(hidden=2048, intermediate=8192, layers=24, heads=16, kv_heads=8, vocab=32000)
+# ≥ 1.5 B parameters, ≥ 3 GB in bf16, ≥ 6 GB in fp32: Llama-2's proportions (MLP width 11/4 of
+# the hidden size, full multi-head attention) at hidden 2048, 28 blocks. With an MLP width of
+# 8192 instead, GPTQ's solve on down_proj alone needs about 4 × 8192² × 4 B = 1 GiB (the
+# Hessian, its copy in sweep order and the factorisation's two temporaries), which with one
+# fp32 block and the interpreter does not fit a 2 GB cap: see BENCHMARKS.md.
+FULL = Shape(hidden=2048, intermediate=5632, layers=28, heads=16, kv_heads=16, vocab=32000)
 # ~107 M parameters, 0.21 GB in bf16, 0.43 GB in fp32 (a smaller vocabulary keeps the
 # evaluation's per-window logits, which do not shrink with the model, in proportion)
 SMALL = Shape(hidden=1024, intermediate=2816, layers=8, heads=16, kv_heads=4, vocab=8000)

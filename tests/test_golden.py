@@ -29,7 +29,9 @@ def _f(x: str) -> float:
 
 @pytest.fixture(scope="module")
 def seen(tiny_llama, tmp_path_factory):
-    return observe(tiny_llama, tmp_path_factory.mktemp("golden"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOWBIT_GOLDEN_INPROCESS", "1")
+        return observe(tiny_llama, tmp_path_factory.mktemp("golden"))
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import json
 import pytest
 
 from lowbit.plan import Plan
-from tests.cli.test_commands import corpus, lowbit  # noqa: F401 (fixture)
+from tests.cli.test_commands import lowbit
 
 CALIB = ["--calib-windows", "4", "--ctx", "32"]
 
 
 @pytest.fixture()
-def table(tiny_llama, tmp_path, corpus):  # noqa: F811
+def table(tiny_llama, tmp_path, corpus):
     _, ca = corpus
     out = tmp_path / "sens.json"
     run = lowbit(
@@ -56,7 +56,7 @@ def test_sensitivity_writes_table_csv_and_report(table, tiny_llama):
     assert not table.with_name("sens.json.partial").exists()
 
 
-def test_plan_then_quantize_meets_the_budget(table, tiny_llama, tmp_path, corpus):  # noqa: F811
+def test_plan_then_quantize_meets_the_budget(table, tiny_llama, tmp_path, corpus):
     _, ca = corpus
     plan = tmp_path / "plan.yaml"
     run = lowbit(
@@ -128,7 +128,7 @@ def test_table_of_another_model_is_refused(table, tiny_root, tmp_path):
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_interrupted_sensitivity_resumes(tiny_llama, tmp_path, corpus):  # noqa: F811
+def test_interrupted_sensitivity_resumes(tiny_llama, tmp_path, corpus):
     _, ca = corpus
     args = [
         "sensitivity",
@@ -156,7 +156,7 @@ def test_interrupted_sensitivity_resumes(tiny_llama, tmp_path, corpus):  # noqa:
     assert not (tmp_path / "s.json.partial").exists()
 
 
-def test_pareto_sweep_and_resume(table, tiny_llama, tmp_path, corpus):  # noqa: F811
+def test_pareto_sweep_and_resume(table, tiny_llama, tmp_path, corpus):
     ev, ca = corpus
     out = tmp_path / "sweep"
     args = [

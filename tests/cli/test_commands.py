@@ -17,16 +17,6 @@ def lowbit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture()
-def corpus(tmp_path):
-    from lowbit.evaluation.text import BuiltinText, load_text
-
-    ev, ca = tmp_path / "eval.txt", tmp_path / "calib.txt"
-    ev.write_text(load_text(BuiltinText("python-docs", "eval"))[:30_000])
-    ca.write_text(load_text(BuiltinText("python-docs", "calib"))[:30_000])
-    return ev, ca
-
-
 def test_quantize_then_eval(tiny_llama, tmp_path, corpus):
     ev, ca = corpus
     out = tmp_path / "q"

@@ -9,16 +9,6 @@ import torch
 from tests.cli.test_commands import lowbit
 
 
-@pytest.fixture()
-def texts(tmp_path):
-    from lowbit.evaluation.text import BuiltinText, load_text
-
-    ev, ca = tmp_path / "eval.txt", tmp_path / "calib.txt"
-    ev.write_text(load_text(BuiltinText("python-docs", "eval"))[:30_000])
-    ca.write_text(load_text(BuiltinText("python-docs", "calib"))[:30_000])
-    return ev, ca
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("command", ["quantize", "eval"])
 def test_cuda_without_a_gpu_is_refused_before_any_work(tiny_llama, tmp_path, command):
@@ -45,8 +35,8 @@ def test_malformed_runtime_options_are_named(tiny_llama, tmp_path, option, value
     assert not list(tmp_path.iterdir())
 
 
-def test_a_reference_cache_is_reused_and_refused_for_another_text(tiny_llama, tmp_path, texts):
-    ev, ca = texts
+def test_a_reference_cache_is_reused_and_refused_for_another_text(tiny_llama, tmp_path, corpus):
+    ev, ca = corpus
     quantize = ["quantize", str(tiny_llama), "-o", "q", "--algorithm", "rtn"]
     assert lowbit(*quantize, cwd=tmp_path).returncode == 0
     cache = tmp_path / "ref.lbref"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ _SUFFIXES = (".qcodes", ".qscale", ".qzero", ".qperm")
 
 
 def lowbit(*args: str, cwd: Path) -> None:
+    """One command, in this process when ``LOWBIT_GOLDEN_INPROCESS`` is set (the test: no
+    interpreter start per command), else as a subprocess (how the golden file was made)."""
+    if os.environ.get("LOWBIT_GOLDEN_INPROCESS"):
+        from lowbit.cli.main import app
+
+        app(list(args), standalone_mode=False)
+        return
     run = subprocess.run(
         [sys.executable, "-m", "lowbit.cli.main", *args], cwd=cwd, capture_output=True, text=True
     )

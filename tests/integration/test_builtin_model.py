@@ -113,11 +113,14 @@ def test_save_load_gives_identical_logits(setting, quantized, tmp_path):
         assert torch.equal(loaded(windows.ids[:1]).logits, evaluated(windows.ids[:1]).logits)
 
 
-def test_layerwise_cached_evaluation_equals_the_direct_one(setting, quantized, results):
+def test_layerwise_cached_evaluation_equals_the_direct_one(setting, quantized, tmp_path):
     """The real vocabulary (49,152): perplexity, top-1 agreement and Δp from the layer-wise
     evaluation against the cached reference equal, bit for bit, scoring two whole models held
     in memory; the KL divergence within 1e-4 relative (the cache's compact encoding)."""
-    handle, windows, _ = setting
+    handle, eight, _ = setting
+    windows = api.Windows(eight.ids[:2], {"fingerprint": "wiki.test.raw-2x512", "selection": "x"})
+    view = api.quantized_view(quantized["gptq-w4"], "gptq-w4")
+    cached = api.evaluate(api.model_view(handle), {"q": view}, windows, cache=tmp_path / "r")["q"]
     ref_model = handle.load_model()
     q_model = apply_weights(handle.load_model(), quantized["gptq-w4"].weights)
     acc = Accumulator()
@@ -131,7 +134,7 @@ def test_layerwise_cached_evaluation_equals_the_direct_one(setting, quantized, r
             acc.kl.append((r.exp() * (r - q)).sum(-1).clamp_min_(0.0))
             acc.agree.append(r.argmax(-1) == q.argmax(-1))
             acc.dp.append(lp.exp() - r.gather(1, t[:, None])[:, 0].exp())
-    direct, cached = _finish(acc), results["gptq-w4"]
+    direct = _finish(acc)
     assert cached.perplexity == direct.perplexity
     assert cached.top1_agreement == direct.top1_agreement
     assert cached.delta_p == direct.delta_p

@@ -56,7 +56,10 @@ def test_max_memory_lowers_the_budget_and_says_so():
     assert rt.memory == 123_456_789 and rt.memory_source == "--max-memory"
 
 
-def test_activations_stay_on_the_device_when_they_fit():
+def test_activations_stay_on_the_device_when_they_fit(monkeypatch):
+    from lowbit.runtime import policy
+
+    monkeypatch.setattr(policy, "_free_memory", lambda device: (1000, "test"))
     cpu = torch.device("cpu")
     meta = torch.device("meta")  # stands for a GPU: a device other than the CPU
     gpu = Runtime(meta, torch.bfloat16, Offload.AUTO, 1000, "test")

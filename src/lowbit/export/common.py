@@ -164,11 +164,11 @@ def predicted_bytes(qm: QuantizedModel, dtype: str) -> int:
     from lowbit.models.footprint import stored_bits
 
     width = 32 if dtype == "float32" else 16
-    quantized = {f"{n}.weight": w for n, w in qm.weights.items()}
+    quantized = {f"{n}.weight": n for n in qm.weights}
     bits = 0
     for key, n, stored in stored_bits(qm.handle):
         if key in quantized:
-            bits += quantized[key].n_bits()
+            bits += qm.weights.n_bits(quantized[key])  # from the layout, nothing unpacked
         else:
             bits += n * width if stored // max(n, 1) in (16, 32, 64) else stored
     return (bits + 7) // 8

@@ -26,41 +26,70 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes (any shape; values must fit ``bits`` bits) into a flat uint8 tensor
     on the device of ``codes``.
 
-    Works in steps of ``_CHUNK`` codes, so temporary memory stays bounded for any layer size."""
+    Works in steps of ``_CHUNK`` codes, so temporary memory stays bounded for any layer size.
+    Widths that divide 8 (1, 2, 4, 8 bits) are joined byte by byte in uint8; the others as
+    8 codes to one 8·bits-bit word."""
     flat = codes.reshape(-1)
     out = torch.empty(packed_nbytes(flat.numel(), bits), dtype=torch.uint8, device=flat.device)
-    byte_shifts = torch.arange(0, 8 * bits, 8, device=flat.device)
     for start in range(0, flat.numel(), _CHUNK):
-        part = flat[start : start + _CHUNK].to(torch.int64) & ((1 << bits) - 1)
-        groups = torch.nn.functional.pad(part, (0, -part.numel() % 8)).reshape(-1, 8)
-        word = _join(groups, bits)  # 8 codes → one word of 8·bits bits, the first lowest
-        data = ((word[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
-        n_bytes = packed_nbytes(part.numel(), bits)
+        part = flat[start : start + _CHUNK]
+        data = _pack_bytes(part, bits) if 8 % bits == 0 else _pack_words(part, bits)
         first = start * bits // 8
-        out[first : first + n_bytes] = data[:n_bytes]
+        out[first : first + data.numel()] = data
     return out
+
+
+def _pack_bytes(part: torch.Tensor, bits: int) -> torch.Tensor:
+    """``8 / bits`` codes to one byte, the first in the lowest bits."""
+    per_byte = 8 // bits
+    fields = part.to(torch.uint8) & ((1 << bits) - 1)  # two's complement: the low bits
+    fields = torch.nn.functional.pad(fields, (0, -fields.numel() % per_byte)).reshape(-1, per_byte)
+    return _join(fields, bits)
+
+
+def _pack_words(part: torch.Tensor, bits: int) -> torch.Tensor:
+    """8 codes to one word of 8·bits bits (the first lowest), cut into ``bits`` bytes."""
+    groups = part.to(torch.int64) & ((1 << bits) - 1)
+    groups = torch.nn.functional.pad(groups, (0, -groups.numel() % 8)).reshape(-1, 8)
+    byte_shifts = torch.arange(0, 8 * bits, 8, device=part.device)
+    word = _join(groups, bits)
+    data = ((word[:, None] >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+    return data[: packed_nbytes(part.numel(), bits)]
 
 
 def unpack(packed: torch.Tensor, bits: int, count: int, signed: bool) -> torch.Tensor:
     """Inverse of :func:`pack`: ``count`` codes as int16 (signed codes sign-extended), on the
     device of ``packed``."""
     out = torch.empty(count, dtype=torch.int16, device=packed.device)
-    code_shifts = torch.arange(0, 8 * bits, bits, device=packed.device)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
         first = start * bits // 8
-        data = packed[first : first + packed_nbytes(n, bits)].to(torch.int64)
-        data = torch.nn.functional.pad(data, (0, -data.numel() % bits)).reshape(-1, bits)
-        word = _join(data, 8)  # ``bits`` bytes → one word holding 8 codes
-        codes = (word[:, None] >> code_shifts) & ((1 << bits) - 1)
-        out[start : start + n] = codes.reshape(-1)[:n].to(torch.int16)
-    if signed:
-        out = torch.where(out >= 1 << (bits - 1), out - (1 << bits), out)
+        data = packed[first : first + packed_nbytes(n, bits)]
+        fields = _unpack_bytes(data, bits) if 8 % bits == 0 else _unpack_words(data, bits)
+        out[start : start + n] = fields[:n]
+    if signed:  # v - 2^bits where the top bit is set: exact in int16 for bits ≤ 8
+        out -= (out >> (bits - 1)) << bits
     return out
 
 
+def _unpack_bytes(data: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each byte to its ``8 / bits`` fields (the lowest first), as int16."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
+    return ((data[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1).to(torch.int16)
+
+
+def _unpack_words(data: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each run of ``bits`` bytes to one word and its 8 fields (the lowest first), as int16."""
+    data = data.to(torch.int64)
+    data = torch.nn.functional.pad(data, (0, -data.numel() % bits)).reshape(-1, bits)
+    word = _join(data, 8)  # ``bits`` bytes → one word holding 8 codes
+    shifts = torch.arange(0, 8 * bits, bits, device=data.device)
+    return ((word[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1).to(torch.int16)
+
+
 def _join(fields: torch.Tensor, width: int) -> torch.Tensor:
-    """Per row of ``fields`` (rows, k) int64, Σ fields[:, i] << (i · width) (disjoint bits)."""
+    """Per row of ``fields`` (rows, k), Σ fields[:, i] << (i · width) (disjoint bits), in the
+    dtype of ``fields`` (wide enough for k · width bits)."""
     word = fields[:, 0].clone()
     for i in range(1, fields.shape[1]):
         word |= fields[:, i] << (i * width)

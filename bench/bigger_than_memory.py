@@ -12,7 +12,8 @@ Steps:
     before it execs (``sh -c 'echo $$ > .../cgroup.procs && exec python -m lowbit.cli.main
     ...'``); the group's counters are reset and its page cache dropped before each.
 Recorded for each: exit code, wall seconds, the process's peak RSS (its result file's
-``peak_rss_bytes`` and, even when it is killed, its ``ru_maxrss`` from wait4), the group's
+``peak_rss_bytes``, its own VmHWM, and, even when it is killed, its ``ru_maxrss`` from wait4,
+which Linux takes at least as large as this parent's RSS when the child forked), the group's
 memory.max_usage_in_bytes (page cache included), memory.failcnt, OOM kills, the largest
 anonymous (rss) usage of the group sampled every 0.2 s, and the figures (bits per weight,
 perplexity, KL). Written to ``bench/results/bigger_than_memory.json`` (``--small``:

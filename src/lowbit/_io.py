@@ -147,7 +147,17 @@ def _cpu_name() -> str:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far: ``VmHWM`` of /proc/self/status where
+    there is one (the high-water mark of this program's own address space), else
+    ``getrusage``'s ``ru_maxrss``, which on Linux also keeps the RSS of the address space
+    replaced by ``exec`` (a forked copy of a large parent would count as this process)."""
     import resource
 
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

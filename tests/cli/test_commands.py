@@ -12,6 +12,37 @@ import pytest
 
 
 def lowbit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``lowbit ARGS`` run in ``cwd`` by the console entry point, in this process (importing
+    torch and transformers once for the whole suite rather than once a command); exit code,
+    stdout and stderr as a subprocess would give them (an uncaught exception: code 1 and its
+    traceback). ``lowbit_process`` runs the real ``python -m lowbit.cli.main``."""
+    import contextlib
+    import io
+    import os
+    import traceback
+
+    from lowbit.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here, code = sys.argv, os.getcwd(), 0
+    sys.argv = ["lowbit", *args]
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return subprocess.CompletedProcess(["lowbit", *args], code, out.getvalue(), err.getvalue())
+
+
+def lowbit_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lowbit.cli.main", *args], cwd=cwd, capture_output=True, text=True
     )
@@ -49,7 +80,7 @@ def test_quantize_then_eval(tiny_llama, tmp_path, corpus):
     assert result["result"]["bits_per_weight_model"] > result["result"]["bits_per_weight_linear"]
     assert "model.embed_tokens.weight" in result["result"]["full_precision"]
     assert result["machine"]["cpus"] >= 1 and "timings_s" in result
-    run = lowbit(
+    run = lowbit_process(  # the real entry point, in its own process
         "eval",
         str(out),
         "--eval-text",
@@ -106,7 +137,7 @@ def test_existing_output_is_refused_before_any_work(tiny_llama, tmp_path):
 
 
 def test_ls_reads_the_registries(tmp_path):
-    run = lowbit("ls", "architectures", cwd=tmp_path)
+    run = lowbit_process("ls", "architectures", cwd=tmp_path)
     assert run.returncode == 0 and "qwen3" in run.stdout
     run = lowbit("ls", "models", cwd=tmp_path)
     assert "smollm2-135m" in run.stdout

@@ -77,25 +77,12 @@ def test_perplexity_and_kl_match_an_independent_computation(models, tmp_path):
 def test_exact_figures_from_the_cache_equal_the_direct_ones_bit_for_bit(models, tmp_path):
     """Perplexity, top-1 agreement and Δp come from exact cached fields: the same numbers as
     scoring against the reference's log-probabilities held in memory."""
-    from lowbit.evaluation.metrics import Accumulator, _finish
+    from tests.helpers.whole_model import direct_scores
 
     ref, noisy = models
     windows = _windows(3, 24)
     res = _evaluate(ref, {"noisy": noisy}, windows, tmp_path)["noisy"]
-    acc = Accumulator()
-    with torch.inference_mode():
-        m_ref, m_noisy = ref.load_model(), noisy.load_model()
-        for w in range(windows.ids.shape[0]):
-            x = windows.ids[w : w + 1]
-            r = torch.log_softmax(m_ref(input_ids=x).logits[0, :-1].float(), -1)
-            q = torch.log_softmax(m_noisy(input_ids=x).logits[0, :-1].float(), -1)
-            t = x[0, 1:]
-            lp = q.gather(1, t[:, None])[:, 0]
-            acc.nll.append(-lp)
-            acc.kl.append((r.exp() * (r - q)).sum(-1).clamp_min_(0.0))
-            acc.agree.append(r.argmax(-1) == q.argmax(-1))
-            acc.dp.append(lp.exp() - r.gather(1, t[:, None])[:, 0].exp())
-    direct = _finish(acc)
+    direct = direct_scores(ref.load_model(), noisy.load_model(), windows.ids)
     assert res.perplexity == direct.perplexity
     assert res.top1_agreement == direct.top1_agreement
     assert res.delta_p == direct.delta_p

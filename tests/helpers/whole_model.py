@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.evaluation.metrics import EvalResult
+
 
 def whole_model_kl(reference: nn.Module, candidate: nn.Module, ids: torch.Tensor) -> float:
     """Mean over every predicted token of ``ids`` (n, ctx) of KL(P_reference ‖ P_candidate)
@@ -43,3 +45,26 @@ def whole_model_fisher(
             acc[name].add_(g.float().pow(2))
     scale = (ids.shape[1] - 1) / ids.shape[0]
     return {name: a.mul_(scale) for name, a in acc.items()}
+
+
+def direct_scores(reference: nn.Module, candidate: nn.Module, ids: torch.Tensor) -> EvalResult:
+    """Perplexity, KL, top-1 and Δp of ``candidate`` against ``reference`` on ``ids`` (n, ctx),
+    both models held in memory and scored window by window in float32 (what lowbit evaluated
+    before the cached reference): the direct side of the cached-vs-direct tests."""
+    from lowbit.evaluation.metrics import Accumulator, _finish
+
+    acc = Accumulator()
+    with torch.inference_mode():
+        for w in ids:
+            r, q = (_logp32(model, w[None]) for model in (reference, candidate))
+            t = w[1:]
+            lp = q.gather(1, t[:, None])[:, 0]
+            acc.nll.append(-lp)
+            acc.kl.append((r.exp() * (r - q)).sum(-1).clamp_min_(0.0))
+            acc.agree.append(r.argmax(-1) == q.argmax(-1))
+            acc.dp.append(lp.exp() - r.gather(1, t[:, None])[:, 0].exp())
+    return _finish(acc)
+
+
+def _logp32(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=x, use_cache=False).logits[0, :-1].float(), -1)

@@ -15,7 +15,6 @@ import torch
 from lowbit import api
 from lowbit.algorithms import GPTQConfig, RTNConfig
 from lowbit.evaluation import text as T
-from lowbit.evaluation.metrics import Accumulator, _finish
 from lowbit.formats import IntFormat, PerGroup
 from lowbit.models.fakequant import apply_weights
 from lowbit.models.quantize import quantize_model
@@ -23,6 +22,7 @@ from lowbit.models.saving import load_quantized, save_quantized
 from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec, uniform_plan
 from tests.conftest import require_builtin_model, require_shared_data
+from tests.helpers.whole_model import direct_scores
 
 pytestmark = pytest.mark.integration
 
@@ -121,20 +121,8 @@ def test_layerwise_cached_evaluation_equals_the_direct_one(setting, quantized, t
     windows = api.Windows(eight.ids[:2], {"fingerprint": "wiki.test.raw-2x512", "selection": "x"})
     view = api.quantized_view(quantized["gptq-w4"], "gptq-w4")
     cached = api.evaluate(api.model_view(handle), {"q": view}, windows, cache=tmp_path / "r")["q"]
-    ref_model = handle.load_model()
     q_model = apply_weights(handle.load_model(), quantized["gptq-w4"].weights)
-    acc = Accumulator()
-    with torch.inference_mode():
-        for w in windows.ids:
-            r = torch.log_softmax(ref_model(w[None], use_cache=False).logits[0, :-1].float(), -1)
-            q = torch.log_softmax(q_model(w[None], use_cache=False).logits[0, :-1].float(), -1)
-            t = w[1:]
-            lp = q.gather(1, t[:, None])[:, 0]
-            acc.nll.append(-lp)
-            acc.kl.append((r.exp() * (r - q)).sum(-1).clamp_min_(0.0))
-            acc.agree.append(r.argmax(-1) == q.argmax(-1))
-            acc.dp.append(lp.exp() - r.gather(1, t[:, None])[:, 0].exp())
-    direct = _finish(acc)
+    direct = direct_scores(handle.load_model(), q_model, windows.ids)
     assert cached.perplexity == direct.perplexity
     assert cached.top1_agreement == direct.top1_agreement
     assert cached.delta_p == direct.delta_p

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from lowbit._tensor import all_finite
 from lowbit.algorithms.config import ActOrder, GPTQConfig
 from lowbit.algorithms.gptq_grid import FormatGrid, check_gptq_format
 from lowbit.errors import LowbitError
@@ -301,7 +302,7 @@ def _inverse_cholesky(
                 U = torch.linalg.solve_triangular(L, eye, upper=False)
                 del L, eye
                 U = U.flip(0, 1)
-                if bool(torch.isfinite(U).all()):
+                if all_finite(U):
                     return U.float(), damp
         damp = max(damp * 10.0, 1e-4)
     raise LowbitError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lowbit._tensor import all_finite
 from lowbit.algorithms.awq import awq_quantize
 from lowbit.algorithms.config import AWQConfig, GPTQConfig, RTNConfig, SqueezeLLMConfig
 from lowbit.algorithms.gptq import gptq_factor, gptq_quantize
@@ -78,7 +79,7 @@ def quantize_layer(job: LayerJob, config: object) -> Outcome:
 def _hessian(job: LayerJob, what: str) -> torch.Tensor:
     if job.H is None:
         raise LowbitError(f"layer {job.name}: {what} needs calibration statistics")
-    if not bool(torch.isfinite(job.H).all()):
+    if not all_finite(job.H):
         raise LowbitError(f"layer {job.name}: its calibration inputs contain NaN or infinity")
     return job.H
 

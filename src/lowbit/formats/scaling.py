@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from lowbit._tensor import all_finite
 from lowbit.errors import ConfigError, DataError
 from lowbit.formats.granularity import Granularity, PerGroup, PerTensor, group_index
 from lowbit.formats.tensor import QuantizedWeight
@@ -28,7 +29,7 @@ def storable_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     stored = scale.to(dtype)
     up = torch.nextafter(stored, torch.full_like(stored, torch.inf))
     out = torch.where(stored.float() < scale, up, stored).float()
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         raise DataError(
             f"a group's scale ({float(scale.max()):.4g}) exceeds the largest {dtype} value: the "
             "weights are too large for this scale dtype; use scale_dtype float32 or keep the "

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit._tensor import all_finite
 from lowbit.algorithms.activation_ranges import (
     HIST_BINS,
     MinMaxRange,
@@ -117,7 +118,7 @@ def _absmax(
     def hook_for(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
-            if not bool(torch.isfinite(x).all()):
+            if not all_finite(x):
                 raise DataError(
                     f"layer {name}: its input activations hold NaN or infinity on the "
                     "calibration windows; check the model's weights (or the SmoothQuant scales) "

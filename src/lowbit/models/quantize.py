@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit._tensor import all_finite
 from lowbit.algorithms import HessianAccumulator, SmoothQuantConfig
 from lowbit.algorithms.handlers import LayerJob, quantize_layer
 from lowbit.errors import ConfigError, DataError, LowbitError
@@ -332,7 +333,7 @@ def _quantize_layer(
 ) -> None:
     t0 = time.perf_counter()
     W = module.weight.data
-    if not bool(torch.isfinite(W).all()):
+    if not all_finite(W):
         raise LowbitError(f"layer {name} has NaN or infinite weights; the checkpoint is corrupt")
     shape = (int(W.shape[0]), int(W.shape[1]))
     if spec is None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lowbit._tensor import all_finite
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.models.capture import capture
 from lowbit.models.lazy import LazyModel, block_list
@@ -335,7 +336,7 @@ def _quantize_layer(
 ) -> tuple[list[_Row], list[torch.Tensor]]:
     """The rows of layer ``info`` (every spec of ``menu``) and its quantized weights."""
     W = block.get_submodule(info.module).weight.data
-    if not torch.isfinite(W).all():
+    if not all_finite(W):
         raise LowbitError(
             f"layer {info.name} has NaN or infinite weights; the checkpoint is corrupt"
         )

@@ -24,9 +24,9 @@ perplexity, KL). Written to ``bench/results/bigger_than_memory.json`` (``--small
     python bench/bigger_than_memory.py --small         # smoke test: ~107 M parameters, 768 MiB
 
 Needs root and the cgroup v1 memory controller. Nothing else should run in the group.
-Durations on the 2-core EPYC (one quiet run each, estimated from block 0 and a one-pass
-evaluation of the full model): build ≈ 2 min (97 s of CPU), quantize ≈ 50–60 min (≈ 130 s a
-block with 2 threads; ≈ 220 s with one thread), evaluate ≈ 5 min (two layer-wise passes).
+Durations on the 2-core EPYC (the committed run, 2026-11-29): build 166 s; quantize 3032 s
+(blocks took ≈ 60 s alone and ≈ 125 s while other jobs shared the cores; ≈ 30 min quiet);
+evaluate 271 s (the reference cached, then the quantized model, each layer-wise).
 """
 
 from __future__ import annotations

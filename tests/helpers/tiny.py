@@ -60,7 +60,9 @@ def config_for(family: str):
             num_hidden_layers=2,
             do_layer_norm_before=True,
         )
-    raise ValueError(family)
+    from tests.helpers.families import family_config
+
+    return family_config(family)
 
 
 def make_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> Path:

@@ -190,10 +190,11 @@ def test_smoothquant_in_the_driver_keeps_an_unquantized_model(tiny_llama):
 
 def test_awq_on_an_architecture_without_pairs_is_refused(tiny_llama):
     handle = resolve_model(str(tiny_llama))
-    bare = dataclasses.replace(handle.arch, name="bare", smoothing_pairs=())
+    block = dataclasses.replace(handle.arch.uniform, smoothing_pairs=())
+    bare = dataclasses.replace(handle.arch, name="bare", blocks=(block,) * len(handle.arch.blocks))
     handle = dataclasses.replace(handle, arch=bare)
     plan = uniform_plan(LayerSpec(IntFormat(4), PerGroup(16), AWQConfig()))
-    with pytest.raises(ConfigError, match="architecture 'bare'.*smoothing_pairs"):
+    with pytest.raises(ConfigError, match="AWQ needs smoothing pairs.*'bare'.*lowbit inspect"):
         quantize_model(handle, plan, _ids(320))
     with pytest.raises(ConfigError, match="SmoothQuant.*'bare'"):
         quantize_model(handle, uniform_plan(None), _ids(320), smoothquant=SmoothQuantConfig())

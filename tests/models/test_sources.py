@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowbit.errors import ModelSourceError
-from lowbit.models.arch import ARCHITECTURES, spec_for_model_type
+from lowbit.models.arch import ARCHITECTURES, family_spec
 from lowbit.models.sources import resolve_model
 
 
@@ -22,7 +22,8 @@ def test_a_model_directory_resolves(tiny_any):
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
 def test_the_llama_spec_serves_its_family(model_type):
-    assert spec_for_model_type(model_type, "x").name == "llama"
+    spec = family_spec(model_type)
+    assert spec is not None and spec.name == "llama"
 
 
 def test_missing_path():
@@ -73,14 +74,27 @@ def test_truncated_gguf(tmp_path):
         resolve_model(str(bad))
 
 
-def test_unsupported_architecture(tmp_path, tiny_llama):
+def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(tmp_path):
+    """GPT-2 (Conv1D projections): resolved and described, quantization refused by name."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from lowbit.models.arch import check_quantizable
+
+    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "gpt2")
+    handle = resolve_model(str(tmp_path / "gpt2"))
+    assert handle.arch.blocks_path == "transformer.h"
+    with pytest.raises(ModelSourceError, match="cannot quantize.*no nn.Linear.*Conv1D"):
+        check_quantizable(handle.arch, handle.source)
+
+
+def test_a_model_type_transformers_does_not_know(tmp_path, tiny_llama):
     bad = tmp_path / "m"
     shutil.copytree(tiny_llama, bad)
     cfg = json.loads((bad / "config.json").read_text())
-    cfg["model_type"] = "gpt2"
-    cfg["architectures"] = ["GPT2LMHeadModel"]
+    cfg["model_type"] = "no_such_family"
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelSourceError, match="'gpt2' is not supported.*ArchSpec"):
+    with pytest.raises(ModelSourceError, match="config.json.*no_such_family"):
         resolve_model(str(bad))
 
 

@@ -92,14 +92,13 @@ def scheme_of(qw: QuantizedWeight | None) -> str:
 def fused_mismatches(qm: QuantizedModel) -> list[str]:
     """One line per block whose fused layers (from the architecture spec) differ in scheme."""
     arch = qm.handle.arch
+    start = arch.blocks_path + "."
     names = [*qm.weights, *qm.kept]
-    prefixes = sorted(
-        {n.rsplit(".", 2)[0] for n in names if n.startswith(arch.blocks_path + ".")},
-        key=lambda p: (len(p), p),
-    )
+    blocks = sorted({int(n[len(start) :].split(".", 1)[0]) for n in names if n.startswith(start)})
     lines = []
-    for prefix in prefixes:
-        for group in arch.fused_groups:
+    for i in blocks:
+        prefix = f"{arch.blocks_path}.{i}"
+        for group in arch.block(i).fused_groups:
             members = [f"{prefix}.{m}" for m in group]
             schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
             if len(set(schemes.values())) > 1:

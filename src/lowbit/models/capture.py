@@ -27,32 +27,71 @@ class _StopForward(Exception):
     pass
 
 
-def capture(lazy: LazyModel, ids: torch.Tensor, chunk_size: int, home: torch.device) -> Activations:
-    """Inputs of the first block for each chunk of ``ids`` (n, ctx); hidden states are kept on
-    ``home``, keyword arguments on the compute device."""
-    device = lazy.runtime.device
-    chunks: list[Chunk] = []
+class _Recorder(nn.Module):
+    """Stands in for block ``i`` while the inputs are captured: records the hidden states
+    (block 0) and the keyword arguments the model passes to the block, and runs nothing.
+    Attributes the model's loop reads from its blocks (e.g. ``attention_type``) are the
+    block's."""
 
-    def hook(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def __init__(self, i: int, block: nn.Module, seen: list[tuple[Any, dict[str, Any]]]) -> None:
+        super().__init__()
+        self.i, self.last = i, False
+        self.__dict__["_block"], self.__dict__["_seen"] = block, seen
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_block"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs.pop("hidden_states")
         rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        chunks.append(Chunk(hidden.to(home), rest))
-        raise _StopForward
+        self.__dict__["_seen"].append((hidden, rest))
+        if self.last:
+            raise _StopForward
+        return hidden
 
+
+def capture(lazy: LazyModel, ids: torch.Tensor, chunk_size: int, home: torch.device) -> Activations:
+    """Inputs of the first block for each chunk of ``ids`` (n, ctx), with every block's
+    keyword arguments; hidden states are kept on ``home``, keyword arguments on the compute
+    device."""
+    device = lazy.runtime.device
+    chunks: list[Chunk] = []
+    parent_path, attr = lazy.arch.blocks_path.rsplit(".", 1)
+    parent = lazy.model.get_submodule(parent_path)
+    blocks = block_list(lazy.model, lazy.arch.blocks_path)
+    seen: list[tuple[Any, dict[str, Any]]] = []
+    recorders = nn.ModuleList(_Recorder(i, b, seen) for i, b in enumerate(blocks))
+    recorders[-1].last = True
     paths = lazy.materialize_outside(head=False)
-    first = block_list(lazy.model, lazy.arch.blocks_path)[0]
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    setattr(parent, attr, recorders)
     try:
         with torch.inference_mode():
             for part in torch.split(ids, chunk_size):
+                seen.clear()
                 try:
                     lazy.model(input_ids=part.to(device), use_cache=False)
                 except _StopForward:
                     pass
+                per_block = _shared(kw for _, kw in seen)
+                chunks.append(Chunk(seen[0][0].to(home), per_block[0], per_block))
     finally:
-        handle.remove()
+        setattr(parent, attr, blocks)
         lazy.release_outside(paths)
     return Activations(chunks, device, home)
+
+
+def _shared(kwargs: Iterator[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The blocks' keyword arguments, one dict object for blocks whose arguments are the same
+    objects (most models: every block)."""
+    out: list[dict[str, Any]] = []
+    for kw in kwargs:
+        prev = out[-1] if out else None
+        same = prev is not None and prev.keys() == kw.keys() and all(prev[k] is kw[k] for k in kw)
+        out.append(prev if same and prev is not None else kw)
+    return tuple(out)
 
 
 class _Replay(nn.Module):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+from lowbit.models.arch import ArchSpec
 from lowbit.models.quantize import QuantizedModel
 from lowbit.models.sources import ModelHandle
 
@@ -104,7 +106,9 @@ def _numel(shape: list[int]) -> int:
 
 
 def _is_block_linear(handle: ModelHandle, key: str) -> bool:
-    prefix = handle.arch.blocks_path + "."
-    return key.startswith(prefix) and any(
-        key.endswith(f".{m}.weight") for m in handle.arch.linear_names
-    )
+    return key.removesuffix(".weight") in _layer_set(handle.arch)
+
+
+@cache
+def _layer_set(arch: ArchSpec) -> frozenset[str]:
+    return frozenset(arch.layer_names())

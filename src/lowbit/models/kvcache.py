@@ -23,7 +23,7 @@ from torch import nn
 from lowbit.algorithms.activation_specs import KVCacheSpec, KVGranularity
 from lowbit.errors import ConfigError
 from lowbit.formats.activation import ActivationFormat, fake_quantize_rows
-from lowbit.models.arch import spec_for_model_type
+from lowbit.models.discover import architecture_of
 from lowbit.models.lazy import block_list
 
 ATTENTION_NAME = "lowbit_kv_sdpa"
@@ -84,7 +84,7 @@ def attach_kv_quant(model: Any, spec: KVCacheSpec) -> Any:
             f"KV-cache quantization is not supported for architecture {model_type!r} (supported: "
             f"{', '.join(KV_MODEL_TYPES)}); remove kv_cache from the plan for this model"
         )
-    arch = spec_for_model_type(model_type, model_type)
+    arch = architecture_of(model.config, model_type)
     _register()
     for block in block_list(model, arch.blocks_path):
         _SPECS[block.get_submodule("self_attn")] = spec

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
 from lowbit.errors import ModelSourceError
 from lowbit.models.arch import ArchSpec
+from lowbit.models.expert_weights import ExpertWeights
+from lowbit.models.experts import expert_modules
+from lowbit.models.skeleton import build_skeleton
 from lowbit.models.weights import WeightSource
 from lowbit.runtime import Runtime
 
@@ -26,12 +28,11 @@ class LazyModel:
     def __init__(
         self, config: Any, arch: ArchSpec, source: WeightSource, runtime: Runtime, where: str
     ) -> None:
-        from accelerate import init_empty_weights
-        from transformers import AutoModelForCausalLM
-
-        with torch.device(runtime.device), init_empty_weights(include_buffers=False):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=runtime.dtype)
-        self.model.eval()
+        self.model = build_skeleton(config, runtime.device, runtime.dtype, where)
+        experts = expert_modules(self.model)
+        if experts:
+            modules = dict(experts)
+            source = ExpertWeights(source, modules, config.model_type, where)  # type: ignore[arg-type]
         self.arch, self.source, self.runtime, self.where = arch, source, runtime, where
         self._keys = source.keys()
         self._names = {id(m): n for n, m in self.model.named_modules()}
@@ -57,6 +58,10 @@ class LazyModel:
         module = self.module(path)
         names = [n for n, _ in module.named_parameters(recurse=True)]
         keys = {n: self._key(f"{path}.{n}" if path else n) for n in names}
+        for name, _ in module.named_buffers(recurse=True):  # stored ones, e.g. DeepSeek's
+            key = f"{path}.{name}" if path else name  # e_score_correction_bias
+            if key in self._keys:
+                keys[name] = key
         tensors = self.source.read(list(dict.fromkeys(keys.values())), self.runtime.device)
         for name, key in keys.items():
             tensor = tensors[key]
@@ -66,7 +71,12 @@ class LazyModel:
         return module
 
     def release_module(self, path: str) -> None:
-        self.module(path).to("meta")
+        """Return the module's parameters to ``meta`` (buffers stay: they are small)."""
+        from accelerate.utils import set_module_tensor_to_device
+
+        module = self.module(path)
+        for name, _ in list(module.named_parameters(recurse=True)):
+            set_module_tensor_to_device(module, name, "meta")
 
     def _key(self, key: str) -> str:
         if key in self._keys:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from lowbit.errors import ConfigError
 
@@ -22,10 +23,36 @@ class Propagation(str, Enum):
     TWO_PASS = "two-pass"
 
 
+POLICIES = ("all", "routed")
+
+
+@dataclass(frozen=True)
+class ExpertCalibration:
+    """How calibration tokens reach the experts of a mixture of experts for the Hessians
+    (``all``: every token through every expert; ``routed``: the routed tokens, every token for
+    an expert with fewer than ``min_tokens`` in a chunk); see :mod:`lowbit.models.experts`."""
+
+    policy: str = "all"
+    min_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(
+                f"expert calibration policy {self.policy!r} is unknown; use one of "
+                f"{', '.join(POLICIES)}"
+            )
+        if self.min_tokens < 1:
+            raise ConfigError(f"expert min_tokens must be ≥ 1, got {self.min_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "min_tokens": self.min_tokens}
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     propagation: Propagation = Propagation.TRUE_SEQUENTIAL
     chunk_size: int = 4
+    experts: ExpertCalibration = ExpertCalibration()
 
     def __post_init__(self) -> None:
         try:

@@ -29,10 +29,12 @@ from torch import nn
 from lowbit._tensor import all_finite
 from lowbit.algorithms import HessianAccumulator, SmoothQuantConfig
 from lowbit.algorithms.handlers import LayerJob, quantize_layer
-from lowbit.errors import ConfigError, DataError, LowbitError
+from lowbit.errors import ConfigError, DataError, LowbitError, ModelSourceError
+from lowbit.models.arch import BlockSpec, check_plan_routers, check_quantizable
 from lowbit.models.budget import block_needs, check_fits
 from lowbit.models.capture import capture
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
+from lowbit.models.experts import routed_counts, set_calibration
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
@@ -109,12 +111,11 @@ class _Result:
 
 
 def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
-    blocks = block_list(model, handle.arch.blocks_path)
-    return [
-        f"{handle.arch.blocks_path}.{i}.{m}"
-        for i in range(len(blocks))
-        for m in handle.arch.linear_names
-    ]
+    """Every block linear that a plan can quantize (routers excluded), block by block."""
+    check_quantizable(handle.arch, handle.source)
+    if len(block_list(model, handle.arch.blocks_path)) != len(handle.arch.blocks):
+        raise ModelSourceError(f"{handle.source}: the architecture spec does not fit the model")
+    return handle.arch.layer_names()
 
 
 def quantize_model(
@@ -139,6 +140,7 @@ def quantize_model(
     runtime = runtime or resolve_runtime()
     lazy = handle.lazy(runtime)
     names = linear_names(lazy.model, handle)
+    check_plan_routers(plan.rules, handle.arch)
     specs = plan.resolve(names)
     check_embedding_plan(plan, is_tied(handle.config), handle.source)  # before any work
     check_smoothing(handle.arch, specs, smoothquant is not None)
@@ -204,7 +206,7 @@ def _data_free(
     for i in range(n_blocks):
         path = f"{arch.blocks_path}.{i}"
         block = lazy.load(i)
-        for member in arch.linear_names:
+        for member in arch.block(i).linear_names:
             name = f"{path}.{member}"
             _quantize_layer(name, block.get_submodule(member), specs[name], None, result)
         lazy.release(i)
@@ -231,12 +233,13 @@ def _calibrated(
 
     def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
         path = f"{arch.blocks_path}.{i}"
-        _smooth(block, path, inputs, specs, smoothquant, lazy, result)
+        _smooth(block, path, inputs, specs, smoothquant, lazy.arch.block(i), result)
+        spec = arch.block(i)
         groups = [
             [(f"{path}.{m}", block.get_submodule(m)) for m in group]
-            for group in arch.sequential_groups
+            for group in spec.sequential_groups
         ]
-        no_clip = {f"{path}.{m}" for m in arch.no_clip}
+        no_clip = {f"{path}.{m}" for m in spec.no_clip}
         stats: dict[int, HessianAccumulator] = {}
 
         def observe(g: int, x: torch.Tensor) -> None:
@@ -252,10 +255,19 @@ def _calibrated(
                 _quantize_layer(name, module, specs[name], H, result, clip=clip, shared=shared)
 
         outputs = run(block, inputs, groups, observe, on_group)
+        for ep in spec.experts:
+            counts = routed_counts(block.get_submodule(ep), len(inputs.chunks))
+            result.execution.setdefault("experts", {})[f"{path}.{ep}"] = counts
         result.layers.flush(block_shard(i))
         return outputs
 
-    for_each_block(lazy, acts, stage, progress)
+    set_calibration(lazy.model, pipeline.experts)
+    try:
+        for_each_block(lazy, acts, stage, progress)
+    finally:
+        set_calibration(lazy.model, None)
+    if "experts" in result.execution:
+        result.execution["expert_calibration"] = pipeline.experts.to_dict()
 
 
 def _plan_execution(
@@ -307,12 +319,12 @@ def _smooth(
     inputs: Activations,
     specs: dict[str, LayerSpec | None],
     smoothquant: SmoothQuantConfig | None,
-    lazy: LazyModel,
+    spec: BlockSpec,
     result: _Result,
 ) -> None:
     """SmoothQuant and AWQ scales for this block, folded into it before it is quantized."""
     t0 = time.perf_counter()
-    done = smooth_block(block, path, inputs, lazy.arch, specs, smoothquant)
+    done = smooth_block(block, path, inputs, spec, specs, smoothquant)
     result.smoothed.update(done.tensors)
     result.smoothing.extend(done.records)
     if done.tensors:

@@ -170,7 +170,7 @@ def saved_config(path: Path, manifest: dict[str, Any]) -> Any:
 def load_quantized(path: Path, runtime: Runtime | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """The dense fake-quantized model (no activation or KV-cache quantization attached) on
     ``runtime`` (default: this machine's), its quantized layers, and the manifest."""
-    from lowbit.models.arch import spec_for_model_type
+    from lowbit.models.discover import architecture_of
     from lowbit.models.views import saved_view
     from lowbit.runtime import resolve_runtime
 
@@ -178,7 +178,7 @@ def load_quantized(path: Path, runtime: Runtime | None = None) -> tuple[Any, Any
     path = Path(path)
     manifest = read_manifest(path)
     config = saved_config(path, manifest)
-    view = saved_view(path, manifest, config, spec_for_model_type(config.model_type, str(path)))
+    view = saved_view(path, manifest, config, architecture_of(config, str(path)))
     lazy = view.lazy(runtime, attach=False)
     model = lazy.materialize("")
     _check_complete(model, path)

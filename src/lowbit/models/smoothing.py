@@ -33,7 +33,7 @@ from lowbit.algorithms import (
     weight_absmax,
 )
 from lowbit.errors import ConfigError, LowbitError
-from lowbit.models.arch import ArchSpec, SmoothingPair
+from lowbit.models.arch import ArchSpec, BlockSpec, SmoothingPair
 from lowbit.runtime.runner import Activations, forward_chunks, group_inputs_hook
 
 
@@ -81,16 +81,17 @@ def check_smoothing(arch: ArchSpec, specs: Mapping[str, Any], smoothquant: bool)
     """Refuse AWQ or SmoothQuant on an architecture whose spec declares no smoothing pairs
     (SmoothQuant needs a norm → linears pair), before any work."""
     uses_awq = any(s is not None and isinstance(s.algorithm, AWQConfig) for s in specs.values())
-    if uses_awq and not arch.smoothing_pairs:
+    pairs = [p for b in arch.blocks for p in b.smoothing_pairs]
+    if uses_awq and not pairs:
         raise ConfigError(
-            f"AWQ needs smoothing pairs, and architecture {arch.name!r} declares none; add "
-            "smoothing_pairs to its ArchSpec in lowbit/models/arch.py, or use GPTQ or RTN"
+            f"AWQ needs smoothing pairs, and no block of this {arch.name!r} model has one "
+            "(`lowbit inspect MODEL` shows them); use GPTQ or RTN"
         )
-    if smoothquant and not any(not p.prev_is_linear for p in arch.smoothing_pairs):
+    if smoothquant and not any(not p.prev_is_linear for p in pairs):
         raise ConfigError(
-            f"SmoothQuant needs norm → linear smoothing pairs, and architecture {arch.name!r} "
-            "declares none; add smoothing_pairs to its ArchSpec in lowbit/models/arch.py, or "
-            "drop smoothquant from the plan"
+            f"SmoothQuant needs norm → linear smoothing pairs, and no block of this "
+            f"{arch.name!r} model has one (`lowbit inspect MODEL` shows them); drop smoothquant "
+            "from the plan"
         )
 
 
@@ -117,7 +118,10 @@ def fold_scales(block: nn.Module, pair: SmoothingPair, s: torch.Tensor, where: s
         )
     with torch.no_grad():
         s = s.to(weight.dtype)
-        weight.div_(s.view(-1, 1) if pair.prev_is_linear else s.view_as(weight))
+        if pair.prev_is_linear:
+            weight.div_(s.view(-1, 1))
+        else:  # a norm scaling by (offset + w): offset + w' = (offset + w) / s
+            weight.add_(pair.norm_offset).div_(s.view_as(weight)).sub_(pair.norm_offset)
         bias = getattr(prev, "bias", None)
         if bias is not None:
             bias.div_(s)
@@ -157,7 +161,7 @@ def smooth_block(
     block: nn.Module,
     path: str,
     inputs: Activations,
-    arch: ArchSpec,
+    arch: BlockSpec,
     specs: Mapping[str, Any],
     smoothquant: SmoothQuantConfig | None = None,
 ) -> BlockSmoothing:
@@ -223,7 +227,7 @@ def _smoothquant(
     block: nn.Module,
     path: str,
     inputs: Activations,
-    arch: ArchSpec,
+    arch: BlockSpec,
     cfg: SmoothQuantConfig,
     specs: Mapping[str, Any],
     out: BlockSmoothing,

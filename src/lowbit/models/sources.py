@@ -15,9 +15,11 @@ from typing import Any
 
 from lowbit._io import atomic_dir
 from lowbit.errors import ModelSourceError
-from lowbit.models.arch import ArchSpec, spec_for_model_type
+from lowbit.models.arch import ArchSpec
 from lowbit.models.builtin import BUILTIN_MODELS, builtin_gguf
 from lowbit.models.compressed_source import is_compressed_tensors_dir
+from lowbit.models.discover import architecture_of
+from lowbit.models.experts import linearize_experts
 from lowbit.models.files import copy_model_files, fingerprint_files, safetensors_header
 from lowbit.models.lazy import LazyModel
 from lowbit.models.weights import SafetensorsWeights, WeightSource
@@ -61,6 +63,7 @@ class ModelHandle:
         model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=runtime.dtype, device_map={"": runtime.device}
         )
+        linearize_experts(model)  # every stage sees each expert's linears (models/experts.py)
         return model.eval()
 
     def load_tokenizer(self) -> Any:
@@ -118,7 +121,7 @@ def _from_dir(source: str, path: Path) -> ModelHandle:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"{path}/config.json cannot be read: {exc}") from exc
-    arch = spec_for_model_type(config.model_type, str(path))
+    arch = architecture_of(config, str(path))
     return ModelHandle(source, path, config, arch, fingerprint_files(files), tuple(files))
 
 
@@ -158,7 +161,13 @@ def _config_model_type_is_supported(path: Path) -> None:
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
     except ValueError as exc:
         raise ModelSourceError(f"{path}/config.json is not valid JSON: {exc}") from exc
-    spec_for_model_type(model_type, str(path))
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ModelSourceError(
+            f"{path}/config.json: model type {model_type!r} is unknown to this transformers; "
+            "upgrade transformers (lowbit runs every causal LM transformers builds)"
+        )
 
 
 def _cached_gguf_conversion(gguf_path: Path, name: str) -> Path:
@@ -181,7 +190,14 @@ def _check_gguf(path: Path) -> None:
             f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it may be "
             "truncated: download it again"
         ) from exc
-    spec_for_model_type(arch, str(path))
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        known = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+        raise ModelSourceError(
+            f"{path}: transformers cannot read GGUF files of architecture {arch!r} (it reads "
+            f"{', '.join(known)}); give the model's Hugging Face directory instead"
+        )
 
 
 def _cached_compressed(path: Path) -> Path:

@@ -36,10 +36,17 @@ Progress = Callable[[int, int], None]
 @dataclass
 class Chunk:
     """One chunk of windows: the hidden states entering a block and the block's keyword
-    arguments (on the compute device)."""
+    arguments (on the compute device); ``per_block[i]``: block i's keyword arguments where
+    they differ by block (Gemma's sliding-window and global layers get different masks and
+    rotary embeddings)."""
 
     hidden: torch.Tensor
     kwargs: dict[str, Any]
+    per_block: tuple[dict[str, Any], ...] = ()
+
+    def at_block(self, i: int) -> Chunk:
+        kwargs = self.per_block[i] if self.per_block else self.kwargs
+        return Chunk(self.hidden, kwargs, self.per_block)
 
 
 @dataclass
@@ -66,11 +73,16 @@ class Activations:
     def replaced(self, outputs: list[Any]) -> Activations:
         """The same chunks with the hidden states of a block's ``outputs`` (moved to ``home``)."""
         chunks = [
-            Chunk(hidden_of(out).to(self.home, non_blocking=True), c.kwargs)
+            Chunk(hidden_of(out).to(self.home, non_blocking=True), c.kwargs, c.per_block)
             for out, c in zip(outputs, self.chunks, strict=True)
         ]
         as_tuple = isinstance(outputs[0], tuple) if outputs else self.block_returns_tuple
         return Activations(chunks, self.device, self.home, as_tuple)
+
+    def at_block(self, i: int) -> Activations:
+        """The same hidden states with block ``i``'s keyword arguments."""
+        chunks = [c.at_block(i) for c in self.chunks]
+        return Activations(chunks, self.device, self.home, self.block_returns_tuple)
 
     def single(self, i: int) -> Activations:
         """Chunk ``i`` alone."""
@@ -97,7 +109,7 @@ def for_each_block(
     for i in range(n):
         block = store.load(i)
         try:
-            acts = stage(i, block, acts)
+            acts = stage(i, block, acts.at_block(i))
         finally:
             store.release(i)
             trim()

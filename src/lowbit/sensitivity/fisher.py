@@ -155,6 +155,6 @@ def model_fisher(
     for i in range(len(lazy) - 1, -1, -1):
         block = lazy.load(i)
         try:
-            yield i, fisher.step(i, block, lazy.arch.linear_names)
+            yield i, fisher.step(i, block, lazy.arch.block(i).linear_names)
         finally:
             lazy.release(i)

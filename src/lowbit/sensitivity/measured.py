@@ -122,13 +122,19 @@ class KLProbe:
         self.device = lazy.runtime.device
         self.as_tuple = False  # the blocks return tuples (seen at the first block run)
         # the blocks' keyword arguments (masks, positions) for k stacked copies of the windows
+        # per stack size k, every block's keyword arguments
         self.kwargs = {
-            k: capture(lazy, ids.repeat(k, 1), k * self.n, home).chunks[0].kwargs
+            k: capture(lazy, ids.repeat(k, 1), k * self.n, home).chunks[0].per_block
             for k in range(1, batch + 1)
         }
 
     def block_outputs(
-        self, block: nn.Module, member: str, weights: list[torch.Tensor], inputs: Activations
+        self,
+        i: int,
+        block: nn.Module,
+        member: str,
+        weights: list[torch.Tensor],
+        inputs: Activations,
     ) -> list[torch.Tensor]:
         """Block outputs (n, ctx, hidden) on the probe windows with ``member`` replaced by each
         of ``weights`` (at most ``batch``), from the block's probe ``inputs``."""
@@ -139,7 +145,7 @@ class KLProbe:
         setattr(parent, attr, StackedLinear(weights, module.bias))
         try:
             with torch.inference_mode():
-                out = block(x, **self.kwargs[k])
+                out = block(x, **self.kwargs[k][i])
         finally:
             setattr(parent, attr, module)
         self.as_tuple = isinstance(out, tuple)
@@ -152,17 +158,17 @@ class KLProbe:
         for j in range(i + 1, len(self.store)):
             block = self.store.load(j)
             try:
-                self._run(block, outputs)
+                self._run(j, block, outputs)
             finally:
                 self.store.release(j)
         return self._score(outputs)
 
-    def _run(self, block: nn.Module, outputs: list[torch.Tensor]) -> None:
+    def _run(self, j: int, block: nn.Module, outputs: list[torch.Tensor]) -> None:
         with torch.inference_mode():
             for start in range(0, len(outputs), self.batch):
                 part = outputs[start : start + self.batch]
                 x = torch.cat([h.to(self.device) for h in part])
-                y = hidden_of(block(x, **self.kwargs[len(part)]))
+                y = hidden_of(block(x, **self.kwargs[len(part)][j]))
                 outputs[start : start + len(part)] = [h.to(self.home) for h in y.split(self.n)]
 
     def _score(self, outputs: list[torch.Tensor]) -> list[float]:

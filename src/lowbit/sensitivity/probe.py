@@ -100,7 +100,7 @@ def layer_infos(model: nn.Module, handle: ModelHandle) -> tuple[LayerInfo, ...]:
     arch = handle.arch
     infos = []
     for i, block in enumerate(block_list(model, arch.blocks_path)):
-        for member in arch.linear_names:
+        for member in arch.block(i).linear_names:
             W = block.get_submodule(member).weight
             infos.append(
                 LayerInfo(
@@ -208,7 +208,12 @@ class _Run:
         cfg, calib, runtime = self.cfg, self.calib, self.lazy.runtime
         probe_ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
         fisher_ids = calib[: cfg.fisher_windows, : cfg.fisher_ctx]
-        per_block = max(len(self.handle.arch.linear_names) * len(self.menu), 1)
+        per_block = max(
+            len(self.handle.arch.layer_names())
+            // max(len(self.handle.arch.blocks), 1)
+            * len(self.menu),
+            1,
+        )
         home, stored = plan_memory(
             self.lazy,
             {"calibration": calib, "probe": probe_ids, "fisher": fisher_ids},
@@ -266,7 +271,7 @@ class _Run:
             return None
         assert self.fisher is not None
         t0 = time.perf_counter()
-        fisher = self.fisher.step(i, block, self.handle.arch.linear_names)
+        fisher = self.fisher.step(i, block, self.handle.arch.block(i).linear_names)
         self.timings["fisher_s"] = self.timings.get("fisher_s", 0.0) + time.perf_counter() - t0
         return fisher
 
@@ -287,7 +292,7 @@ class _Run:
         hessians = block_hessians(
             block,
             self.recorded.calibration.pop(i),
-            arch.sequential_groups,
+            arch.block(i).sequential_groups,
             self.lazy.runtime.device,
         )
         self.timings["hessian_s"] = self.timings.get("hessian_s", 0.0) + time.perf_counter() - t0
@@ -319,7 +324,7 @@ class _Run:
         for start in range(0, len(weights), batch):
             t0 = time.perf_counter()
             part = weights[start : start + batch]
-            outputs += self.kl.block_outputs(block, info.module, part, probe_in)
+            outputs += self.kl.block_outputs(info.block, block, info.module, part, probe_in)
             share = (time.perf_counter() - t0) / len(part)
             for row in rows[start : start + batch]:
                 row.seconds += share
@@ -369,7 +374,7 @@ def _table(
     fused = tuple(
         tuple(f"{arch.blocks_path}.{i}.{m}" for m in group)
         for i in range(n_blocks)
-        for group in arch.fused_groups
+        for group in arch.block(i).fused_groups
     )
     return SensitivityTable(
         model={"source": handle.source, "fingerprint": handle.fingerprint},
@@ -377,7 +382,7 @@ def _table(
         layers=infos,
         entries=entries,
         fused=fused,
-        value_and_down=arch.value_and_down,
+        value_and_down=tuple(dict.fromkeys(m for b in arch.blocks for m in b.value_and_down)),
         n_blocks=n_blocks,
         other_bytes=_other_bytes(handle, infos),
         probe={

@@ -76,7 +76,14 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
     total_bits = params = lin_bits = lin_count = 0
     kept: list[str] = []
     embed_key = f"{handle.arch.embed_path}.weight"
+    owner_of = handle.foreign.owner if handle.foreign is not None else _no_owner
     for key, n, stored in stored_bits(handle):
+        owner = owner_of(key)
+        if owner is not None:  # a foreign weight's scales: stored bits of that weight
+            if owner not in quantized:
+                total_bits += stored
+                lin_bits += stored if _is_block_linear(handle, owner) else 0
+            continue
         bits = quantized.get(key, stored)
         total_bits, params = total_bits + bits, params + n
         if key not in quantized:
@@ -96,6 +103,10 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
         total_bits / max(params, 1),
         kept,
     )
+
+
+def _no_owner(key: str) -> str | None:
+    return None
 
 
 def _numel(shape: list[int]) -> int:

@@ -36,6 +36,7 @@ from lowbit.runtime import Runtime
 
 LAYOUT = "lowbit-quantized-v2"
 READABLE = ("lowbit-quantized-v1", LAYOUT)
+_CPU = torch.device("cpu")
 
 
 @contextmanager
@@ -72,6 +73,8 @@ def finish_saved(qm: QuantizedModel, tmp: Path, provenance: dict[str, Any]) -> N
     index = {"metadata": {"layout": LAYOUT}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
     copy_model_files(qm.handle.path, tmp)
+    if qm.handle.foreign is not None:  # its tensors are saved dense: no quantization_config
+        qm.handle.config.to_json_file(tmp / "config.json")
     (tmp / "lowbit.json").write_text(
         json.dumps(_manifest_of(qm, provenance), indent=2, default=str)
     )
@@ -99,14 +102,18 @@ def _unquantized_shards(qm: QuantizedModel, extra: dict[str, torch.Tensor]) -> I
 
         embed = f"{qm.handle.arch.embed_path}.weight"
         first[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed).contiguous()
+    weights = qm.handle.weights()  # a foreign checkpoint's tensors dequantized, scales hidden
+    visible = weights.keys()
     for k, file in enumerate(qm.handle.weight_files):
         out = first if k == 0 else {}
         with safe_open(str(file), framework="pt") as reader:
-            for key in reader.keys():
-                if key in qm.smoothed:  # a norm or bias that AWQ / SmoothQuant rescaled
-                    out[key] = qm.smoothed[key].contiguous()
-                elif key not in skip:
-                    out[key] = reader.get_tensor(key).contiguous()
+            keys = [key for key in reader.keys() if key in visible]
+        stored = weights.read([n for n in keys if n not in skip and n not in qm.smoothed], _CPU)
+        for key in keys:
+            if key in qm.smoothed:  # a norm or bias that AWQ / SmoothQuant rescaled
+                out[key] = qm.smoothed[key].contiguous()
+            elif key not in skip:
+                out[key] = stored[key].contiguous()
         if out:
             yield out
 

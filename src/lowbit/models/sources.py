@@ -21,6 +21,7 @@ from lowbit.models.compressed_source import is_compressed_tensors_dir
 from lowbit.models.discover import architecture_of
 from lowbit.models.experts import linearize_experts
 from lowbit.models.files import copy_model_files, fingerprint_files, safetensors_header
+from lowbit.models.foreign import Foreign, dense_model, detect_foreign, strip_quantization
 from lowbit.models.lazy import LazyModel
 from lowbit.models.weights import SafetensorsWeights, WeightSource
 from lowbit.runtime import Runtime
@@ -36,10 +37,12 @@ class ModelHandle:
     arch: ArchSpec
     fingerprint: str
     weight_files: tuple[Path, ...] = field(default=())
+    foreign: Foreign | None = None  # another tool's quantization, dequantized on read
 
-    def weights(self) -> SafetensorsWeights:
+    def weights(self) -> WeightSource:
         """Its tensors, read one module at a time."""
-        return SafetensorsWeights(self.weight_files, self.source)
+        stored = SafetensorsWeights(self.weight_files, self.source)
+        return stored if self.foreign is None else self.foreign.wrap(stored, self.source)
 
     def lazy(
         self, runtime: Runtime | None = None, weights: WeightSource | None = None
@@ -60,6 +63,8 @@ class ModelHandle:
         from lowbit.runtime import resolve_runtime
 
         runtime = runtime or resolve_runtime()
+        if self.foreign is not None:  # from_pretrained would re-quantize it: read it dense
+            return dense_model(self.lazy(runtime))
         model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=runtime.dtype, device_map={"": runtime.device}
         )
@@ -84,6 +89,7 @@ class ModelHandle:
             "fingerprint": self.fingerprint,
             "architecture": self.arch.name,
             "model_type": self.config.model_type,
+            **({} if self.foreign is None else {"dequantized_from": self.foreign.describe()}),
         }
 
 
@@ -117,12 +123,16 @@ def _from_dir(source: str, path: Path) -> ModelHandle:
     files = _weight_files(path)
     for file in files:
         safetensors_header(file)
+    foreign = detect_foreign(path, files)  # refuses what it cannot read, before any work
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"{path}/config.json cannot be read: {exc}") from exc
+    if foreign is not None:
+        strip_quantization(config)
     arch = architecture_of(config, str(path))
-    return ModelHandle(source, path, config, arch, fingerprint_files(files), tuple(files))
+    fingerprint = fingerprint_files(files)
+    return ModelHandle(source, path, config, arch, fingerprint, tuple(files), foreign)
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -134,6 +144,7 @@ def _safetensors_dir(path: Path, allow_pickle: bool) -> Path:
         raise ModelSourceError(
             f"{path} has no config.json: it is not a Hugging Face model directory"
         )
+    detect_foreign(path, _weight_files(path))  # GPTQ, AWQ, … refused before any conversion
     if is_compressed_tensors_dir(path):
         return _cached_compressed(path)
     if _weight_files(path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tiny import make_tiny_model
+from tests.helpers.tiny import make_tiny_model, with_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,18 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_root: Path) -> Path:
     return make_tiny_model(tiny_root, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_adds_bos(tiny_llama: Path, tiny_root: Path) -> Path:
+    """The tiny Llama with a tokenizer that adds its BOS token (<s>) by default."""
+    return with_tokenizer(tiny_llama, tiny_root / "llama-adds-bos", "adds-bos")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_no_bos_token(tiny_llama: Path, tiny_root: Path) -> Path:
+    """The tiny Llama with a tokenizer that has no BOS token."""
+    return with_tokenizer(tiny_llama, tiny_root / "llama-no-bos-token", "no-bos-token")
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen3", "opt"])

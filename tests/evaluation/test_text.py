@@ -26,6 +26,31 @@ def test_calibration_draw_is_seeded():
     assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(10, 63, dtype=torch.long))
 
 
+def test_bos_windows_are_bos_and_consecutive_text():
+    """With BOS each window is [BOS] + ctx−1 text tokens; consecutive windows advance by ctx−1,
+    so every text token of the windows is a target exactly once."""
+    ids = torch.arange(1000)
+    w = T.eval_windows(ids, 128, 3, "t", bos=9999)
+    assert w.shape == (3, 128)
+    assert torch.equal(w[:, 0], torch.full((3,), 9999))
+    assert torch.equal(w[:, 1:].reshape(-1), torch.arange(3 * 127))
+    assert T.eval_windows(ids, 128, None, "t", bos=9999).shape == (1000 // 127, 128)
+
+
+def test_bos_calibration_windows_keep_the_draw_shape():
+    ids = torch.arange(5000)
+    a = T.calibration_windows(ids, 64, 10, 0, "t", bos=9999)
+    assert a.shape == (10, 64) and torch.equal(a[:, 0], torch.full((10,), 9999))
+    assert torch.equal(a[:, 2:] - a[:, 1:-1], torch.ones(10, 62, dtype=torch.long))
+    assert int(a[:, 1:].max()) < 5000
+
+
+def test_text_shorter_than_a_bos_window():
+    T.eval_windows(torch.arange(63), 64, None, "t", bos=1)  # BOS and 63 text tokens fit
+    with pytest.raises(DataError, match=r"shorter than one window of 64 \(BOS and 63 text"):
+        T.eval_windows(torch.arange(62), 64, None, "text x", bos=1)
+
+
 def test_text_shorter_than_a_window():
     with pytest.raises(DataError, match="shorter than one window of 512"):
         T.eval_windows(torch.arange(100), 512, None, "text x")

@@ -77,3 +77,26 @@ def make_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(_tokenizer_dir(root)).save_pretrained(out)
     return out
+
+
+def with_tokenizer(model_dir: Path, out: Path, kind: str) -> Path:
+    """A copy of the tiny model at ``model_dir`` under ``out`` (same weights) whose tokenizer
+    ``kind`` is ``"adds-bos"`` (adds its BOS token by default: saved with a BOS post-processor,
+    as Llama-3's tokenizers are) or ``"no-bos-token"`` (has no BOS token at all)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    if kind not in ("adds-bos", "no-bos-token"):
+        raise ValueError(kind)
+    if (out / "config.json").is_file():
+        return out
+    shutil.copytree(model_dir, out)
+    if kind == "adds-bos":
+        AutoTokenizer.from_pretrained(model_dir, add_bos_token=True).save_pretrained(out)
+    else:
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        config.pop("bos_token", None)
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out

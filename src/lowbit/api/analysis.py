@@ -44,6 +44,7 @@ def sensitivity(
         done=done,
         on_block=on_block,
         progress=progress,
+        bos=calib.bos,
     )
 
 

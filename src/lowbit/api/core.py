@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from lowbit import __version__
 from lowbit._io import check_new_output, library_versions, machine_info, peak_rss_bytes, write_json
 from lowbit.errors import ConfigError, DataError
+from lowbit.evaluation.bos import BosChoice, BosPolicy, check_policy
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.runtime import RuntimeConfig
 
@@ -24,14 +25,18 @@ JsonDict = dict[str, Any]
 
 @dataclass(frozen=True)
 class TextConfig:
-    """A text source spec (path, ``builtin:NAME`` or ``NAME:CONFIG:SPLIT``) cut into windows."""
+    """A text source spec (path, ``builtin:NAME`` or ``NAME:CONFIG:SPLIT``) cut into windows;
+    ``bos``: whether each window starts with the tokenizer's BOS token (auto: when the
+    tokenizer adds one by default; always; never; see :mod:`lowbit.evaluation.bos`)."""
 
     source: str = "builtin:python-docs"
     ctx: int = 512
     windows: int | None = 40
     seed: int = 0
+    bos: BosPolicy = "auto"
 
     def __post_init__(self) -> None:
+        check_policy(self.bos)
         if self.ctx < 2:
             raise ConfigError(f"ctx must be at least 2 tokens, got {self.ctx}")
         if self.windows is not None and self.windows <= 0:
@@ -40,10 +45,12 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class Windows:
-    """Token windows (n, ctx) int64 and what they are (source, fingerprint, selection)."""
+    """Token windows (n, ctx) int64, what they are (source, fingerprint, selection, BOS) and
+    the BOS choice they were cut with (default: none, as for windows made by hand)."""
 
     ids: torch.Tensor
     info: JsonDict = field(default_factory=dict)
+    bos: BosChoice = field(default_factory=BosChoice)
 
 
 def load(model: str, *, allow_pickle: bool = False) -> ModelHandle:
@@ -63,8 +70,10 @@ def runtime(cfg: RuntimeConfig | None = None) -> Runtime:
 
 def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> Windows:
     """Tokenize ``cfg.source`` once and cut evaluation (consecutive) or calibration (seeded
-    random) windows; records the source's fingerprint and the selection."""
+    random) windows, each starting with BOS when ``cfg.bos`` resolves so for the model's
+    tokenizer; records the source's fingerprint, the selection and the BOS choice."""
     from lowbit.evaluation import text as T
+    from lowbit.evaluation.bos import resolve_bos
 
     limit = getattr(handle.config, "max_position_embeddings", None)
     if limit is not None and cfg.ctx > limit:
@@ -74,12 +83,15 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
         )
     source = T.parse_text_source(cfg.source, part="calib" if calibration else "eval")
     raw = T.load_text(source)
-    ids = T.tokenize(handle.load_tokenizer(), raw)
+    tokenizer = handle.load_tokenizer()
+    bos = resolve_bos(tokenizer, cfg.bos, f"the tokenizer of {handle.source}")
+    ids = T.tokenize(tokenizer, raw)
     what = f"text {source.describe()}"
     if calibration:
-        windows = T.calibration_windows(ids, cfg.ctx, cfg.windows or 128, cfg.seed, what)
+        n = cfg.windows or 128
+        windows = T.calibration_windows(ids, cfg.ctx, n, cfg.seed, what, bos.token_id)
     else:
-        windows = T.eval_windows(ids, cfg.ctx, cfg.windows, what)
+        windows = T.eval_windows(ids, cfg.ctx, cfg.windows, what, bos.token_id)
     info = {
         "source": source.describe(),
         "fingerprint": T.text_fingerprint(raw),
@@ -89,8 +101,9 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
         "selection": f"seeded random offsets, seed {cfg.seed}"
         if calibration
         else "consecutive non-overlapping windows from the start",
+        "bos": bos.to_dict(),
     }
-    return Windows(windows, info)
+    return Windows(windows, info, bos)
 
 
 def check_distinct_texts(evaluation: Windows, calibration: Windows) -> None:

@@ -1,8 +1,8 @@
 """The API's evaluation functions: one model in memory, the reference cached on disk.
 
 A reference's per-token log-probabilities are computed once per (model, text, ctx, windows,
-BOS policy, compute dtype) and cached under ``$LOWBIT_CACHE/references`` (or a file the user
-names); candidates are then evaluated one after another against it, each layer-wise on the
+resolved BOS choice, compute dtype) and cached under ``$LOWBIT_CACHE/references`` (or a file
+the user names); candidates are then evaluated one after another against it, each layer-wise on the
 block runner, so no two models, and no whole model, are ever in memory at once.
 """
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from lowbit.runtime import Runtime
 
 Progress = Callable[[int, int], None]
-BOS_POLICY = "none"  # the text is tokenized once without special tokens (evaluation/text.py)
 
 
 def view_of(source: str, *, allow_pickle: bool = False) -> tuple[ModelView, ModelHandle]:
@@ -80,7 +79,7 @@ def reference_key(view: ModelView, windows: Windows, rt: Runtime) -> ReferenceKe
         ctx=int(windows.ids.shape[1]),
         windows=int(windows.ids.shape[0]),
         selection=str(windows.info.get("selection", "")),
-        bos=BOS_POLICY,
+        bos=windows.bos.cache_key,
         dtype=str(rt.dtype).removeprefix("torch."),
         device=rt.device.type,
     )

@@ -10,6 +10,7 @@ import typer
 from lowbit.cli.options import (
     AllowPickle,
     BatchSize,
+    Bos,
     Ctx,
     Device,
     Dtype,
@@ -49,6 +50,7 @@ def compare(
         ),
     ] = None,
     ctx: Ctx = 512,
+    bos: Bos = "auto",
     windows: EvalWindows = 40,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -76,7 +78,7 @@ def compare(
     task_cfg = None
     if tasks is not None:
         task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
-    text = TextConfig(eval_text, ctx, windows) if eval_text is not None else None
+    text = TextConfig(eval_text, ctx, windows, bos=bos) if eval_text is not None else None
     compare_job(
         reference,
         quantized,

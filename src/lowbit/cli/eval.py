@@ -11,6 +11,7 @@ import typer
 from lowbit.cli.options import (
     AllowPickle,
     BatchSize,
+    Bos,
     Ctx,
     Device,
     Dtype,
@@ -49,6 +50,7 @@ def evaluate(
         ),
     ] = None,
     ctx: Ctx = 512,
+    bos: Bos = "auto",
     windows: EvalWindows = 40,
     tasks: Tasks = None,
     limit: Limit = None,
@@ -86,7 +88,7 @@ def evaluate(
     text = eval_text if eval_text is not None or tasks is not None else DEFAULT_TEXT
     eval_job(
         model,
-        TextConfig(text, ctx, windows) if text is not None else None,
+        TextConfig(text, ctx, windows, bos=bos) if text is not None else None,
         output,
         reference=reference,
         tasks=task_cfg,

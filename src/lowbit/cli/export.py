@@ -10,6 +10,7 @@ import typer
 
 from lowbit.cli.options import (
     AllowPickle,
+    Bos,
     CalibText,
     CalibWindows,
     ComputeDtype,
@@ -67,6 +68,7 @@ def export(
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    bos: Bos = "auto",
     device: Device = "auto",
     compute_dtype: ComputeDtype = "auto",
     offload: OffloadOption = "auto",
@@ -88,7 +90,7 @@ def export(
         to.value,
         output,
         plan=Plan.load(plan) if plan else None,
-        calib=api.TextConfig(calib_text, ctx, calib_windows, seed),
+        calib=api.TextConfig(calib_text, ctx, calib_windows, seed, bos),
         dtype=dtype.value,
         allow_unfused=allow_unfused,
         eval_result=eval_result,

@@ -35,6 +35,14 @@ Ctx = Annotated[int, typer.Option("--ctx", help="Tokens per window.")]
 EvalWindows = Annotated[int, typer.Option("--windows", help="Evaluate the first N windows.")]
 CalibWindows = Annotated[int, typer.Option("--calib-windows", help="Calibration windows.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the calibration window draw.")]
+Bos = Annotated[
+    str,
+    typer.Option(
+        "--bos",
+        help="Start every evaluation and calibration window with the BOS token: auto (when "
+        "the tokenizer adds one by default, as llama.cpp decides), always, or never.",
+    ),
+]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the result.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 AllowPickle = Annotated[

@@ -9,6 +9,7 @@ import typer
 
 from lowbit.cli.menu import Algorithm, Fuse, Metric, TablePath
 from lowbit.cli.options import (
+    Bos,
     CalibText,
     Ctx,
     Device,
@@ -46,6 +47,7 @@ def pareto(
     calib_windows: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    bos: Bos = "auto",
     device: Device = "auto",
     dtype: Dtype = "auto",
     offload: OffloadOption = "auto",
@@ -70,8 +72,8 @@ def pareto(
         table,
         budget,
         uniform,
-        api.TextConfig(calib_text, ctx, calib_windows, seed),
-        api.TextConfig(eval_text, ctx, windows),
+        api.TextConfig(calib_text, ctx, calib_windows, seed, bos),
+        api.TextConfig(eval_text, ctx, windows, bos=bos),
         output,
         metric=metric,
         fuse=fuse,

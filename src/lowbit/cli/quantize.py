@@ -10,6 +10,7 @@ import typer
 
 from lowbit.cli.options import (
     AllowPickle,
+    Bos,
     CalibText,
     CalibWindows,
     ChunkSize,
@@ -70,6 +71,7 @@ def quantize(
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    bos: Bos = "auto",
     device: Device = "auto",
     dtype: Dtype = "auto",
     offload: OffloadOption = "auto",
@@ -107,7 +109,7 @@ def quantize(
     quantize_job(
         model,
         the_plan,
-        api.TextConfig(calib_text, ctx, calib_windows, seed),
+        api.TextConfig(calib_text, ctx, calib_windows, seed, bos),
         output,
         execution=Execution(
             runtime_config(device, dtype, offload, max_memory), chunk_size, propagation.value

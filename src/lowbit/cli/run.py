@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lowbit.cli.options import (
+    Bos,
     CalibText,
     CalibWindows,
     Ctx,
@@ -35,6 +36,7 @@ def run(
     windows: EvalWindows = 40,
     calib_windows: CalibWindows = 32,
     seed: Seed = 0,
+    bos: Bos = "auto",
     device: Device = "auto",
     dtype: Dtype = "auto",
     offload: OffloadOption = "auto",
@@ -54,8 +56,8 @@ def run(
 
     run_job(
         model,
-        TextConfig(eval_text, ctx, windows, seed),
-        TextConfig(calib_text, ctx, calib_windows, seed),
+        TextConfig(eval_text, ctx, windows, seed, bos),
+        TextConfig(calib_text, ctx, calib_windows, seed, bos),
         output,
         execution=Execution(
             runtime_config(device, dtype, offload, max_memory), reference_cache=reference_cache

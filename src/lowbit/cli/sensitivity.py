@@ -10,6 +10,7 @@ import typer
 from lowbit.cli.menu import Algorithm, Bits, Groups, MenuFile
 from lowbit.cli.options import (
     AllowPickle,
+    Bos,
     CalibText,
     Ctx,
     Device,
@@ -35,6 +36,7 @@ def sensitivity(
     calib_windows: Annotated[int, typer.Option(help="Windows for the Hessians.")] = 32,
     ctx: Ctx = 512,
     seed: Seed = 0,
+    bos: Bos = "auto",
     probe_windows: Annotated[int, typer.Option(help="Windows for the measured KL.")] = 2,
     probe_ctx: Annotated[int, typer.Option(help="Tokens per probe window.")] = 192,
     batch: Annotated[int, typer.Option(help="Specs run together through the model.")] = 4,
@@ -67,7 +69,7 @@ def sensitivity(
     sensitivity_job(
         model,
         specs,
-        api.TextConfig(calib_text, ctx, calib_windows, seed),
+        api.TextConfig(calib_text, ctx, calib_windows, seed, bos),
         probe,
         output,
         resume=resume,

@@ -1,8 +1,10 @@
 """Perplexity, KL divergence to a reference, top-1 agreement and Δp, streamed window by window.
 
-Protocol: each window of ``ctx`` tokens predicts its tokens 1..ctx-1 from the tokens before them
-(no BOS is inserted: the text is tokenized once without special tokens, as the windows are cut
-from it); perplexity is exp of the mean negative log-likelihood over every predicted token.
+Protocol: each window of ``ctx`` tokens predicts its tokens 1..ctx-1 from the tokens before them;
+position 0 is never a target. A window is cut from the text tokenized once without special
+tokens, and starts with the BOS token when the BOS policy says so (:mod:`lowbit.evaluation.text`):
+then the scored tokens are exactly the window's ctx-1 text tokens. Perplexity is exp of the
+mean negative log-likelihood over every predicted token.
 KL(P_ref ‖ P_model) is computed per token over the full vocabulary.
 
 One model in memory: the reference's log-probabilities are computed once and cached on disk

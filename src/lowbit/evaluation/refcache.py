@@ -3,8 +3,8 @@
 One model in memory: the reference is run once over the evaluation windows and its
 log-probabilities are written here; candidates are then scored one after another against the
 file. A file is keyed by what the numbers depend on (:class:`ReferenceKey`: model and text
-fingerprints, ctx, windows and their selection, BOS policy, compute dtype) and refused, naming
-the field and the fix, when any of these differ from what the caller expects.
+fingerprints, ctx, windows and their selection, the resolved BOS choice, compute dtype) and
+refused, naming the field and the fix, when any of these differ from what the caller expects.
 
 Per predicted token (``T = ctx - 1`` per window, vocabulary ``V``) a file holds the argmax
 token (int32) and the target's log-prob (float32) exactly, so top-1 agreement, Δp and the
@@ -99,7 +99,7 @@ class ReferenceKey:
     ctx: int
     windows: int
     selection: str  # how the windows were cut, e.g. "consecutive from the start"
-    bos: str  # BOS policy, e.g. "none"
+    bos: str  # the resolved BOS choice: "none" or "prepend:<id>" (BosChoice.cache_key)
     dtype: str  # compute dtype of the reference, e.g. "float32"
     device: str = "cpu"  # device kind the reference ran on
 
@@ -115,7 +115,7 @@ _MISMATCH = {
     "ctx": "made with ctx {0}, this evaluation uses ctx {1}",
     "windows": "holds {0} windows, this evaluation uses {1}",
     "selection": "windows selected as {0!r}, this evaluation selects {1!r}",
-    "bos": "made with BOS policy {0!r}, this evaluation uses {1!r}",
+    "bos": "made with BOS {0!r}, this evaluation uses {1!r} (--bos)",
     "dtype": "reference computed in dtype {0}, this evaluation asks for {1}",
 }
 

@@ -4,6 +4,17 @@ A source is a local file, a Hugging Face dataset given by name (``NAME:CONFIG:SP
 ``datasets``), or a built-in text that ships with Python: ``builtin:python-docs``, whose
 evaluation and calibration parts come from two different sources
 (see :mod:`lowbit.evaluation.builtin_text`).
+
+Windows: the text is tokenized once, without special tokens, and windows of ``ctx`` tokens are
+cut from it. Without BOS a window is ``ctx`` text tokens. With BOS (``bos``, the token id of a
+resolved :class:`~lowbit.evaluation.bos.BosChoice`) a window is ``[BOS] + ctx-1 text tokens``:
+the BOS token is prepended, not written over a text token (llama.cpp overwrites the first
+token of each chunk instead). The metrics predict positions 1..ctx-1 of a window from the
+tokens before them (:mod:`lowbit.evaluation.metrics`), so the BOS position is never a target:
+with BOS every text token of a window is scored, the first one predicted from BOS alone;
+without BOS the window's first text token is context only. Either way a window scores
+``ctx - 1`` tokens. Consecutive evaluation windows with BOS advance by ``ctx - 1`` text tokens,
+so no text token is skipped or scored twice.
 """
 
 from __future__ import annotations
@@ -110,36 +121,54 @@ def text_fingerprint(text: str) -> str:
 
 
 def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
-    """Token ids (n,) of the whole text, tokenized once, without special tokens (no BOS)."""
+    """Token ids (n,) of the whole text, tokenized once, without special tokens (a BOS token
+    is prepended to each window when they are cut, see the module's docstring)."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def eval_windows(ids: torch.Tensor, ctx: int, max_windows: int | None, what: str) -> torch.Tensor:
-    """Consecutive non-overlapping windows (n, ctx) from the start of ``ids``."""
-    _check_ctx(ids, ctx, what)
-    n = ids.numel() // ctx
+def eval_windows(
+    ids: torch.Tensor, ctx: int, max_windows: int | None, what: str, bos: int | None = None
+) -> torch.Tensor:
+    """Consecutive non-overlapping windows (n, ctx) from the start of ``ids``; with ``bos``
+    (a token id), each is ``[bos]`` and the next ``ctx - 1`` text tokens."""
+    span = _span(ids, ctx, what, bos)
+    n = ids.numel() // span
     if max_windows is not None:
         n = min(n, max_windows)
-    return ids[: n * ctx].view(n, ctx).clone()
+    return _with_bos(ids[: n * span].view(n, span), bos)
 
 
-def calibration_windows(ids: torch.Tensor, ctx: int, n: int, seed: int, what: str) -> torch.Tensor:
-    """``n`` windows (n, ctx) at seeded random offsets (the usual GPTQ calibration draw)."""
-    _check_ctx(ids, ctx, what)
+def calibration_windows(
+    ids: torch.Tensor, ctx: int, n: int, seed: int, what: str, bos: int | None = None
+) -> torch.Tensor:
+    """``n`` windows (n, ctx) at seeded random offsets (the usual GPTQ calibration draw); with
+    ``bos`` (a token id), each is ``[bos]`` and ``ctx - 1`` text tokens from its offset."""
+    span = _span(ids, ctx, what, bos)
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - ctx + 1, (n,), generator=gen)
-    return torch.stack([ids[s : s + ctx] for s in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - span + 1, (n,), generator=gen)
+    return _with_bos(torch.stack([ids[s : s + span] for s in starts.tolist()]), bos)
 
 
-def _check_ctx(ids: torch.Tensor, ctx: int, what: str) -> None:
+def _with_bos(text: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """``text`` (n, span) with a first column of ``bos`` prepended (a fresh tensor either way)."""
+    if bos is None:
+        return text.clone()
+    return torch.cat([torch.full((text.shape[0], 1), bos, dtype=text.dtype), text], dim=1)
+
+
+def _span(ids: torch.Tensor, ctx: int, what: str, bos: int | None) -> int:
+    """Text tokens per window: ``ctx``, or ``ctx - 1`` beside a BOS token; checked."""
     if ctx < 2:
         raise DataError(f"window length (ctx) must be at least 2, got {ctx}")
-    if ids.numel() < ctx:
+    span = ctx - (bos is not None)
+    if ids.numel() < span:
+        extra = f" (BOS and {span} text tokens)" if bos is not None else ""
         raise DataError(
-            f"{what} has {ids.numel()} tokens, shorter than one window of {ctx}; "
+            f"{what} has {ids.numel()} tokens, shorter than one window of {ctx}{extra}; "
             "use a longer text or a smaller --ctx"
         )
+    return span
 
 
 def data_dir() -> Path:

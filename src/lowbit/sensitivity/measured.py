@@ -24,6 +24,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from lowbit.evaluation.bos import NO_BOS, BosChoice
 from lowbit.evaluation.metrics import Accumulator, write_reference_windows
 from lowbit.evaluation.refcache import (
     ReferenceKey,
@@ -40,16 +41,14 @@ from lowbit.models.views import original_view
 from lowbit.runtime import Runtime
 from lowbit.runtime.runner import Activations, BlockStore, Chunk, hidden_of
 
-BOS_POLICY = "none"  # calibration windows are cut from text tokenized without special tokens
-
 
 def reference_windows(
-    handle: ModelHandle, ids: torch.Tensor, runtime: Runtime
+    handle: ModelHandle, ids: torch.Tensor, runtime: Runtime, bos: BosChoice = NO_BOS
 ) -> tuple[list[ReferenceWindow], float]:
     """(the original model's cached log-probabilities on the probe windows ``ids`` (n, ctx),
-    one per window, on the runtime's device; seconds spent computing
-    them: 0 when cached)."""
-    key = reference_key(handle, ids, runtime)
+    cut with the BOS choice ``bos``, one per window, on the runtime's device; seconds spent
+    computing them: 0 when cached)."""
+    key = reference_key(handle, ids, runtime, bos)
     vocab = int(handle.config.vocab_size)
     path = cache_path(cache_root() / "references", key)
     seconds = 0.0
@@ -70,9 +69,12 @@ def reference_windows(
     return windows, seconds
 
 
-def reference_key(handle: ModelHandle, ids: torch.Tensor, runtime: Runtime) -> ReferenceKey:
-    """The cache key of the probe windows ``ids``: the text is fingerprinted by the token ids
-    themselves (the windows are the first calibration windows, cut)."""
+def reference_key(
+    handle: ModelHandle, ids: torch.Tensor, runtime: Runtime, bos: BosChoice = NO_BOS
+) -> ReferenceKey:
+    """The cache key of the probe windows ``ids`` cut with the BOS choice ``bos``: the text is
+    fingerprinted by the token ids themselves (the windows are the first calibration windows,
+    cut, so a BOS token stays first)."""
     digest = hashlib.sha256(ids.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
     n, ctx = ids.shape
     return ReferenceKey(
@@ -81,7 +83,7 @@ def reference_key(handle: ModelHandle, ids: torch.Tensor, runtime: Runtime) -> R
         ctx=int(ctx),
         windows=int(n),
         selection=f"sensitivity probe: the first {n} calibration windows cut to {ctx} tokens",
-        bos=BOS_POLICY,
+        bos=bos.cache_key,
         dtype=str(runtime.dtype).removeprefix("torch."),
         device=runtime.device.type,
     )

@@ -43,6 +43,7 @@ from torch import nn
 
 from lowbit._tensor import all_finite
 from lowbit.errors import ConfigError, LowbitError
+from lowbit.evaluation.bos import NO_BOS, BosChoice
 from lowbit.models.capture import capture
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.quantize import quantize_weight
@@ -120,9 +121,11 @@ def measure(
     done: dict[tuple[str, int], Entry] | None = None,
     on_block: BlockDone | None = None,
     progress: Progress | None = None,
+    bos: BosChoice = NO_BOS,
 ) -> SensitivityTable:
     """The sensitivity table of ``handle`` for ``menu`` on calibration windows ``calib`` (n, ctx),
-    run on ``runtime`` one block at a time (see the module's docstring).
+    cut with the BOS choice ``bos``, run on ``runtime`` one block at a time (see the module's
+    docstring).
 
     ``done`` holds entries of an interrupted run: their layers are not probed again.
     ``on_block(i, entries)`` is called after each block, the last block first (to checkpoint);
@@ -141,7 +144,7 @@ def measure(
     for x in infos:
         if _wanted(x, menu, entries, cfg):
             todo.setdefault(x.block, []).append(x)
-    run = _Run(handle, lazy, menu, calib, cfg)
+    run = _Run(handle, lazy, menu, calib, cfg, bos)
     if todo:
         run.prepare(sorted(todo))
     n_blocks = len(lazy)
@@ -191,6 +194,7 @@ class _Run:
     menu: tuple[LayerSpec, ...]
     calib: torch.Tensor
     cfg: ProbeConfig
+    bos: BosChoice
     timings: dict[str, float] = field(default_factory=dict)
     recorded: Recorded | None = None
     fisher: BlockwiseFisher | None = None
@@ -227,7 +231,7 @@ class _Run:
         self.timings["stored_bytes"] = float(sum(stored.values()))
         if cfg.measure:
             t0 = time.perf_counter()
-            reference, _ = reference_windows(self.handle, probe_ids, runtime)
+            reference, _ = reference_windows(self.handle, probe_ids, runtime, self.bos)
             self.kl = KLProbe(self.lazy, self.store, probe_ids, reference, cfg.batch, home)
             self.timings["reference_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -82,6 +82,7 @@ def _run_key(handle: Any, menu: tuple[LayerSpec, ...], windows: Any, probe: Any)
         "calibration": windows.info["fingerprint"],
         "windows": windows.info["windows"],
         "ctx": windows.info["ctx"],
+        "bos": windows.info["bos"],
         "probe": asdict(probe),
     }
 

@@ -43,7 +43,7 @@ def _configs() -> dict[str, Any]:
             intermediate_size=96, num_hidden_layers=2, pad_token_id=0, **_ATTN
         ),
         "mixtral": lambda: T.MixtralConfig(
-            intermediate_size=48,
+            intermediate_size=64,
             num_hidden_layers=2,
             num_local_experts=4,
             num_experts_per_tok=2,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from lowbit.api.core import JsonDict, Windows, load, runtime
 from lowbit.errors import ArtefactError, ConfigError
+from lowbit.models.pipeline import ExpertCalibration
 from lowbit.plan import Plan
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def quantize(
     rt: Runtime | None = None,
     propagation: str = "true-sequential",
     chunk_size: int = 4,
+    experts: ExpertCalibration | None = None,
     progress: Progress | None = None,
     shard_dir: Path | None = None,
 ) -> QuantizedModel:
@@ -42,7 +44,9 @@ def quantize(
     soon as the block is done.
 
     ``propagation``: ``true-sequential`` (later layers see quantized earlier ones) or
-    ``two-pass`` (statistics from the original block; least memory)."""
+    ``two-pass`` (statistics from the original block; least memory). ``experts``: how
+    calibration tokens reach a mixture's experts (default: every token through every
+    expert)."""
     from lowbit.models.quantize import PipelineConfig, quantize_model
 
     rt = rt or runtime()
@@ -58,7 +62,7 @@ def quantize(
         plan,
         ids,
         runtime=rt,
-        pipeline=PipelineConfig(propagation, chunk_size),
+        pipeline=PipelineConfig(propagation, chunk_size, experts or ExpertCalibration()),
         progress=progress,
         smoothquant=smoothquant,
         shard_dir=shard_dir,

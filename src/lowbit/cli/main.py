@@ -10,6 +10,7 @@ import typer
 from lowbit.cli import compare as compare_cmd
 from lowbit.cli import eval as eval_cmd
 from lowbit.cli import export as export_cmd
+from lowbit.cli import inspect as inspect_cmd
 from lowbit.cli import ls as ls_cmd
 from lowbit.cli import pareto as pareto_cmd
 from lowbit.cli import perf as perf_cmd
@@ -35,6 +36,7 @@ app.command("plan")(plan_cmd.plan)
 app.command("pareto")(pareto_cmd.pareto)
 app.command("perf")(perf_cmd.perf)
 app.command("profile")(perf_cmd.profile)
+app.command("inspect")(inspect_cmd.inspect)
 app.command("ls")(ls_cmd.ls)
 
 

@@ -24,7 +24,13 @@ from lowbit.cli.options import (
     Seed,
     runtime_config,
 )
-from lowbit.models.pipeline import Propagation
+from lowbit.models.pipeline import ExpertCalibration, Propagation
+
+
+class ExpertPolicy(str, Enum):
+    all = "all"
+    routed = "routed"
+
 
 
 class Granularity(str, Enum):
@@ -77,6 +83,17 @@ def quantize(
     offload: OffloadOption = "auto",
     max_memory: MaxMemory = None,
     chunk_size: ChunkSize = 4,
+    expert_calibration: Annotated[
+        ExpertPolicy,
+        typer.Option(
+            help="Mixtures of experts: all = every calibration token through every expert for "
+            "the Hessians; routed = the routed tokens (every token for an expert with fewer "
+            "than --expert-min-tokens in a chunk)."
+        ),
+    ] = ExpertPolicy.all,
+    expert_min_tokens: Annotated[
+        int, typer.Option(help="With --expert-calibration routed: the fallback threshold.")
+    ] = 16,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -112,7 +129,10 @@ def quantize(
         api.TextConfig(calib_text, ctx, calib_windows, seed, bos),
         output,
         execution=Execution(
-            runtime_config(device, dtype, offload, max_memory), chunk_size, propagation.value
+            runtime_config(device, dtype, offload, max_memory),
+            chunk_size,
+            propagation.value,
+            experts=ExpertCalibration(expert_calibration.value, expert_min_tokens),
         ),
         overwrite=overwrite,
         allow_pickle=allow_pickle,

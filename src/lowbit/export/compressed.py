@@ -50,6 +50,7 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
             "Quantize those layers with act-order 'static' or 'off' and a group size that "
             "divides their input width, or keep them in full precision",
         )
+    _check_expert_names(qm)
     notes = check_fused(qm, opts, "vLLM") + _serving_notes(qm)
     compressor = _compress(inp.model, qm)
     kept_error = _cast_kept(inp.model, getattr(torch, opts.dtype))
@@ -132,6 +133,25 @@ def quantization_config(qm: Any) -> Any:
         for i, names in enumerate(by_scheme.values())
     }
     return QuantizationConfig(config_groups=groups, ignore=[*qm.kept, "lm_head"])
+
+
+def _check_expert_names(qm: Any) -> None:
+    """Experts are written per expert under lowbit's names (``experts.{e}.gate_proj``), which
+    are the checkpoint's own for Qwen-MoE and DeepSeek; a checkpoint that names its experts
+    otherwise (Mixtral's w1/w2/w3, GPT-OSS's fused tensors) would not load in vLLM."""
+    stored = qm.handle.weights().keys()
+    arch = qm.handle.arch
+    for i, block in enumerate(arch.blocks):
+        for path in block.experts:
+            first = f"{arch.blocks_path}.{i}.{path}.0.{block.linear_names[-1].rsplit('.', 1)[-1]}"
+            if f"{first}.weight" not in stored:
+                raise ExportError(
+                    f"{qm.handle.source}: its experts are stored under other names than "
+                    f"lowbit's ({first}.weight is not in the checkpoint: e.g. Mixtral's "
+                    "w1/w2/w3, GPT-OSS's fused tensors); exporting them to compressed-tensors "
+                    "under the checkpoint's names is not supported yet: export a Qwen-MoE or "
+                    "DeepSeek-style model, or evaluate this one in lowbit"
+                )
 
 
 def _compress(model: Any, qm: Any) -> Any:

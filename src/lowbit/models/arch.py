@@ -18,7 +18,8 @@ unchanged. A linear → linear pair is valid only when the preceding linear's ou
 exactly the next linear's input channels: with grouped-query attention v_proj has fewer output
 channels than o_proj has inputs, and the pair is skipped for that model (as llm-awq does; the
 scales could be repeated per KV head, which neither llm-awq nor lowbit does). A linear followed
-by a nonlinearity (OPT's fc1 → ReLU → fc2) is no pair at all. A norm whose scale is
+by a nonlinearity is a pair only if the nonlinearity commutes with positive scales: OPT's
+fc1 → ReLU → fc2 is (ReLU(x / s) = ReLU(x) / s), gate_proj → SiLU is not. A norm whose scale is
 ``offset + w`` (Gemma's RMSNorm computes ``x̂ · (1 + w)``) absorbs s as
 ``w ← (offset + w) / s − offset``.
 """
@@ -188,7 +189,9 @@ OPT = ARCHITECTURES.register(
                 smoothing_pairs=(
                     SmoothingPair("self_attn_layer_norm", _LLAMA_ATTN),
                     SmoothingPair("self_attn.v_proj", ("self_attn.out_proj",), prev_is_linear=True),
-                    SmoothingPair("final_layer_norm", ("fc1",)),  # fc1 → ReLU → fc2: no pair
+                    SmoothingPair("final_layer_norm", ("fc1",)),
+                    # ReLU(x / s) = ReLU(x) / s for s > 0: fc1 → fc2 is a pair (llm-awq's too)
+                    SmoothingPair("fc1", ("fc2",), prev_is_linear=True),
                 ),
                 no_clip=("self_attn.q_proj", "self_attn.k_proj"),
             ),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lowbit.errors import ModelSourceError
+from lowbit.models.experts import linearize_experts
 
 
 def is_compressed_tensors_dir(path: Path) -> bool:
@@ -41,6 +42,7 @@ def load_compressed_tensors(path: Path) -> Any:
     qcfg = QuantizationConfig.model_validate(config.quantization_config)
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    linearize_experts(model)  # experts are stored per expert, as vLLM reads them
     state = _read_tensors(path)
     apply_quantization_config(model, qcfg, show_progress=False)
     with torch.no_grad():

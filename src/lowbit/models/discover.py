@@ -42,12 +42,18 @@ def _cached(config_json: str, config_type: type, where: str) -> ArchSpec:
     import json
 
     config = config_type.from_dict(json.loads(config_json))
+    return discover_architecture(config, where, hand_written=True)
+
+
+def discover_architecture(config: Any, where: str, *, hand_written: bool = True) -> ArchSpec:
+    """The architecture of ``config``: the hand-written family spec when there is one that
+    fits (unless ``hand_written`` is False), else discovered by tracing."""
     meta = meta_model(config, where)
     blocks_path, blocks = find_blocks(meta, config, where)
     embed = meta.get_input_embeddings()
     names = {id(m): n for n, m in meta.named_modules()}
     embed_path = names.get(id(embed), "") if embed is not None else ""
-    family = family_spec(config.model_type)
+    family = family_spec(config.model_type) if hand_written else None
     if family is not None and _fits(family, blocks_path, blocks):
         return family.with_blocks(len(blocks))
     kinds = [block_signature(b) for b in blocks]

@@ -161,3 +161,14 @@ def _dot(pattern: str) -> str:
     path, which ends before ``.experts``)."""
     i = pattern.find(".experts.")
     return pattern[i:] if i >= 0 else "." + pattern.split("experts.", 1)[-1]
+
+
+def stored_expert_names(model_type: str) -> str:
+    """How a family's checkpoints store experts, from transformers' conversion mapping:
+    ``"lowbit"`` (per expert as ``experts.{e}.gate_proj``), ``"renamed"`` (per expert under
+    other names, e.g. Mixtral's w1/w3/w2) or ``"fused"`` (as the module holds them)."""
+    _, sources = _conversion(model_type)
+    if not sources:
+        return "fused"
+    ok = all(p.endswith(f".experts.*.{role}.weight") for role, ps in sources.items() for p in ps)
+    return "lowbit" if ok else "renamed"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lowbit import api
 from lowbit.plan import Plan
 from lowbit.report.console import console, progress_bar, results_table
+from lowbit.models.pipeline import ExpertCalibration
 from lowbit.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Execution:
     chunk_size: int = 4
     propagation: str = "true-sequential"
     reference_cache: Path | None = None
+    experts: ExpertCalibration = field(default_factory=ExpertCalibration)
 
 
 DEFAULT_EXECUTION = Execution()
@@ -245,6 +247,7 @@ def quantize_windows(
             rt=rt,
             propagation=execution.propagation,
             chunk_size=execution.chunk_size,
+            experts=execution.experts,
             progress=update,
             shard_dir=shard_dir,
         )

@@ -9,7 +9,15 @@ from typing import Any
 
 from lowbit.errors import ConfigError
 from lowbit.perf.hardware import Hardware
-from lowbit.perf.operators import Op, Precision, Step, block_ops, embedding_op, head_ops
+from lowbit.perf.operators import (
+    Op,
+    Precision,
+    Step,
+    block_ops,
+    embedding_op,
+    head_ops,
+    local_size,
+)
 from lowbit.perf.roofline import Timed, time_op
 from lowbit.perf.runtime import RUNTIMES
 from lowbit.perf.shape import ModelShape
@@ -152,7 +160,7 @@ def _expert_all_to_all(shape: ModelShape, prec: Precision, step: Step, layout: L
     volume = (
         2.0 * rows * shape.top_k * shape.hidden * prec.act_bits / 8 * (layout.ep - 1) / layout.ep
     )
-    return [Op("all_to_all", "comm", 0.0, 0.0, volume, 0.0, "fp16")] * shape.layers
+    return [Op("all_to_all", "comm", 0.0, 0.0, volume, 0.0, "fp16")] * len(shape.sparse_blocks)
 
 
 def estimate(shape: ModelShape, prec: Precision, hw: Hardware, layout: Layout) -> Estimate:
@@ -208,10 +216,11 @@ def _decode_total(
     return steps * static + attention * shape.layers
 
 
-def _kv_bytes_per_token(shape: ModelShape, prec: Precision, layout: Layout) -> float:
-    kv_heads = max(shape.kv_heads // layout.tp, 1)
+def kv_bytes_per_token(shape: ModelShape, prec: Precision, layout: Layout) -> float:
+    """KV-cache bytes per token on the busiest GPU: its pipeline stage's layers × (keys and
+    values of its KV heads, or MLA's latent) × the cache's bytes per element."""
     layers = -(-shape.layers // layout.pp)
-    return 2.0 * layers * kv_heads * shape.head_dim * prec.kv_bits / 8
+    return float(layers * shape.kv_elements_per_token(layout.tp)) * prec.kv_bits / 8
 
 
 def _allocated(tokens: int, paged: bool) -> int:
@@ -225,52 +234,47 @@ def memory_per_gpu(shape: ModelShape, prec: Precision, layout: Layout) -> dict[s
     the MLP's intermediate and the last position's fp32 logits)."""
     tp, pp = layout.tp, layout.pp
     stage_blocks = -(-shape.layers // pp)  # the first stages take the remainder
-    per_block = []
-    for block in range(shape.layers):
-        total = 0.0
-        for lin in shape.linears():
-            bits = prec.linear_bits(f"{shape.blocks_path}.{block}.{lin.name}")
-            total += (
-                lin.in_features
-                * lin.out_features
-                * lin.experts
-                * bits
-                / 8
-                / _split(lin, shape, layout)
-            )
-        per_block.append(total)
     dense = prec.dense_bits / 8
-    norms = (2 * shape.hidden + (2 * shape.head_dim if shape.qk_norm else 0)) * dense
+    per_block = [
+        _block_weight_bytes(shape, prec, layout, block)
+        + shape.block_dense_parameters(block) * dense
+        for block in range(shape.layers)
+    ]
     table = shape.vocab * shape.hidden * dense / tp
     ends = table if shape.tied or pp == 1 else 0.0  # pp: embedding on the first stage,
     ends += table if not shape.tied else 0.0  # the head on the last; tied: one table
-    weights = max(per_block) * stage_blocks + norms * stage_blocks + ends + shape.hidden * dense
+    weights = max(per_block) * stage_blocks + ends + shape.hidden * dense
     if pp == 1:
-        weights = sum(per_block) + norms * shape.layers + ends + shape.hidden * dense
+        weights = sum(per_block) + ends + shape.hidden * dense
     tokens = _allocated(layout.prompt + layout.gen, layout.paged)
-    kv = layout.batch * tokens * _kv_bytes_per_token(shape, prec, layout)
-    inter = shape.intermediate * max(shape.top_k, 1) / tp
+    kv = layout.batch * tokens * kv_bytes_per_token(shape, prec, layout)
+    inter = shape.max_active_intermediate() / tp
     rows = layout.batch * layout.prompt
     acts = rows * (4 * shape.hidden + 2 * inter) * prec.act_bits / 8
     acts += layout.batch * shape.vocab / tp * 4
     return {"weights": weights, "kv_cache": kv, "activations": acts, "total": weights + kv + acts}
 
 
-def _split(lin: Any, shape: ModelShape, layout: Layout) -> int:
-    """Over how many GPUs one linear layer's weights are spread."""
-    if lin.experts > 1 and layout.ep > 1:
-        return layout.ep
-    if lin.name.endswith(("k_proj", "v_proj")) and shape.kv_heads < layout.tp:
-        return shape.kv_heads  # replicated KV heads: each GPU holds one head's rows
-    return layout.tp
+def _block_weight_bytes(shape: ModelShape, prec: Precision, layout: Layout, block: int) -> float:
+    """One GPU's share of block ``block``'s linear layers at their planned bits (every expert
+    stored; split over expert-parallel GPUs), biases at the dense bits."""
+    prefix = f"{shape.blocks_path}.{block}"
+    total = 0.0
+    for lin in shape.linears(block):
+        in_l, out_l = local_size(lin, shape, layout.tp, layout.ep)
+        bits = sum(prec.linear_bits(f"{prefix}.{n}") for n in lin.names())
+        share = layout.ep if lin.experts > 1 and layout.ep > 1 else 1
+        bias = lin.experts * out_l * prec.dense_bits if lin.bias else 0.0
+        total += (in_l * out_l * bits + bias) / 8 / share
+    return total
 
 
 def _max_context(shape: ModelShape, prec: Precision, layout: Layout, free: float) -> int:
     """The longest prompt + generation (``gen`` fixed) each of ``batch`` sequences can have:
     the KV cache grows with it, and so do the prefill activations (with the prompt)."""
     b, tp = layout.batch, layout.tp
-    kv = b * _kv_bytes_per_token(shape, prec, layout)
-    act = b * (4 * shape.hidden + 2 * shape.intermediate * max(shape.top_k, 1) / tp)
+    kv = b * kv_bytes_per_token(shape, prec, layout)
+    act = b * (4 * shape.hidden + 2 * shape.max_active_intermediate() / tp)
     act *= prec.act_bits / 8
     logits = b * shape.vocab / tp * 4
     tokens = int((free - logits + act * layout.gen) // (kv + act)) if free > logits else 0

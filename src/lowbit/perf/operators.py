@@ -15,8 +15,22 @@ is tokens = 1, context = P + g. Conventions:
   vocabulary; heads are split, KV heads replicated when t exceeds them; two all-reduces of the
   hidden state per block (after o and down), as ``comm`` operators on the interconnect;
 - mixture of experts: a router linear, the routed experts' arithmetic for each token's top-k,
-  and the weights of the distinct experts a step's tokens reach (uniform routing); expert
-  parallel e puts whole experts on e GPUs, each handling 1/e of the routed tokens;
+  and the weights of the distinct experts a step's tokens reach (uniform routing: each of E
+  experts is reached with probability 1 - (1 - k/E)^rows, so a step reads that many experts at
+  the mean bits per weight of the block's experts); shared experts and dense blocks run for
+  every token; expert parallel e puts whole experts on e GPUs, each handling 1/e of the
+  routed tokens;
+- multi-head latent attention (DeepSeek-V3) in its weight-absorbed form, as serving engines
+  run it: the cache holds the latent (``kv_lora_rank + qk_rope_head_dim`` per token, one for
+  all heads, replicated under tensor parallel); each head's scores span the latent and rotary
+  widths and its values the latent; ``kv_b_proj`` counted as a linear over the new tokens has
+  exactly the FLOPs of the absorption matmuls (queries into the latent, outputs out of it);
+  the latent projections ``q_a_proj`` and ``kv_a_proj_with_mqa`` are replicated under tensor
+  parallel;
+- not modelled: sliding-window attention (Mistral, Gemma 2/3, GPT-OSS local layers attend to
+  the whole context here, and cache it), Phi-3's fused ``qkv_proj`` replicating KV heads when
+  the GPUs outnumber them, softcapping and attention sinks' arithmetic (their parameters are
+  counted);
 - matmul operands: the plan's compute dtype (int8 for W8A8) applies to linear layers whose
   weights have at most 8 bits; attention, the head and elementwise operators run in the
   activations' float type.
@@ -25,12 +39,12 @@ is tokens = 1, context = P + g. Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lowbit.perf.shape import Linear, ModelShape
 
 FLASH_TILE = 128
-COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,13 @@ class Precision:
 
     def linear_bits(self, name: str) -> float:
         return self.weight_bits.get(name, self.dense_bits)
+
+    def group_bits(self, prefix: str, lin: Linear) -> float:
+        """Mean bits per weight of the modules ``lin`` stands for (one, or every expert of a
+        block) under block ``prefix``: a step reaching experts uniformly reads them at this
+        rate on average."""
+        names = lin.names()
+        return sum(self.linear_bits(f"{prefix}.{n}") for n in names) / len(names)
 
     @property
     def dense_compute(self) -> str:
@@ -92,27 +113,33 @@ def linear_op(
     lin: Linear, block: int, shape: ModelShape, prec: Precision, step: Step, tp: int, ep: int = 1
 ) -> Op:
     """A linear layer on one GPU; expert layers are split over ``ep`` GPUs (tokens evenly)."""
-    short = lin.name.rsplit(".", 1)[1]
-    col = short in COLUMN_PARALLEL
-    split = 1 if lin.experts > 1 and ep > 1 else tp  # expert parallel: whole experts per GPU
-    in_l = lin.in_features if col else lin.in_features // split
-    out_l = lin.out_features // split if col else lin.out_features
-    if short in ("k_proj", "v_proj") and shape.kv_heads < tp:  # replicated KV heads
-        out_l = shape.head_dim
+    in_l, out_l = local_size(lin, shape, tp, ep)
     rows = step.batch * step.tokens
-    bits = prec.linear_bits(f"{shape.blocks_path}.{block}.{lin.name}")
+    bits = prec.group_bits(f"{shape.blocks_path}.{block}", lin)
     loaded = _experts_loaded(lin, rows)
     share = ep if lin.experts > 1 else 1
     a = prec.act_bits / 8
+    bias = out_l * prec.dense_bits / 8 if lin.bias else 0.0
     return Op(
-        short,
+        lin.label,
         "linear",
         2.0 * rows * in_l * out_l * lin.active / share,
-        in_l * out_l * loaded * bits / 8 / share,
+        (in_l * out_l * bits / 8 + bias) * loaded / share,
         rows * (in_l + out_l) * lin.active * a / share,
         0.0,
         prec.linear_compute(bits),
     )
+
+
+def local_size(lin: Linear, shape: ModelShape, tp: int, ep: int = 1) -> tuple[int, int]:
+    """(in, out) features of ``lin`` on one GPU: experts whole under expert parallel, latent
+    projections replicated, KV heads replicated when the GPUs outnumber them."""
+    split = 1 if (lin.experts > 1 and ep > 1) or lin.split == "replicated" else tp
+    if lin.split == "row":
+        return lin.in_features // split, lin.out_features
+    if lin.split == "kv" and shape.kv_heads < tp:
+        return lin.in_features, shape.head_dim
+    return lin.in_features, lin.out_features // split
 
 
 def _experts_loaded(lin: Linear, rows: int) -> float:
@@ -129,15 +156,15 @@ def attention_op(shape: ModelShape, prec: Precision, step: Step, tp: int) -> Op:
     pairs = t * past + t * (t + 1) / 2  # causal
     keys_read = sum(past + min(t, (i + 1) * FLASH_TILE) for i in range(math.ceil(t / FLASH_TILE)))
     a, kv = prec.act_bits / 8, prec.kv_bits / 8
-    flops = b * heads * pairs * (4.0 * d + 5.0)
+    if shape.mla is not None:  # absorbed: scores over latent + rope, values over the latent
+        r, rope = shape.mla.kv_lora_rank, shape.mla.qk_rope
+        per_pair, acts = 2.0 * (r + rope) + 2.0 * r + 5.0, b * t * heads * (2 * r + rope) * a
+        cache = b * shape.mla.latent * keys_read * kv
+    else:
+        per_pair, acts = 4.0 * d + 5.0, 2.0 * b * t * heads * d * a
+        cache = 2.0 * b * kv_heads * d * keys_read * kv
     return Op(
-        "attention",
-        "attention",
-        flops,
-        0.0,
-        2.0 * b * t * heads * d * a,
-        2.0 * b * kv_heads * d * keys_read * kv,
-        prec.dense_compute,
+        "attention", "attention", b * heads * pairs * per_pair, 0.0, acts, cache, prec.dense_compute
     )
 
 
@@ -146,57 +173,81 @@ def block_ops(
 ) -> list[Op]:
     """Every operator of decoder block ``block`` for one step, in execution order."""
     h, rows = shape.hidden, step.batch * step.tokens
-    heads, kv_heads = _local(shape.heads, tp), _local(shape.kv_heads, tp)
-    a, kv, dense = prec.act_bits / 8, prec.kv_bits / 8, prec.dense_bits / 8
-    inter = (
-        (shape.intermediate * (shape.top_k or 1) / ep)
-        if ep > 1
-        else (_local(shape.intermediate, tp) * (shape.top_k or 1))
-    )
-    rot = rows * (heads + kv_heads) * shape.head_dim
-    lin = {x.name.rsplit(".", 1)[1]: x for x in shape.linears()}
+    a, dense = prec.act_bits / 8, prec.dense_bits / 8
 
     def ew(name: str, flops: float, elems_rw: float, weights: float = 0.0) -> Op:
         return Op(name, "elementwise", flops, weights, elems_rw * a, 0.0, prec.dense_compute)
 
+    def linear(lin: Linear) -> Op:
+        return linear_op(lin, block, shape, prec, step, tp, ep)
+
+    *qkv, o_proj = shape.attention_linears()
     ops = [ew("input_norm", 4.0 * rows * h, 2.0 * rows * h, h * dense)]
-    ops += [linear_op(lin[n], block, shape, prec, step, tp) for n in ("q_proj", "k_proj", "v_proj")]
-    if shape.qk_norm:  # Qwen3: RMSNorm over each head of q and k
-        ops.append(ew("qk_norm", 4.0 * rot, 2.0 * rot, 2 * shape.head_dim * dense))
-    ops.append(ew("rotary", 3.0 * rot, 2.0 * rot))
-    ops.append(
-        Op(
-            "kv_write",
-            "elementwise",
-            0.0,
-            0.0,
-            0.0,
-            2.0 * rows * kv_heads * shape.head_dim * kv,
-            prec.dense_compute,
-        )
-    )
+    ops += [linear(lin) for lin in qkv]
+    ops += _attention_elementwise(shape, prec, rows, tp, ew)
     ops.append(attention_op(shape, prec, step, tp))
-    ops.append(linear_op(lin["o_proj"], block, shape, prec, step, tp))
+    ops.append(linear(o_proj))
+    if shape.hidden_norms == 4:  # Gemma: a norm on the attention's output
+        ops.append(ew("attn_out_norm", 4.0 * rows * h, 2.0 * rows * h, h * dense))
     ops += _all_reduce(rows, h, a, tp)
     ops.append(ew("residual_add", rows * h, 3.0 * rows * h))
     ops.append(ew("post_norm", 4.0 * rows * h, 2.0 * rows * h, h * dense))
-    if shape.is_moe:
+    if width := shape.router_width(block):
         ops.append(
             Op(
                 "router",
                 "linear",
-                2.0 * rows * h * shape.experts,
-                h * shape.experts * dense,
-                rows * (h + shape.experts) * a,
+                2.0 * rows * h * width,
+                h * width * dense,
+                rows * (h + width) * a,
                 0.0,
                 prec.dense_compute,
             )
         )
-    ops += [linear_op(lin[n], block, shape, prec, step, tp, ep) for n in ("gate_proj", "up_proj")]
-    ops.append(ew("silu_mul", 5.0 * rows * inter, 3.0 * rows * inter))
-    ops.append(linear_op(lin["down_proj"], block, shape, prec, step, tp, ep))
+    for lin in shape.mlp_linears(block):
+        if lin.short == "down_proj":  # the gated activation of this MLP's intermediate
+            inter = local_size(lin, shape, tp, ep)[0] * lin.active
+            inter = inter / ep if lin.experts > 1 and ep > 1 else inter
+            ops.append(ew(_sibling(lin, "silu_mul"), 5.0 * rows * inter, 3.0 * rows * inter))
+        ops.append(linear(lin))
+    if shape.hidden_norms == 4:  # Gemma: a norm on the MLP's output
+        ops.append(ew("mlp_out_norm", 4.0 * rows * h, 2.0 * rows * h, h * dense))
     ops += _all_reduce(rows, h, a, tp)
     ops.append(ew("residual_add", rows * h, 3.0 * rows * h))
+    return ops
+
+
+def _sibling(lin: Linear, name: str) -> str:
+    """``silu_mul`` for the dense MLP, ``experts.silu_mul`` for the experts' and so on."""
+    label = lin.label.rsplit(".", 1)
+    return name if len(label) == 1 else f"{label[0]}.{name}"
+
+
+def _attention_elementwise(
+    shape: ModelShape, prec: Precision, rows: int, tp: int, ew: Callable[..., Op]
+) -> list[Op]:
+    """q/k norms (or MLA's latent norms), rotary and the KV-cache write, between the q/k/v
+    projections and the attention."""
+    heads, kv_heads = _local(shape.heads, tp), _local(shape.kv_heads, tp)
+    dense, kv = prec.dense_bits / 8, prec.kv_bits / 8
+    ops: list[Op] = []
+    if shape.mla is not None:
+        m = shape.mla
+        width = m.q_lora_rank + m.kv_lora_rank  # RMSNorms of the two latents
+        ops.append(ew("latent_norm", 4.0 * rows * width, 2.0 * rows * width, width * dense))
+        rot, written = rows * (heads + 1) * m.qk_rope, rows * m.latent
+    else:
+        rot, written = (
+            rows * (heads + kv_heads) * shape.head_dim,
+            2.0 * rows * kv_heads * shape.head_dim,
+        )
+        if shape.qk_norm:  # Qwen3, Gemma 3: RMSNorm over each head of q and k; OLMo 2: all of q, k
+            width = (
+                2 if shape.qk_norm == "head" else shape.heads + shape.kv_heads
+            ) * shape.head_dim
+            ops.append(ew("qk_norm", 4.0 * rot, 2.0 * rot, width * dense))
+    ops.append(ew("rotary", 3.0 * rot, 2.0 * rot))
+    ops.append(Op("kv_write", "elementwise", 0.0, 0.0, 0.0, written * kv, prec.dense_compute))
     return ops
 
 

@@ -41,14 +41,13 @@ def precision_for(
             raise ConfigError(f"{name} bits must be 4, 8, 16 or 32, got {bits}")
     weight_bits: dict[str, float] = {}
     if plan is not None:
-        names = shape.linear_names()
+        sizes = dict(shape.named_linears())
         try:
-            specs = plan.resolve(names)
+            specs = plan.resolve(list(sizes))
         except ConfigError as exc:
             raise ConfigError(f"the plan does not fit this model: {exc}") from exc
-        sizes = {lin.name: lin for lin in shape.linears()}
         for name, spec in specs.items():
-            lin = sizes[name.split(".", 3)[3]]
+            lin = sizes[name]
             weight_bits[name] = (
                 dense_bits
                 if spec is None

@@ -23,6 +23,9 @@ CATEGORY = {
     "post_norm": "norm",
     "final_norm": "norm",
     "qk_norm": "norm",
+    "latent_norm": "norm",
+    "attn_out_norm": "norm",
+    "mlp_out_norm": "norm",
 }
 
 
@@ -125,12 +128,14 @@ def _print(result: dict[str, Any]) -> None:
 
 def compare(predicted: list[dict[str, Any]], measured: dict[str, float]) -> list[dict[str, Any]]:
     """Predicted seconds per measured category (operators summed over blocks) beside the
-    measured ones."""
+    measured ones. Expert and shared-expert operators (``experts.gate_proj``) join their
+    projection's category, as the profiler names modules by their last component."""
     pred: dict[str, float] = {}
     for row in predicted:
         if row["kind"] == "comm":
             continue
-        name = CATEGORY.get(row["name"], row["name"])
+        short = row["name"].rsplit(".", 1)[-1]
+        name = CATEGORY.get(short, short)
         pred[name] = pred.get(name, 0.0) + row["seconds"]
     rows = []
     for name in sorted(set(pred) | set(measured), key=lambda n: -pred.get(n, 0.0)):

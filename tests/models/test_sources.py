@@ -74,16 +74,28 @@ def test_truncated_gguf(tmp_path):
         resolve_model(str(bad))
 
 
-def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(tmp_path):
-    """GPT-2 (Conv1D projections): resolved and described, quantization refused by name."""
-    from transformers import AutoModelForCausalLM, GPT2Config
+def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(
+    tmp_path, tiny_llama
+):
+    """GPT-2 (Conv1D projections), which has no spec: evaluated exactly (against its plain
+    forward), quantization refused by name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
+    from lowbit import api
     from lowbit.models.arch import check_quantizable
 
-    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    cfg = GPT2Config(vocab_size=320, n_embd=32, n_layer=2, n_head=2, n_positions=128)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "gpt2")
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(tmp_path / "gpt2")
     handle = resolve_model(str(tmp_path / "gpt2"))
     assert handle.arch.blocks_path == "transformer.h"
+    text = api.TextConfig("builtin:python-docs", 64, 4, 0)
+    windows = api.text_windows(handle, text, calibration=False)
+    ppl = api.perplexity(api.model_view(handle), windows).perplexity
+    with torch.no_grad():
+        logits = handle.load_model()(windows.ids).logits[:, :-1].double()
+    nll = -torch.log_softmax(logits, -1).gather(-1, windows.ids[:, 1:, None]).mean()
+    assert ppl == pytest.approx(float(nll.exp()), rel=1e-6)
     with pytest.raises(ModelSourceError, match="cannot quantize.*no nn.Linear.*Conv1D"):
         check_quantizable(handle.arch, handle.source)
 

@@ -89,7 +89,8 @@ def build_problem(
     pins: dict[str, int] | None = None,
 ) -> Problem:
     """Units from ``table``: fused groups share a spec when ``fuse``; ``pins`` maps exact layer
-    names or ``re:`` patterns to a menu index they must take."""
+    names or ``re:`` patterns to a menu index they must take (a pin that names or matches one
+    linear of a table unit, e.g. one expert's ``gate_proj``, pins the whole unit)."""
     if metric not in METRICS:
         raise ConfigError(f"unknown loss metric {metric!r}; use one of {', '.join(METRICS)}")
     if not table.has_metric(metric):
@@ -98,7 +99,8 @@ def build_problem(
             f"or choose another metric ({', '.join(m for m in METRICS if table.has_metric(m))})"
         )
     names = [x.name for x in table.layers]
-    pinned = _resolve_pins(pins or {}, names, len(table.menu), table.labels)
+    members = {m: x.name for x in table.layers for m in x.member_names}
+    pinned = _resolve_pins(pins or {}, members, len(table.menu), table.labels)
     groups = _groups(table, names, fuse)
     all_specs = tuple(range(len(table.menu)))
     units = []
@@ -134,8 +136,11 @@ def _groups(table: SensitivityTable, names: list[str], fuse: bool) -> list[tuple
 
 
 def _resolve_pins(
-    pins: dict[str, int], names: list[str], n_specs: int, labels: list[str]
+    pins: dict[str, int], members: dict[str, str], n_specs: int, labels: list[str]
 ) -> dict[str, int]:
+    """Menu index per pinned unit; ``members`` maps each linear (and each unit's name) to its
+    unit."""
+    units = {**members, **{u: u for u in members.values()}}
     out: dict[str, int] = {}
     for target, s in pins.items():
         if not 0 <= s < n_specs:
@@ -143,18 +148,18 @@ def _resolve_pins(
                 f"pin {target!r}: spec index {s} is not in the menu (0..{n_specs - 1}: "
                 f"{', '.join(labels)})"
             )
-        if target.startswith("re:"):
+        if target in units:
+            hits = [units[target]]
+        elif target.startswith("re:"):
             try:
                 pattern = re.compile(target[3:])
             except re.error as exc:
                 raise ConfigError(f"bad regex in pin {target!r}: {exc}") from exc
-            hits = [n for n in names if pattern.fullmatch(n)]
+            hits = list(dict.fromkeys(u for m, u in members.items() if pattern.fullmatch(m)))
             if not hits:
                 raise ConfigError(f"pin {target!r} matches no layer of the table")
-        elif target in names:
-            hits = [target]
         else:
-            close = difflib.get_close_matches(target, names, n=3)
+            close = difflib.get_close_matches(target, list(units), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"pin names unknown layer {target!r}{hint}")
         out.update({n: s for n in hits})

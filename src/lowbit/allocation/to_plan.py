@@ -1,5 +1,6 @@
-"""An allocation as a plan: the most common spec as the default, exact-name rules for the rest,
-so ``lowbit quantize --plan`` consumes it unchanged."""
+"""An allocation as a plan: the most common spec as the default, one rule per other unit (its
+exact name, or for the experts' projection of a block the ``re:`` rule that is the unit's name
+and matches every expert's linear), so ``lowbit quantize --plan`` consumes it unchanged."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,11 @@ from lowbit.cli.options import (
 )
 
 
+class ExpertUnits(str, Enum):
+    projection = "projection"
+    expert = "expert"
+
+
 def sensitivity(
     model: Model,
     output: Annotated[Path, typer.Option("--output", "-o", help="Table to write (JSON).")],
@@ -43,6 +49,14 @@ def sensitivity(
     measure: Annotated[
         bool, typer.Option("--measure/--proxies-only", help="Measure KL, or proxies only.")
     ] = True,
+    expert_units: Annotated[
+        ExpertUnits,
+        typer.Option(
+            help="Mixtures of experts: one unit per projection of a block's experts "
+            "(projection: one spec for all experts, as serving engines run them), or every "
+            "expert's linear probed and allocated alone (expert)."
+        ),
+    ] = ExpertUnits.projection,
     device: Device = "auto",
     dtype: Dtype = "auto",
     offload: OffloadOption = "auto",
@@ -51,8 +65,9 @@ def sensitivity(
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
-    """Quantize each linear layer alone with each spec; measure the KL divergence to the
-    original and the Hessian and Fisher proxies. Writes OUTPUT, a CSV and an HTML report.
+    """Quantize each linear layer (or one projection of a block's experts) alone with each
+    spec; measure the KL divergence to the original and the Hessian and Fisher proxies.
+    Writes OUTPUT, a CSV and an HTML report.
 
     Example: lowbit sensitivity smollm2-135m --bits 2 --bits 3 --bits 4 --bits 8 -o sens.json
     """
@@ -64,7 +79,11 @@ def sensitivity(
 
     specs = menu_specs(bits, group_size, algorithm, symmetric, menu)
     probe = ProbeConfig(
-        probe_windows=probe_windows, probe_ctx=probe_ctx, batch=batch, measure=measure
+        probe_windows=probe_windows,
+        probe_ctx=probe_ctx,
+        batch=batch,
+        measure=measure,
+        expert_units=expert_units.value,
     )
     sensitivity_job(
         model,

@@ -100,12 +100,17 @@ def block_fisher(
             x = inputs.on_device(c).clone().requires_grad_(pass_down)
             out = hidden_of(block(x, **_normal(chunk.kwargs)))
             wrt = [x, *weights] if pass_down else weights
-            got = torch.autograd.grad(out, wrt, grad_outputs=grads[c].to(out.device))
+            # an expert no token of this window is routed to has no gradient: it adds 0
+            got = torch.autograd.grad(
+                out, wrt, grad_outputs=grads[c].to(out.device), allow_unused=True
+            )
             if pass_down:
+                assert got[0] is not None
                 below.append(got[0].to(inputs.home))
                 got = got[1:]
             for a, g in zip(acc, got, strict=True):
-                a.add_(g.float().pow(2))
+                if g is not None:
+                    a.add_(g.float().pow(2))
     return dict(zip(members, acc, strict=True)), below
 
 

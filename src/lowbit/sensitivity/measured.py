@@ -4,7 +4,9 @@ weight) to the original model on the probe windows, run from stored block inputs
 The original model's log-probabilities on the probe windows come from the on-disk reference
 cache (:mod:`lowbit.evaluation.refcache`, computed layer-wise once). For block i, each
 candidate's block-i output is computed from the block's stored probe inputs, ``batch`` specs of
-one layer at a time through a stacked linear (the batch's k-th slice uses the k-th weight);
+one unit at a time, each of the unit's linears replaced by a stacked linear (the batch's k-th
+slice uses the k-th weight; an expert's routed rows are ordered by batch entry, and when the
+unit is experts' linears the copies of the windows route alike: they differ after the router);
 then all of block i's candidates go through blocks i+1 … N−1, each later block materialized
 once (batches of up to ``batch`` candidates), and the model's own final norm and head turn the
 last outputs into log-probabilities, scored against the cache per token.
@@ -134,22 +136,25 @@ class KLProbe:
         self,
         i: int,
         block: nn.Module,
-        member: str,
-        weights: list[torch.Tensor],
+        weights: dict[str, list[torch.Tensor]],
         inputs: Activations,
     ) -> list[torch.Tensor]:
-        """Block outputs (n, ctx, hidden) on the probe windows with ``member`` replaced by each
-        of ``weights`` (at most ``batch``), from the block's probe ``inputs``."""
-        k = len(weights)
-        module = block.get_submodule(member)
-        parent, attr = _parent(block, member)
+        """Block outputs (n, ctx, hidden) on the probe windows with every member of
+        ``weights`` (names inside the block: one unit's linears) replaced at once by its k-th
+        weight in the k-th candidate (k ≤ ``batch``), from the block's probe ``inputs``."""
+        k = len(next(iter(weights.values())))
+        originals = {member: block.get_submodule(member) for member in weights}
         x = inputs.on_device(0).repeat(k, 1, 1)
-        setattr(parent, attr, StackedLinear(weights, module.bias))
         try:
+            for member, ws in weights.items():
+                parent, attr = _parent(block, member)
+                setattr(parent, attr, StackedLinear(ws, originals[member].bias))
             with torch.inference_mode():
                 out = block(x, **self.kwargs[k][i])
         finally:
-            setattr(parent, attr, module)
+            for member, module in originals.items():
+                parent, attr = _parent(block, member)
+                setattr(parent, attr, module)
         self.as_tuple = isinstance(out, tuple)
         return [part.to(self.home) for part in hidden_of(out).split(self.n)]
 

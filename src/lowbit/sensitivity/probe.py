@@ -1,11 +1,14 @@
-"""Measure sensitivity: quantize one layer at a time, see what the model's output loses, without
+"""Measure sensitivity: quantize one unit at a time, see what the model's output loses, without
 ever holding the whole model.
 
-For every layer of the blocks to probe and every spec of the menu: the layer is quantized (GPTQ
-with its group's Hessian on the calibration windows, or RTN); the proxies come from the
-quantized weight alone (Hessian diagonal; Fisher diagonal); the measured value is the KL
-divergence of the model's next-token distribution to the original's on the probe windows, with
-only that layer quantized. One block is materialized at a time, on the runtime's device:
+A unit is a linear layer, or by default one projection of every expert of a block
+(:mod:`~lowbit.sensitivity.units`; ``ProbeConfig.expert_units``). For every unit of the blocks
+to probe and every spec of the menu: each of its linears is quantized (GPTQ with its group's
+Hessian on the calibration windows, or RTN); the proxies come from the quantized weights alone
+(Hessian diagonal; Fisher diagonal), summed over the unit's linears; the measured value is the
+KL divergence of the model's next-token distribution to the original's on the probe windows,
+with only that unit quantized (all its linears at once). One block is materialized at a time,
+on the runtime's device:
 
 1. the reference: the original model's log-probabilities on the probe windows, computed
    layer-wise once and cached on disk (``$LOWBIT_CACHE/references``);
@@ -22,8 +25,8 @@ The blocks are visited last first because the Fisher's backward goes that way; t
 of block i need blocks i+1 … N−1, so a full table loads a block about N²/2 times in all
 (O(N²/2), plus one sweep, one backward and, once per model and probe windows, the reference).
 Memory: one block (weights, one chunk in flight, its Hessians, its Fisher accumulators, one
-layer's quantized candidates) or the modules outside the blocks (with one window's logits),
-never two blocks; the reference's log-probabilities on the probe windows (probe
+unit's quantized candidates for ``batch`` specs) or the modules outside the blocks (with one
+window's logits), never two blocks; the reference's log-probabilities on the probe windows (probe
 windows × tokens × vocabulary); and the recorded activations: per block to probe, its inputs on
 the calibration, probe and Fisher windows (released as it is probed), one gradient per Fisher
 window, and the hidden states of one block's candidates on the probe windows. These live on
@@ -41,19 +44,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lowbit._tensor import all_finite
-from lowbit.errors import ConfigError, LowbitError
+from lowbit.errors import ConfigError
 from lowbit.evaluation.bos import NO_BOS, BosChoice
 from lowbit.models.capture import capture
-from lowbit.models.lazy import LazyModel, block_list
-from lowbit.models.quantize import quantize_weight
+from lowbit.models.lazy import LazyModel
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec
 from lowbit.runtime import Runtime
 from lowbit.runtime.runner import Activations
+from lowbit.sensitivity.candidates import Row, Unit
 from lowbit.sensitivity.fisher import BlockwiseFisher
 from lowbit.sensitivity.measured import KLProbe, reference_windows
-from lowbit.sensitivity.proxies import fisher_error, hessian_error
 from lowbit.sensitivity.sweep import (
     CountingStore,
     Recorded,
@@ -63,6 +64,14 @@ from lowbit.sensitivity.sweep import (
     record_inputs,
 )
 from lowbit.sensitivity.table import Entry, LayerInfo, SensitivityTable, check_menu
+from lowbit.sensitivity.units import (
+    ExpertUnits,
+    check_expert_units,
+    layer_infos,
+    relative_members,
+    unit_groups,
+    unit_modules,
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ class ProbeConfig:
     """``probe_windows`` × ``probe_ctx`` tokens (the first calibration windows, cut) for the
     measured KL; ``fisher_windows`` × ``fisher_ctx`` for the Fisher estimate; the Hessians use
     every calibration window (``chunk_size`` windows per chunk); ``batch`` candidates share one
-    run of a block."""
+    run of a block. ``expert_units``: ``"projection"`` probes one projection of every expert of
+    a block as one unit, ``"expert"`` each expert's linear alone."""
 
     probe_windows: int = 2
     probe_ctx: int = 192
@@ -81,6 +91,7 @@ class ProbeConfig:
     measure: bool = True
     fisher: bool = True
     blocks: tuple[int, ...] | None = None  # probe only these blocks (the table is then partial)
+    expert_units: ExpertUnits = "projection"
 
     def __post_init__(self) -> None:
         for name in ("probe_windows", "probe_ctx", "fisher_windows", "fisher_ctx", "batch"):
@@ -90,25 +101,11 @@ class ProbeConfig:
                 )
         if self.probe_ctx < 2 or self.fisher_ctx < 2:
             raise ConfigError("probe and Fisher windows need at least 2 tokens")
+        check_expert_units(self.expert_units)
 
 
 BlockDone = Callable[[int, list[Entry]], None]
 Progress = Callable[[int, int], None]
-
-
-def layer_infos(model: nn.Module, handle: ModelHandle) -> tuple[LayerInfo, ...]:
-    """Every block linear of ``model`` (materialized or a meta-device skeleton)."""
-    arch = handle.arch
-    infos = []
-    for i, block in enumerate(block_list(model, arch.blocks_path)):
-        for member in arch.block(i).linear_names:
-            W = block.get_submodule(member).weight
-            infos.append(
-                LayerInfo(
-                    f"{arch.blocks_path}.{i}.{member}", i, member, int(W.shape[0]), int(W.shape[1])
-                )
-            )
-    return tuple(infos)
 
 
 def measure(
@@ -138,7 +135,7 @@ def measure(
         )
     t_start = time.perf_counter()
     lazy = handle.lazy(runtime)
-    infos = layer_infos(lazy.model, handle)
+    infos = layer_infos(lazy.model, handle.arch, cfg.expert_units)
     entries: dict[tuple[str, int], Entry] = dict(done or {})
     todo: dict[int, list[LayerInfo]] = {}
     for x in infos:
@@ -146,7 +143,7 @@ def measure(
             todo.setdefault(x.block, []).append(x)
     run = _Run(handle, lazy, menu, calib, cfg, bos)
     if todo:
-        run.prepare(sorted(todo))
+        run.prepare(sorted(todo), max(len(x) for x in todo.values()))
     n_blocks = len(lazy)
     lowest = max(min(cfg.blocks, default=0), 0) if cfg.blocks is not None else 0
     for i in range(n_blocks - 1, lowest - 1, -1):
@@ -165,24 +162,6 @@ def _wanted(info: LayerInfo, menu: tuple[LayerSpec, ...], entries: dict, cfg: Pr
     if cfg.blocks is not None and info.block not in cfg.blocks:
         return False
     return any((info.name, s) not in entries for s in range(len(menu)))
-
-
-@dataclass
-class _Row:
-    """One candidate: a layer quantized with one spec of the menu."""
-
-    info: LayerInfo
-    spec: int
-    bits: int
-    hessian: float
-    fisher: float | None
-    seconds: float
-    kl: float | None = None
-
-    def entry(self) -> Entry:
-        return Entry(
-            self.info.name, self.spec, self.bits, self.kl, self.hessian, self.fisher, self.seconds
-        )
 
 
 @dataclass
@@ -207,17 +186,13 @@ class _Run:
         """Whether the Fisher backward still has to go through block ``i``."""
         return self.fisher is not None and i >= self.fisher.lowest
 
-    def prepare(self, todo: list[int]) -> None:
-        """The reference, the sweep and the Fisher's tail, for the blocks ``todo``."""
+    def prepare(self, todo: list[int], units: int) -> None:
+        """The reference, the sweep and the Fisher's tail, for the blocks ``todo`` (at most
+        ``units`` units to probe in one block)."""
         cfg, calib, runtime = self.cfg, self.calib, self.lazy.runtime
         probe_ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
         fisher_ids = calib[: cfg.fisher_windows, : cfg.fisher_ctx]
-        per_block = max(
-            len(self.handle.arch.layer_names())
-            // max(len(self.handle.arch.blocks), 1)
-            * len(self.menu),
-            1,
-        )
+        per_block = max(units * len(self.menu), 1)
         home, stored = plan_memory(
             self.lazy,
             {"calibration": calib, "probe": probe_ids, "fisher": fisher_ids},
@@ -252,7 +227,7 @@ class _Run:
             self.timings["fisher_s"] = time.perf_counter() - t0
 
     def block(self, i: int, infos: list[LayerInfo] | None) -> list[Entry]:
-        """Block ``i``'s Fisher backward step and, for ``infos`` (its layers to probe), every
+        """Block ``i``'s Fisher backward step and, for ``infos`` (its units to probe), every
         candidate's entry."""
         block = self.store.load(i)
         try:
@@ -285,8 +260,8 @@ class _Run:
         block: nn.Module,
         infos: list[LayerInfo],
         fisher: dict[str, torch.Tensor] | None,
-    ) -> tuple[list[_Row], list[torch.Tensor]]:
-        """Every candidate of ``infos`` (layers of block ``i``): its row, and its block output
+    ) -> tuple[list[Row], list[torch.Tensor]]:
+        """Every candidate of ``infos`` (units of block ``i``): its row, and its block output
         on the probe windows when the KL is measured."""
         if not infos:
             return [], []
@@ -301,67 +276,38 @@ class _Run:
         )
         self.timings["hessian_s"] = self.timings.get("hessian_s", 0.0) + time.perf_counter() - t0
         probe_in = self.recorded.probe.pop(i, None)
-        rows: list[_Row] = []
+        rows: list[Row] = []
         outputs: list[torch.Tensor] = []
         factors: dict[int, dict[tuple[object, ...], object]] = {}  # per shared H: GPTQ factors
+        n, batch = len(self.menu), self.cfg.batch
         for info in infos:
-            F = None if fisher is None else fisher[info.module]
-            shared = factors.setdefault(id(hessians[info.module]), {})
-            layer_rows, weights = _quantize_layer(info, block, self.menu, hessians, F, shared)
-            if self.kl is not None:
-                assert probe_in is not None
-                outputs += self._block_outputs(block, info, layer_rows, weights, probe_in)
-            rows += layer_rows
+            members = relative_members(info, arch.blocks_path)
+            F = None if fisher is None else {m: fisher[m] for m in members}
+            for start in range(0, n, batch):
+                specs = range(start, min(start + batch, n))
+                unit = Unit(info, members, block, hessians, F, factors)
+                part, weights = unit.quantize(self.menu, specs)
+                if self.kl is not None:
+                    assert probe_in is not None
+                    outputs += self._block_outputs(block, part, weights, probe_in)
+                rows += part
         return rows, outputs
 
     def _block_outputs(
         self,
         block: nn.Module,
-        info: LayerInfo,
-        rows: list[_Row],
-        weights: list[torch.Tensor],
+        rows: list[Row],
+        weights: dict[str, list[torch.Tensor]],
         probe_in: Activations,
     ) -> list[torch.Tensor]:
+        """The block outputs of ``rows`` (one unit, at most ``batch`` specs)."""
         assert self.kl is not None
-        outputs = []
-        batch = self.cfg.batch
-        for start in range(0, len(weights), batch):
-            t0 = time.perf_counter()
-            part = weights[start : start + batch]
-            outputs += self.kl.block_outputs(info.block, block, info.module, part, probe_in)
-            share = (time.perf_counter() - t0) / len(part)
-            for row in rows[start : start + batch]:
-                row.seconds += share
+        t0 = time.perf_counter()
+        outputs = self.kl.block_outputs(rows[0].info.block, block, weights, probe_in)
+        share = (time.perf_counter() - t0) / len(rows)
+        for row in rows:
+            row.seconds += share
         return outputs
-
-
-def _quantize_layer(
-    info: LayerInfo,
-    block: nn.Module,
-    menu: tuple[LayerSpec, ...],
-    hessians: dict[str, torch.Tensor],
-    fisher: torch.Tensor | None,
-    shared: dict[tuple[object, ...], object],
-) -> tuple[list[_Row], list[torch.Tensor]]:
-    """The rows of layer ``info`` (every spec of ``menu``) and its quantized weights."""
-    W = block.get_submodule(info.module).weight.data
-    if not all_finite(W):
-        raise LowbitError(
-            f"layer {info.name} has NaN or infinite weights; the checkpoint is corrupt"
-        )
-    H = hessians[info.module]
-    h_diag = torch.diagonal(H).clone()
-    rows, weights = [], []
-    with torch.no_grad():
-        for s, spec in enumerate(menu):
-            t0 = time.perf_counter()
-            qw = quantize_weight(info.name, W, spec, H, shared=shared).weight
-            Wq = qw.dequantize().to(W.dtype)
-            hessian = hessian_error(W, Wq, h_diag)
-            F = None if fisher is None else fisher_error(W, Wq, fisher)
-            rows.append(_Row(info, s, qw.n_bits(), hessian, F, time.perf_counter() - t0))
-            weights.append(Wq)
-    return rows, weights
 
 
 def _table(
@@ -375,28 +321,37 @@ def _table(
     timings: dict[str, float],
 ) -> SensitivityTable:
     arch = handle.arch
-    fused = tuple(
-        tuple(f"{arch.blocks_path}.{i}.{m}" for m in group)
-        for i in range(n_blocks)
-        for group in arch.block(i).fused_groups
+    fused = unit_groups(
+        (
+            tuple(f"{arch.blocks_path}.{i}.{m}" for m in group)
+            for i in range(n_blocks)
+            for group in arch.block(i).fused_groups
+        ),
+        infos,
     )
+    value_and_down = unit_modules(
+        (m for b in arch.blocks for m in b.value_and_down), infos, arch.blocks_path
+    )
+    probe: dict[str, object] = {
+        "calibration_windows": int(calib.shape[0]),
+        "calibration_ctx": int(calib.shape[1]),
+        "probe_windows": cfg.probe_windows if cfg.measure else 0,
+        "probe_ctx": cfg.probe_ctx,
+        "fisher_windows": cfg.fisher_windows if cfg.fisher else 0,
+        "fisher_ctx": cfg.fisher_ctx,
+    }
+    if any(b.experts for b in arch.blocks):
+        probe["expert_units"] = cfg.expert_units
     return SensitivityTable(
         model={"source": handle.source, "fingerprint": handle.fingerprint},
         menu=menu,
         layers=infos,
         entries=entries,
         fused=fused,
-        value_and_down=tuple(dict.fromkeys(m for b in arch.blocks for m in b.value_and_down)),
+        value_and_down=value_and_down,
         n_blocks=n_blocks,
         other_bytes=_other_bytes(handle, infos),
-        probe={
-            "calibration_windows": int(calib.shape[0]),
-            "calibration_ctx": int(calib.shape[1]),
-            "probe_windows": cfg.probe_windows if cfg.measure else 0,
-            "probe_ctx": cfg.probe_ctx,
-            "fisher_windows": cfg.fisher_windows if cfg.fisher else 0,
-            "fisher_ctx": cfg.fisher_ctx,
-        },
+        probe=probe,
         timings=timings,
     )
 
@@ -405,5 +360,5 @@ def _other_bytes(handle: ModelHandle, infos: tuple[LayerInfo, ...]) -> int:
     """Stored bytes of every tensor that is not one of the table's linear weights."""
     from lowbit.models.footprint import stored_bits
 
-    linear = {f"{x.name}.weight" for x in infos}
+    linear = {f"{m}.weight" for x in infos for m in x.member_names}
     return (sum(bits for key, _, bits in stored_bits(handle) if key not in linear) + 7) // 8

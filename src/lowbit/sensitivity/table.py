@@ -1,5 +1,6 @@
-"""The sensitivity table: for every linear layer and every spec of a menu, what quantizing only
-that layer costs (measured KL divergence, Hessian- and Fisher-weighted proxies) and its stored
+"""The sensitivity table: for every unit (a linear layer, or the experts' projection of one block
+that serving engines run with one scheme) and every spec of a menu, what quantizing only that
+unit costs (measured KL divergence, Hessian- and Fisher-weighted proxies) and its stored
 bits. Pure data: JSON round trip (versioned), CSV export, aggregation and rank correlation.
 No torch here, so the allocation solvers can read a table without loading a model.
 """
@@ -24,25 +25,48 @@ METRICS = ("kl", "hessian", "fisher")
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One quantizable linear layer: ``module`` is its name inside block ``block``."""
+    """One unit of the table: a quantizable linear layer (``module`` is its name inside block
+    ``block``), or layers that always share one spec (``members``: full names, each
+    ``out_features`` × ``in_features``), e.g. one projection of every expert of a block; then
+    ``name`` is the ``re:`` plan rule that matches exactly the members and ``module`` its
+    readable form (``mlp.experts.*.gate_proj``)."""
 
     name: str
     block: int
     module: str
     out_features: int
     in_features: int
+    members: tuple[str, ...] = ()
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        """The linear layers this unit quantizes (full names)."""
+        return self.members or (self.name,)
 
     @property
     def numel(self) -> int:
-        return self.out_features * self.in_features
+        return self.out_features * self.in_features * len(self.member_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not self.members:
+            del out["members"]  # a single layer's record is as it always was
+        else:
+            out["members"] = list(self.members)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerInfo:
+        return cls(**{**data, "members": tuple(data.get("members", ()))})
 
 
 @dataclass(frozen=True)
 class Entry:
-    """Layer ``layer`` quantized alone with menu spec ``spec`` (an index): its stored ``bits``
-    (codes, scales, zero points, permutation); ``kl``: mean per-token KL divergence of the model
-    to the original (None if not measured); ``hessian``: Σ_j E[x_j²]·Σ_i ΔW_ij²; ``fisher``:
-    ½·Σ F_ij·ΔW_ij² (None if not computed); ``seconds`` spent on this entry."""
+    """Unit ``layer`` (every member at once) quantized alone with menu spec ``spec`` (an
+    index): its stored ``bits`` (codes, scales, zero points, permutation); ``kl``: mean
+    per-token KL divergence of the model to the original (None if not measured); ``hessian``:
+    Σ_j E[x_j²]·Σ_i ΔW_ij²; ``fisher``: ½·Σ F_ij·ΔW_ij² (None if not computed), both summed
+    over the members; ``seconds`` spent on this entry."""
 
     layer: str
     spec: int
@@ -156,7 +180,7 @@ class SensitivityTable:
             "lowbit_sensitivity_version": TABLE_VERSION,
             "model": self.model,
             "menu": [spec.to_dict() | {"label": spec.describe()} for spec in self.menu],
-            "layers": [asdict(info) for info in self.layers],
+            "layers": [info.to_dict() for info in self.layers],
             "fused": [list(g) for g in self.fused],
             "value_and_down": list(self.value_and_down),
             "n_blocks": self.n_blocks,
@@ -182,7 +206,7 @@ class SensitivityTable:
             return cls(
                 model=data["model"],
                 menu=menu,
-                layers=tuple(LayerInfo(**d) for d in data["layers"]),
+                layers=tuple(LayerInfo.from_dict(d) for d in data["layers"]),
                 entries={(e.layer, e.spec): e for e in entries},
                 fused=tuple(tuple(g) for g in data.get("fused", [])),
                 value_and_down=tuple(data.get("value_and_down", [])),

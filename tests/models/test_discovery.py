@@ -63,7 +63,8 @@ def _block_and_inputs(family, tiny_root):
     hook = blocks[0].register_forward_pre_hook(
         lambda m, a, k: seen.append((a, dict(k))), with_kwargs=True
     )
-    ids = torch.randint(0, handle.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, handle.config.vocab_size, (2, 24), generator=gen)
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     hook.remove()

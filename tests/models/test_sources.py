@@ -74,9 +74,7 @@ def test_truncated_gguf(tmp_path):
         resolve_model(str(bad))
 
 
-def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(
-    tmp_path, tiny_llama
-):
+def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(tmp_path, tiny_llama):
     """GPT-2 (Conv1D projections), which has no spec: evaluated exactly (against its plain
     forward), quantization refused by name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config

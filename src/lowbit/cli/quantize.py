@@ -32,7 +32,6 @@ class ExpertPolicy(str, Enum):
     routed = "routed"
 
 
-
 class Granularity(str, Enum):
     group = "group"
     channel = "channel"

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowbit import api
+from lowbit.models.pipeline import ExpertCalibration
 from lowbit.plan import Plan
 from lowbit.report.console import console, progress_bar, results_table
-from lowbit.models.pipeline import ExpertCalibration
 from lowbit.runtime import RuntimeConfig
 
 if TYPE_CHECKING:

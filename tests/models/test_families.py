@@ -11,6 +11,7 @@ import torch
 from lowbit.algorithms import AWQConfig, GPTQConfig, RTNConfig
 from lowbit.formats import IntFormat, PerGroup
 from lowbit.models.fakequant import fake_quant
+from lowbit.models.footprint import footprint
 from lowbit.models.quantize import PipelineConfig, quantize_model
 from lowbit.models.saving import load_quantized, save_quantized
 from lowbit.models.sources import resolve_model
@@ -46,6 +47,10 @@ def test_family_quantizes_evaluates_and_round_trips(family, tmp_path):
         model = fake_quant(handle.load_model(), qm)
         kl[algo] = whole_model_kl(reference, model, held_out)
     assert 0 < kl["gptq"] < kl["rtn"], (name, kl)
+    # bits counted honestly whatever the checkpoint's expert layout (per expert, renamed, fused)
+    n_bits = sum(qm.weights.n_bits(n) for n in qm.weights)
+    numel = sum(qm.weights[n].dequantize().numel() for n in qm.weights)
+    assert footprint(handle, qm).bits_per_weight_linear == pytest.approx(n_bits / numel)
     out = save_quantized(qm, tmp_path / "q", {"command": "test"})
     reloaded, _, _ = load_quantized(out)
     with torch.inference_mode():

@@ -19,7 +19,7 @@ A key found in none of these is an error naming it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from typing import Any
 
@@ -172,3 +172,58 @@ def stored_expert_names(model_type: str) -> str:
         return "fused"
     ok = all(p.endswith(f".experts.*.{role}.weight") for role, ps in sources.items() for p in ps)
     return "lowbit" if ok else "renamed"
+
+
+def canonical_entries(
+    entries: Iterable[tuple[str, int, int]], arch: Any, model_type: str
+) -> Iterator[tuple[str, int, int]]:
+    """Stored tensors (key, elements, bits) under lowbit's names: a per-expert tensor stored
+    under another name (Mixtral's w1) is named as its linear, a fused experts tensor (GPT-OSS)
+    is split evenly into its experts' linears; everything else passes unchanged. Footprints
+    then count each expert linear once, quantized or kept."""
+    renames, sources = _conversion(model_type)
+    alias: dict[str, str] = {}
+    fused: dict[str, list[tuple[str, int]]] = {}
+    for i, block in enumerate(arch.blocks):
+        for path in block.experts:
+            full = f"{arch.blocks_path}.{i}.{path}"
+            members = [
+                n[len(path) + 1 :].split(".")
+                for n in block.linear_names
+                if n.startswith(path + ".")
+            ]
+            roles = sorted({m[1] for m in members})
+            experts = sorted({int(m[0]) for m in members})
+            parts = len(experts) * (2 if {"gate_proj", "up_proj"} <= set(roles) else 1)
+            for e in experts:
+                for role in roles:
+                    canon = f"{full}.{e}.{role}.weight"
+                    for pattern in sources.get(role, ()):
+                        _aliases(
+                            full.rsplit(".", 1)[0] + pattern.replace("*", str(e)),
+                            renames,
+                            alias,
+                            canon,
+                        )
+                    share = parts if role != "down_proj" else len(experts)
+                    for key in _renamed(f"{full}.{_FUSED[role]}", renames):
+                        fused.setdefault(key, []).append((canon, share))
+    for key, n, bits in entries:
+        if key in alias:
+            yield alias[key], n, bits
+        elif key in fused:
+            for canon, share in fused[key]:
+                yield canon, n // share, bits // share
+        else:
+            yield key, n, bits
+
+
+def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> list[str]:
+    return [key, *(key.replace(new, old) for new, old in renames if new in key)]
+
+
+def _aliases(
+    key: str, renames: tuple[tuple[str, str], ...], alias: dict[str, str], canon: str
+) -> None:
+    for stored in _renamed(key, renames):
+        alias[stored] = canon

@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 from lowbit.models.arch import ArchSpec
+from lowbit.models.expert_weights import canonical_entries
 from lowbit.models.quantize import QuantizedModel
 from lowbit.models.sources import ModelHandle
 
@@ -77,7 +78,8 @@ def footprint(handle: ModelHandle, qm: QuantizedModel | None) -> Footprint:
     kept: list[str] = []
     embed_key = f"{handle.arch.embed_path}.weight"
     owner_of = handle.foreign.owner if handle.foreign is not None else _no_owner
-    for key, n, stored in stored_bits(handle):
+    entries = canonical_entries(stored_bits(handle), handle.arch, handle.config.model_type)
+    for key, n, stored in entries:
         owner = owner_of(key)
         if owner is not None:  # a foreign weight's scales: stored bits of that weight
             if owner not in quantized:

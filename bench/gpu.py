@@ -37,7 +37,7 @@ if importlib.util.find_spec("lowbit") is None:
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # bench.gpu_steps, tests.helpers (the tiny model)
 
-from bench.gpu_steps import builtin, llama, speed  # noqa: E402
+from bench.gpu_steps import builtin, llama, moe, speed  # noqa: E402
 from bench.gpu_steps.data import MANIFEST, stash_parts  # noqa: E402
 from bench.gpu_steps.record import (  # noqa: E402
     Deadline,
@@ -48,8 +48,13 @@ from bench.gpu_steps.record import (  # noqa: E402
     summary,
 )
 
-STEPS = ("builtin", "llama8b", "profile")
-NEEDS_S = {"builtin": 60.0, "llama8b": 120.0, "profile": 30.0}  # skipped with less budget left
+STEPS = ("builtin", "llama8b", "profile", "moe")
+NEEDS_S = {
+    "builtin": 60.0,
+    "llama8b": 120.0,
+    "profile": 30.0,
+    "moe": 90.0,
+}  # skipped with less budget left
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +181,21 @@ def step_profile(ctx: Context, figures: dict) -> None:
     )  # fmt: skip
 
 
-LINES = {"builtin": builtin.lines, "llama8b": llama.lines, "profile": speed.lines}
+def step_moe(ctx: Context, figures: dict, deadline: Deadline) -> None:
+    config = ROOT / "bench" / "configs" / "qwen3-30b-a3b.json"
+    if ctx.args.tiny:
+        protocol = moe.MoEProtocol(config, layers=2, windows=4, ctx=64)
+        moe.run_moe(figures, protocol, ctx.rt_cfg, ctx.work, deadline, config=moe.TINY_CONFIG)
+    else:
+        moe.run_moe(figures, moe.MoEProtocol(config), ctx.rt_cfg, ctx.work, deadline)
+
+
+LINES = {
+    "builtin": builtin.lines,
+    "llama8b": llama.lines,
+    "profile": speed.lines,
+    "moe": moe.lines,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "builtin": lambda f: step_builtin(ctx, f),
             "llama8b": lambda f: step_llama(ctx, f, deadline),
             "profile": lambda f: step_profile(ctx, f),
+            "moe": lambda f: step_moe(ctx, f, deadline),
         }
         for name in args.steps:
             rec.run(name, steps[name], needs_s=0.0 if args.tiny else NEEDS_S[name])

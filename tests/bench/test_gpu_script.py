@@ -38,6 +38,7 @@ def test_tiny_run_writes_every_figure(tmp_path):
         "builtin": "ok",
         "llama8b": "ok",
         "profile": "ok",
+        "moe": "ok",
     }, {k: v.get("error") for k, v in steps.items()}
 
     builtin = steps["builtin"]["figures"]
@@ -57,6 +58,11 @@ def test_tiny_run_writes_every_figure(tmp_path):
     assert llama["protocol"]["calibration"]["windows"] == 4
     assert llama["protocol"]["scheme"] == "GPTQ W4 g128 sym"
     assert llama["within_target"] is True and llama["target_s"] == 240
+
+    moe = steps["moe"]["figures"]  # random tiny Qwen3-MoE, experts fused on disk
+    assert moe["layers"] == 2 * (4 + 8 * 3) and moe["experts_per_block"] == 8
+    assert moe["finite"] is True and len(moe["blocks_s"]) == 2
+    assert moe["extrapolated_full_model_s"] > 0 and moe["unrouted_experts"] >= 0
 
     profile = steps["profile"]["figures"]
     assert profile["hardware_key"] == "h200" and profile["compute"] == "fp32"

@@ -147,11 +147,14 @@ def test_experts_at_4_bits_shrink_the_weights_by_their_share(family):
 
 
 def test_a_plan_naming_one_expert_changes_only_that_expert():
-    shape = shape_from_config(family_config("mixtral"))  # 4 experts of 64 → 48
+    config = family_config("mixtral")  # 4 experts of hidden → intermediate
+    shape = shape_from_config(config)
     one = "model.layers.1.mlp.experts.3.down_proj"
     prec = precision_for(shape, Plan(None, (Rule(one, W4),)))
-    bits = W4.bits_per_weight(64, 48)  # two groups of 32 over 48 inputs: 4 + 32/48
-    assert prec.weight_bits[one] == pytest.approx(4 + 32 / 48) == bits
+    inter = config.intermediate_size
+    bits = W4.bits_per_weight(config.hidden_size, inter)  # groups of 32 over the inputs
+    groups = -(-inter // 32)
+    assert prec.weight_bits[one] == pytest.approx(4 + 16 * groups / inter) == bits
     assert prec.weight_bits["model.layers.1.mlp.experts.2.down_proj"] == 16
     lin = next(lin for lin in shape.mlp_linears(1) if lin.short == "down_proj")
     assert prec.group_bits("model.layers.1", lin) == pytest.approx((3 * 16 + bits) / 4)

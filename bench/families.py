@@ -103,6 +103,35 @@ def _expert_figures(experts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def sparse_routing(root: Path) -> dict[str, Any]:
+    """A tiny Qwen3-MoE with Qwen3-30B-A3B's expert count (128, top 8) calibrated on few real
+    tokens (2 windows of 32): how many experts the router leaves without a token (each would
+    have no Hessian without the policy) or under 16 tokens (where ``routed`` falls back)."""
+    from tests.helpers.families import family_config
+    from tests.helpers.tiny import save_tiny_model
+
+    config = family_config("qwen3_moe")
+    config.num_experts, config.num_experts_per_tok = 128, 8
+    handle = api.load(str(save_tiny_model(root, "qwen3_moe_128", config)))
+    calib = api.text_windows(
+        handle, api.TextConfig("builtin:python-docs", 32, 2, 0), calibration=True
+    )
+    plan = uniform_plan(LayerSpec(IntFormat(4), PerGroup(16), GPTQConfig()))
+    qm = api.quantize(handle, plan, calib)
+    experts = qm.execution["experts"]
+    counts = [c for e in experts.values() for c in e["routed_tokens"]]
+    return {
+        "experts": 128,
+        "top_k": 8,
+        "calibration_tokens": int(calib.ids.numel()),
+        "expert_blocks": len(counts),
+        "no_routed_token": sum(c == 0 for c in counts),
+        "under_16_tokens": sum(c < 16 for c in counts),
+        "all_quantized_finite": len(qm.weights) == len(handle.arch.layer_names())
+        and all(bool(torch.isfinite(qm.weights[n].dequantize()).all()) for n in qm.weights),
+    }
+
+
 def main() -> None:
     torch.manual_seed(0)
     rows = {}
@@ -118,11 +147,13 @@ def main() -> None:
                 f"eval {r['eval_s']:.1f} s" + (" experts" if family in MOE else ""),
                 flush=True,
             )
+        sparse = sparse_routing(Path(tmp))
+        print(f"sparse routing: {sparse}", flush=True)
     write_result(
         RESULTS / "families.json",
         {"protocol": {"ctx": CTX, "calibration_windows": CALIB, "eval_windows": EVAL,
                       "text": "builtin:python-docs", "plan": "W4 g16 symmetric"},
-         "families": rows},
+         "families": rows, "sparse_routing": sparse},
     )  # fmt: skip
 
 

@@ -65,18 +65,25 @@ def config_for(family: str):
     return family_config(family)
 
 
-def make_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> Path:
-    """Save a tiny random model of ``family`` with a tokenizer under ``root/family``."""
+def save_tiny_model(root: Path, name: str, config, seed: int = 0) -> Path:
+    """Save a tiny random model of ``config`` with the tiny tokenizer under ``root/name``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = root / family
+    out = root / name
     if (out / "config.json").is_file():
         return out
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config_for(family), dtype=torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
     AutoTokenizer.from_pretrained(_tokenizer_dir(root)).save_pretrained(out)
     return out
+
+
+def make_tiny_model(root: Path, family: str = "llama", seed: int = 0) -> Path:
+    """Save a tiny random model of ``family`` with a tokenizer under ``root/family``."""
+    out = root / family
+    if (out / "config.json").is_file():
+        return out
+    return save_tiny_model(root, family, config_for(family), seed)
 
 
 def with_tokenizer(model_dir: Path, out: Path, kind: str) -> Path:

@@ -136,3 +136,36 @@ def test_a_plan_that_names_a_router_is_refused(tiny_root):
 
 def test_smoothing_pair_offsets_are_data():
     assert SmoothingPair("n", ("a",)).norm_offset == 0.0
+
+
+def test_a_config_with_read_only_widths_is_discovered():
+    """Falcon derives head_dim from the other widths (a read-only property): the tiny twin
+    leaves it alone."""
+    from transformers import FalconConfig
+
+    config = FalconConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        new_decoder_architecture=True, num_kv_heads=2,
+    )  # fmt: skip
+    found = discover_architecture(config, "falcon")
+    assert found.blocks and not found.unsupported, found.unsupported
+
+
+def test_a_released_tied_head_frees_its_memory(tiny_llama):
+    handle = resolve_model(str(tiny_llama))
+    assert handle.config.tie_word_embeddings
+    lazy = handle.lazy()
+    paths = lazy.materialize_outside(head=True)
+    head = lazy.model.get_output_embeddings()
+    assert head.weight.device.type == "cpu"
+    lazy.release_outside(paths)
+    assert head.weight.device.type == "meta"
+
+
+def test_stage_inputs_are_the_runner_s_own_chunks():
+    """A stage that consumes its inputs (the staged runner) frees them: the activations a
+    block is given are the same chunk objects, set to its keyword arguments."""
+    kw0, kw1 = {"a": 0}, {"a": 1}
+    chunk = Chunk(torch.zeros(1, 2, 4), kw0, (kw0, kw1))
+    acts = Activations([chunk], torch.device("cpu"), torch.device("cpu"))
+    assert acts.at_block(1) is acts and chunk.kwargs is kw1

@@ -117,3 +117,37 @@ def test_bad_policies_are_refused():
         ExpertCalibration("some")
     with pytest.raises(ConfigError, match="min_tokens"):
         ExpertCalibration("routed", 0)
+
+
+def test_sensitivity_hessians_cover_experts_without_tokens(tiny_root):
+    """The probes' block Hessians calibrate experts as quantization does: an expert the router
+    skips still gets its groups' Hessians."""
+    from lowbit.models.capture import capture
+    from lowbit.sensitivity.sweep import block_hessians
+
+    handle = resolve_model(str(make_tiny_model(tiny_root, "qwen3_moe")))
+    lazy = handle.lazy()
+    ids = torch.randint(0, 300, (1, 2), generator=torch.Generator().manual_seed(0))
+    acts = capture(lazy, ids, 1, torch.device("cpu")).at_block(0)
+    block = lazy.load(0)
+    try:
+        hessians = block_hessians(block, acts, handle.arch.block(0).sequential_groups, acts.device)
+    finally:
+        lazy.release(0)
+    assert set(hessians) == set(handle.arch.block(0).linear_names)
+    assert all(torch.isfinite(H).all() and H.diagonal().sum() > 0 for H in hessians.values())
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_experts_read_from_the_checkpoint_equal_transformers_loading(name, tiny_root):
+    """Per expert, renamed (Mixtral's w1/w3/w2) or fused and transposed (GPT-OSS): every block
+    parameter read lazily equals transformers' own loading."""
+    handle = resolve_model(str(make_tiny_model(tiny_root, name)))
+    reference = dict(handle.load_model().named_parameters())
+    lazy = handle.lazy()
+    for i in range(len(lazy)):
+        block = lazy.load(i)
+        for key, value in block.named_parameters():
+            full = f"{handle.arch.blocks_path}.{i}.{key}"
+            assert torch.equal(value, reference[full]), full
+        lazy.release(i)

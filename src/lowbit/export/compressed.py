@@ -143,7 +143,7 @@ def _check_expert_names(qm: Any) -> None:
     arch = qm.handle.arch
     for i, block in enumerate(arch.blocks):
         for path in block.experts:
-            first = f"{arch.blocks_path}.{i}.{path}.0.{block.linear_names[-1].rsplit('.', 1)[-1]}"
+            first = f"{arch.blocks_path}.{i}.{path}.0.down_proj"
             if f"{first}.weight" not in stored:
                 raise ExportError(
                     f"{qm.handle.source}: its experts are stored under other names than "

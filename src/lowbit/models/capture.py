@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.errors import ModelSourceError
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.runtime.runner import Activations, Chunk
 
@@ -75,6 +76,17 @@ def capture(lazy: LazyModel, ids: torch.Tensor, chunk_size: int, home: torch.dev
                     lazy.model(input_ids=part.to(device), use_cache=False)
                 except _StopForward:
                     pass
+                except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+                    raise ModelSourceError(
+                        f"{lazy.where}: its decoder loop cannot be run one block at a time "
+                        f"({type(exc).__name__}: {exc}); a block whose inputs come from the "
+                        "previous block's extra outputs is not supported yet"
+                    ) from exc
+                if len(seen) != len(blocks):
+                    raise ModelSourceError(
+                        f"{lazy.where}: the model called {len(seen)} of its {len(blocks)} "
+                        "decoder blocks; it cannot be run one block at a time"
+                    )
                 per_block = _shared(kw for _, kw in seen)
                 chunks.append(Chunk(seen[0][0].to(home), per_block[0], per_block))
     finally:

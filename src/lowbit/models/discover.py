@@ -62,7 +62,8 @@ def discover_architecture(config: Any, where: str, *, hand_written: bool = True)
         from lowbit.models.tracing import trace_kinds
 
         specs = trace_kinds(config, kinds, blocks_path)
-    except (RuntimeError, ValueError, TypeError, IndexError, ModelSourceError) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            ModelSourceError) as exc:  # fmt: skip  # stated as the reason quantization is refused
         reason = f"tracing one block of {where} failed ({type(exc).__name__}: {exc})"
         return _replace(base, unsupported=reason)
     return _replace(base, blocks=tuple(specs), origin="discovered", traits=model_traits(config))

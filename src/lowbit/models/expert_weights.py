@@ -46,10 +46,8 @@ class ExpertWeights:
         self._base_keys = base.keys()
         self._renames, self._sources = _conversion(model_type)
         # stored name of each renamed tensor under its in-memory name (e.g. Mixtral's router)
-        self._alias = {
-            k.replace(old, new): k for k in self._base_keys for new, old in self._renames
-            if old in k
-        }  # fmt: skip
+        self._alias = {_forward(k, self._renames): k for k in self._base_keys}
+        self._alias = {new: old for new, old in self._alias.items() if new != old}
 
     def keys(self) -> set[str]:
         return (
@@ -101,7 +99,7 @@ class ExpertWeights:
             if kind == "weight":
                 candidates.append(parent + pattern.replace("*", str(e)))
         for name in list(candidates):
-            candidates.extend(name.replace(new, old) for new, old in self._renames)
+            candidates.extend(_renamed(name, self._renames)[1:])
         return next((c for c in candidates if c in self._base_keys), None)
 
     def _fused_tensors(
@@ -114,7 +112,7 @@ class ExpertWeights:
         return {n: tensors[k] for n, k in keys.items()}
 
     def _stored_fused(self, key: str) -> str:
-        for candidate in [key, *(key.replace(new, old) for new, old in self._renames)]:
+        for candidate in _renamed(key, self._renames):
             if candidate in self._base_keys:
                 return candidate
         raise ModelSourceError(
@@ -219,7 +217,19 @@ def canonical_entries(
 
 
 def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> list[str]:
-    return [key, *(key.replace(new, old) for new, old in renames if new in key)]
+    """``key`` and its stored candidates: each renaming undone alone, then all of them."""
+    out = [key, *(key.replace(new, old) for new, old in renames if new in key)]
+    chained = key
+    for new, old in renames:
+        chained = chained.replace(new, old)
+    return list(dict.fromkeys([*out, chained]))
+
+
+def _forward(stored: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """A stored key under its in-memory name (every renaming applied)."""
+    for new, old in renames:
+        stored = stored.replace(old, new)
+    return stored
 
 
 def _aliases(

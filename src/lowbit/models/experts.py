@@ -131,8 +131,7 @@ class LinearExperts(nn.Module):
             return self._expert(e, x[token])
         if calib.policy == "routed" and token.numel() >= calib.min_tokens:
             return self._expert(e, x[token])
-        every = torch.arange(x.shape[0], device=x.device)
-        return self._expert(e, x[every])[token]
+        return self._expert(e, x)[token]  # every token through the expert
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         expert = self[e]
@@ -154,6 +153,12 @@ def linearize_experts(model: nn.Module) -> list[str]:
     found = [(name, m) for name, m in model.named_modules() if is_fused_experts(m)]
     for name, module in found:
         parent, _, attr = name.rpartition(".")
+        if getattr(module, "has_post_expert_norm", False):
+            raise ModelSourceError(
+                f"{name}: experts module {type(module).__name__} normalizes each expert's "
+                "output (post_expert_norm), which lowbit's per-expert linears do not carry yet; "
+                "this model cannot be run by lowbit"
+            )
         if not hasattr(module, "_apply_gate") and getattr(module, "has_gate", True):
             raise ModelSourceError(
                 f"{name}: experts module {type(module).__name__} has fused 3-D weights but no "
@@ -222,7 +227,8 @@ def routed_counts(module: LinearExperts, calls: int) -> dict[str, Any]:
     last = module.calls[-calls:] if calls else []
     module.calls.clear()
     if not last:
-        return {"routed_tokens": [0] * module.num_experts, "unrouted": module.num_experts}
+        n = module.num_experts
+        return {"routed_tokens": [0] * n, "unrouted": n, "fell_back": 0}
     counts = torch.stack([c for c, _ in last]).sum(0)
     fell = torch.stack([f for _, f in last]).any(0)
     return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowbit.errors import ModelSourceError
@@ -127,6 +128,9 @@ class LazyModel:
     def release_outside(self, paths: list[str]) -> None:
         for path in paths:
             self.release_module(path)
+        head = self.model.get_output_embeddings()
+        if head is not None and _is_tied(self.model) and head.weight.device.type != "meta":
+            head.weight = nn.Parameter(torch.empty_like(head.weight, device="meta"), False)
 
 
 def _is_tied(model: Any) -> bool:

@@ -36,7 +36,7 @@ def twin_config(config: Any, n_layers: int) -> Any:
     twin = copy.deepcopy(config)
     text = twin.get_text_config() if hasattr(twin, "get_text_config") else twin
     for attr, value in WIDTHS.items():
-        if getattr(text, attr, None) is not None:
+        if getattr(text, attr, None) is not None and _settable(text, attr):
             setattr(text, attr, value)
     _heads(text)
     if getattr(text, "qk_nope_head_dim", None) is not None:  # MLA: derived in __init__
@@ -50,6 +50,12 @@ def twin_config(config: Any, n_layers: int) -> Any:
     if isinstance(getattr(text, "layer_types", None), list):
         text.layer_types = text.layer_types[:n_layers]
     return twin
+
+
+def _settable(obj: Any, attr: str) -> bool:
+    """Not a read-only property (Falcon derives ``head_dim`` from the other widths)."""
+    prop = getattr(type(obj), attr, None)
+    return not isinstance(prop, property) or prop.fset is not None
 
 
 def _heads(text: Any) -> None:

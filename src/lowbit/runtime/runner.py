@@ -44,10 +44,6 @@ class Chunk:
     kwargs: dict[str, Any]
     per_block: tuple[dict[str, Any], ...] = ()
 
-    def at_block(self, i: int) -> Chunk:
-        kwargs = self.per_block[i] if self.per_block else self.kwargs
-        return Chunk(self.hidden, kwargs, self.per_block)
-
 
 @dataclass
 class Activations:
@@ -80,9 +76,12 @@ class Activations:
         return Activations(chunks, self.device, self.home, as_tuple)
 
     def at_block(self, i: int) -> Activations:
-        """The same hidden states with block ``i``'s keyword arguments."""
-        chunks = [c.at_block(i) for c in self.chunks]
-        return Activations(chunks, self.device, self.home, self.block_returns_tuple)
+        """These activations, their chunks set to block ``i``'s keyword arguments (in place:
+        a stage that consumes its inputs frees them)."""
+        for c in self.chunks:
+            if c.per_block:
+                c.kwargs = c.per_block[i]
+        return self
 
     def single(self, i: int) -> Activations:
         """Chunk ``i`` alone."""

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from lowbit.algorithms import HessianAccumulator
+from lowbit.errors import LowbitError
 from lowbit.models.budget import block_needs, check_fits
+from lowbit.models.experts import set_calibration
 from lowbit.models.lazy import LazyModel, block_list
+from lowbit.models.pipeline import ExpertCalibration
 from lowbit.runtime.runner import (
     Activations,
     for_each_block,
@@ -127,7 +130,8 @@ def block_hessians(
 ) -> dict[str, torch.Tensor]:
     """The fp32 second moment (in, in) of each sequential group's input over every chunk of
     ``inputs`` (the block's inputs), keyed by member name; each chunk's forward stops once the
-    last group has been seen."""
+    last group has been seen. Experts are calibrated as quantization calibrates them (every
+    token through every expert: :class:`~lowbit.models.pipeline.ExpertCalibration`)."""
     stats: dict[int, HessianAccumulator] = {}
 
     def observe(g: int, x: torch.Tensor) -> None:
@@ -140,11 +144,17 @@ def block_hessians(
         (block.get_submodule(group[0]), group_inputs_hook(g, observe, seen))
         for g, group in enumerate(groups)
     ]
-    for c in range(len(inputs.chunks)):
-        seen.clear()
-        forward_chunks(block, inputs.single(c), hooks, until=lambda: len(seen) == len(groups))
+    set_calibration(block, ExpertCalibration())
+    try:
+        for c in range(len(inputs.chunks)):
+            seen.clear()
+            forward_chunks(block, inputs.single(c), hooks, until=lambda: len(seen) == len(groups))
+    finally:
+        set_calibration(block, None)
     hessians = {}
     for g, group in enumerate(groups):
+        if g not in stats:
+            raise LowbitError(f"the block never called {group[0]}; its spec does not fit it")
         H = stats.pop(g).hessian()
         hessians.update({member: H for member in group})
     return hessians

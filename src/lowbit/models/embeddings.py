@@ -48,26 +48,31 @@ def unties(plan: Plan, config: Any) -> bool:
     return is_tied(config) and plan.untie_embeddings and touched
 
 
-def read_tensor(handle: ModelHandle, key: str) -> torch.Tensor:
-    """One tensor of ``handle``'s weight files, by key."""
+def read_tensor(handle: ModelHandle, key: str, device: torch.device) -> torch.Tensor:
+    """One tensor of ``handle``'s weight files, by key, read straight to ``device``."""
     weights = handle.weights()  # a foreign checkpoint's tensors are dequantized on read
     if key in weights.keys():
-        return weights.read([key], torch.device("cpu"))[key]
+        return weights.read([key], device)[key]
     raise ModelSourceError(f"{handle.source}: tensor {key!r} is not in its weight files")
 
 
-def quantize_embeddings(handle: ModelHandle, plan: Plan) -> dict[str, QuantizedWeight]:
+def quantize_embeddings(
+    handle: ModelHandle, plan: Plan, device: torch.device
+) -> dict[str, QuantizedWeight]:
     """Quantized weights of the embedding (under ``arch.embed_path``) and head (``lm_head``)
-    as the plan says; a tied pair with one spec gives the embedding entry only."""
+    as the plan says, computed on ``device``; a tied pair with one spec gives the embedding
+    entry only."""
     tied = is_tied(handle.config)
     check_embedding_plan(plan, tied, handle.source)
     embed = handle.arch.embed_path
     out: dict[str, QuantizedWeight] = {}
     if plan.embedding is not None:
-        out[embed] = _quantize(read_tensor(handle, f"{embed}.weight"), plan.embedding, embed)
+        out[embed] = _quantize(
+            read_tensor(handle, f"{embed}.weight", device), plan.embedding, embed
+        )
     if plan.head is not None and not (tied and not plan.untie_embeddings):
         key = f"{embed}.weight" if tied else f"{HEAD_PATH}.weight"
-        out[HEAD_PATH] = _quantize(read_tensor(handle, key), plan.head, HEAD_PATH)
+        out[HEAD_PATH] = _quantize(read_tensor(handle, key, device), plan.head, HEAD_PATH)
     return out
 
 

@@ -161,7 +161,7 @@ def quantize_model(
             _calibrated(lazy, specs, calibration, pipeline, result, progress, smoothquant)
         else:
             _data_free(lazy, specs, result, progress)
-        untied = _embeddings(handle, plan, result)
+        untied = _embeddings(handle, plan, result, runtime.device)
     result.timings["quantize_s"] = time.perf_counter() - start
     return QuantizedModel(
         handle,
@@ -178,12 +178,12 @@ def quantize_model(
     )
 
 
-def _embeddings(handle: ModelHandle, plan: Plan, result: _Result) -> bool:
+def _embeddings(handle: ModelHandle, plan: Plan, result: _Result, device: torch.device) -> bool:
     """The plan's embedding and head specs (RTN, read straight from the weight files)."""
     if plan.embedding is None and plan.head is None:
         return False
     t0 = time.perf_counter()
-    for name, qw in quantize_embeddings(handle, plan).items():
+    for name, qw in quantize_embeddings(handle, plan, device).items():
         spec = plan.embedding if name == handle.arch.embed_path else plan.head
         assert spec is not None
         result.layers.add(name, qw)

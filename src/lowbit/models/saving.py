@@ -32,11 +32,10 @@ from lowbit.models.embeddings import HEAD_PATH
 from lowbit.models.files import copy_model_files, safetensors_header
 from lowbit.models.quantize import QuantizedModel
 from lowbit.plan import Plan
-from lowbit.runtime import Runtime
+from lowbit.runtime import HOST, Runtime
 
 LAYOUT = "lowbit-quantized-v2"
 READABLE = ("lowbit-quantized-v1", LAYOUT)
-_CPU = torch.device("cpu")
 
 
 @contextmanager
@@ -101,14 +100,14 @@ def _unquantized_shards(qm: QuantizedModel, extra: dict[str, torch.Tensor]) -> I
         from lowbit.models.embeddings import read_tensor
 
         embed = f"{qm.handle.arch.embed_path}.weight"
-        first[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed).contiguous()
+        first[f"{HEAD_PATH}.weight"] = read_tensor(qm.handle, embed, HOST).contiguous()
     weights = qm.handle.weights()  # a foreign checkpoint's tensors dequantized, scales hidden
     visible = weights.keys()
     for k, file in enumerate(qm.handle.weight_files):
         out = first if k == 0 else {}
         with safe_open(str(file), framework="pt") as reader:
             keys = [key for key in reader.keys() if key in visible]
-        stored = weights.read([n for n in keys if n not in skip and n not in qm.smoothed], _CPU)
+        stored = weights.read([n for n in keys if n not in skip and n not in qm.smoothed], HOST)
         for key in keys:
             if key in qm.smoothed:  # a norm or bias that AWQ / SmoothQuant rescaled
                 out[key] = qm.smoothed[key].contiguous()

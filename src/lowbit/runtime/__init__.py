@@ -13,6 +13,7 @@ from lowbit.runtime.config import Offload, RuntimeConfig
 
 if TYPE_CHECKING:
     from lowbit.runtime.policy import (
+        HOST,
         Runtime,
         cgroup_headroom,
         device_name,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "HOST",
     "Offload",
     "Runtime",
     "RuntimeConfig",

@@ -33,7 +33,7 @@ from lowbit.runtime.config import Offload, RuntimeConfig
 from lowbit.runtime.memory import fix_mmap_threshold
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CPU = torch.device("cpu")
+HOST = torch.device("cpu")  # where files are written and offloaded activations kept
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Runtime:
 
     @property
     def on_cpu(self) -> bool:
-        return self.device.type == _CPU.type
+        return self.device.type == HOST.type
 
     def headroom(self) -> tuple[int, str]:
         """(bytes this process may still take on the device now, where the figure comes
@@ -67,10 +67,10 @@ class Runtime:
     def activations_device(self, nbytes: int, reserved: int) -> torch.device:
         """Where ``nbytes`` of activations live when ``reserved`` bytes go to one block."""
         if self.offload is Offload.CPU:
-            return _CPU
+            return HOST
         if self.offload is Offload.DEVICE or self.on_cpu:
             return self.device
-        return self.device if nbytes + reserved <= self.headroom()[0] else _CPU
+        return self.device if nbytes + reserved <= self.headroom()[0] else HOST
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,7 +98,7 @@ def resolve_runtime(cfg: RuntimeConfig | None = None) -> Runtime:
 
 def _device(name: str) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return _CPU
+        return HOST
     if not torch.cuda.is_available():
         raise ConfigError(
             f"--device {name}: this machine has no CUDA device (torch {torch.__version__}, "

@@ -100,10 +100,11 @@ def test_percentile_clips_the_outlier():
     W = torch.ones(1, 100)
     W[0, 0] = 50.0
     qw = quantize_weight(W, IntFormat(4), PerChannel(), Percentile(98.0))
-    # the 98th percentile of |w| (position 0.98·99 = 97.02 of the sorted 100) is 1.0 → scale
-    # 1/7.5; the outlier saturates at 7 steps
-    assert qw.scale.float().item() == pytest.approx(1 / 7.5, rel=1e-3)
-    assert qw.dequantize()[0, 0].item() == pytest.approx(7 / 7.5, rel=1e-3)
+    # the 98th percentile of |w| (position 0.98·99 = 97.02 of the sorted 100) is 1.0, on the
+    # positive side of the group's extreme → scale -1/8 (1.0 on the code -8): the ones are exact
+    # and the outlier saturates at them
+    assert qw.scale.float().item() == -1 / 8
+    assert torch.equal(qw.dequantize(), torch.ones(1, 100))
 
 
 @pytest.mark.parametrize("clip", [MinMax(), Percentile(99.5), MSEClip(7, 0.3)])

@@ -154,6 +154,16 @@ def mse_range(
     return lo * best_ratio, hi * best_ratio
 
 
+def _on_extreme_side(
+    plo: torch.Tensor, phi: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A symmetric grid needs the clipped magnitude and the side of the group's largest weight
+    (the extreme scale rule puts that side on the code -2^(b-1)): the other side becomes 0."""
+    positive = hi.abs() > lo.abs()
+    zero = torch.zeros_like(plo)
+    return torch.where(positive, zero, plo), torch.where(positive, phi, zero)
+
+
 def clipped_range(
     W: torch.Tensor, fmt: WeightFormat, granularity: Granularity, clipping: Clipping
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +174,8 @@ def clipped_range(
         # a sparse group can have a zero percentile range around non-zero weights: a zero range
         # would give a scale unrelated to the data, so such a group keeps its min-max range
         empty = (plo == 0) & (phi == 0) & ((lo != 0) | (hi != 0))
-        return torch.where(empty, lo, plo), torch.where(empty, hi, phi)
+        plo, phi = torch.where(empty, lo, plo), torch.where(empty, hi, phi)
+        return _on_extreme_side(plo, phi, lo, hi) if fmt.symmetric else (plo, phi)
     if isinstance(clipping, MSEClip):
         return mse_range(W, fmt, granularity, lo, hi, clipping)
     return lo, hi

@@ -2,8 +2,17 @@
 with an integer zero point), scales stored in a float dtype (fp16 by default, as serving kernels
 read them).
 
-Conventions (the ones compressed-tensors and GPTQ use):
-- symmetric: codes q ∈ [-2^(b-1), 2^(b-1) - 1], scale s = absmax / ((2^b - 1) / 2), x̂ = q·s;
+Conventions:
+- symmetric: codes q ∈ [-2^(b-1), 2^(b-1) - 1], x̂ = q·s, and one of two scale rules
+  (``scale_rule``):
+  - ``extreme`` (default; llama.cpp's Q4_0/Q8_0 rule): s = m / -2^(b-1), m the group's weight of
+    largest magnitude *with its sign*, so m lands exactly on the code -2^(b-1) (s is negative when
+    m is positive); no weight of the group is clipped by more than one step, and only on the
+    side opposite to m;
+  - ``half-step`` (the GPTQ reference's and compressed-tensors' rule): s = absmax / ((2^b - 1) / 2),
+    always positive; a positive extreme maps to 2^(b-1) - 1/2 and is clipped by half a step.
+  The extreme rule gives finer steps (absmax / 2^(b-1) instead of absmax / (2^(b-1) - 1/2)) and
+  represents each group's largest weight exactly, which is what plain rounding should do;
 - asymmetric: codes q ∈ [0, 2^b - 1], the range [min(x, 0), max(x, 0)] mapped onto it,
   s = (max - min) / (2^b - 1), zero z = round(-min / s) ∈ [0, 2^b - 1], x̂ = (q - z)·s.
 Scales are rounded to their storage dtype *before* codes are chosen, so what is saved
@@ -12,10 +21,12 @@ dequantizes exactly to what was evaluated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from lowbit._registry import Registry
 from lowbit.errors import ConfigError
 from lowbit.formats.granularity import Granularity, PerTensor, group_index, group_reduce
 from lowbit.formats.scaling import SCALE_DTYPES, storable_scale
@@ -31,6 +42,7 @@ class IntFormat:
     bits: int
     symmetric: bool = True
     scale_dtype: str = "float16"
+    scale_rule: str = "extreme"
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
@@ -41,6 +53,7 @@ class IntFormat:
             raise ConfigError(
                 f"scale dtype {self.scale_dtype!r} is not one of {sorted(_SCALE_DTYPES)}"
             )
+        SCALE_RULES.get(self.scale_rule)  # an unknown rule: UnknownNameError listing the rules
 
     @property
     def name(self) -> str:
@@ -92,6 +105,7 @@ class IntFormat:
     def describe(self, granularity: Granularity) -> str:
         return (
             f"W{self.bits} {granularity_label(granularity)} {'sym' if self.symmetric else 'asym'}"
+            + (" half-step" if self.symmetric and self.scale_rule == "half-step" else "")
         )
 
     def encode(
@@ -133,18 +147,34 @@ def qparams_from_range(
     wmin: torch.Tensor, wmax: torch.Tensor, fmt: IntFormat
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scales and zero points (rows, n_groups) for the per-group range [wmin, wmax] (fp32)."""
-    levels = 2**fmt.bits - 1
     if fmt.symmetric:
-        absmax = torch.maximum(wmax.abs(), wmin.abs())
-        scale = absmax / (levels / 2)
-        zero = None
-    else:
-        wmin, wmax = wmin.clamp(max=0), wmax.clamp(min=0)
-        scale = (wmax - wmin) / levels
-    scale = _storable_scale(scale, fmt)
-    if not fmt.symmetric:
-        zero = torch.round(-wmin / scale).clamp(0, levels)
+        return SCALE_RULES.get(fmt.scale_rule)(wmin, wmax, fmt), None
+    levels = 2**fmt.bits - 1
+    wmin, wmax = wmin.clamp(max=0), wmax.clamp(min=0)
+    scale = _storable_scale((wmax - wmin) / levels, fmt)
+    zero = torch.round(-wmin / scale).clamp(0, levels)
     return scale, zero
+
+
+def extreme_scale(wmin: torch.Tensor, wmax: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """s = m / qmin with m the signed extreme (a tie between -a and +a takes -a, so s > 0): m
+    lands on qmin. The magnitude is rounded up to the storage dtype, so |m / s| ≤ |qmin|."""
+    negative = wmin.abs() >= wmax.abs()
+    magnitude = _storable_scale(torch.maximum(wmin.abs(), wmax.abs()) / -fmt.qmin, fmt)
+    return torch.where(negative, magnitude, -magnitude)
+
+
+def half_step_scale(wmin: torch.Tensor, wmax: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """s = absmax / ((2^b - 1) / 2) > 0 (the GPTQ reference's grid)."""
+    absmax = torch.maximum(wmax.abs(), wmin.abs())
+    return _storable_scale(absmax / ((2**fmt.bits - 1) / 2), fmt)
+
+
+ScaleRule = Callable[[torch.Tensor, torch.Tensor, IntFormat], torch.Tensor]
+# symmetric scale rules by name (IntFormat.scale_rule): (group min, group max, format) → scale
+SCALE_RULES: Registry[ScaleRule] = Registry("integer scale rule")
+SCALE_RULES.register("extreme", extreme_scale)
+SCALE_RULES.register("half-step", half_step_scale)
 
 
 def _storable_scale(scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:

@@ -90,7 +90,7 @@ def test_int_dict_is_unchanged():
         "scale_dtype": "float16",
         "scale_rule": "extreme",
     }
-    assert format_from_dict({"bits": 3}) == IntFormat(3)  # before scale rules: the default  # plans before typed formats
+    assert format_from_dict({"bits": 3}) == IntFormat(3)  # plans before typed formats
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ GPTQ reference's absmax / ((2^b - 1) / 2), which clips a positive extreme by hal
 RTN INT4 (and INT3) at groups 32, 64 and 128 on the built-in model: perplexity and KL divergence
 to the original on an evaluation text, through lowbit's own CLI (one reference, cached).
 
-    .venv/bin/python bench/rtn_scale.py                       # WikiText-2 raw test, 20 × 512
+    .venv/bin/python bench/rtn_scale.py     # the spine's protocol: WikiText-2 raw test, 40 × 512
     .venv/bin/python bench/rtn_scale.py --text FILE --ctx 256 --windows 10 --out NAME
 
 writes bench/results/rtn_scale[-NAME].json.
@@ -81,14 +81,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--text", type=Path, default=DATA / "wikitext-2-raw/wiki.test.raw")
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--bits", type=int, action="append")
+    ap.add_argument("--group", type=int, action="append")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for bits in args.bits or [4]:
-            for group in (32, 64, 128):
+            for group in args.group or [32, 64, 128]:
                 for rule in ("half-step", "extreme"):
                     rows.append(measure(Path(tmp), bits, group, rule, args))
     name = "rtn_scale" + (f"-{args.out}" if args.out else "")

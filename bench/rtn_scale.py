@@ -30,7 +30,7 @@ CLI = [sys.executable, "-c", "from lowbit.cli.main import main; main()"]
 def plan_yaml(bits: int, group: int, rule: str) -> str:
     fmt = f"{{type: int, bits: {bits}, symmetric: true, scale_rule: {rule}}}"
     return (
-        "version: 1\n"
+        "lowbit_plan_version: 1\n"
         f"default: {{format: {fmt}, granularity: {{type: group, size: {group}}}, "
         "algorithm: {name: rtn}}\n"
     )

@@ -63,3 +63,33 @@ def test_row_permutation_is_undone_by_transformers(n_head, n_kv):
     proc = LlamaTensorProcessor(config={})
     back = proc._reverse_permute_weights(permuted, n_kv, n_kv)
     assert np.array_equal(back, W)
+
+
+def test_rtn_int4_g32_agrees_with_llama_cpps_own_q4_0():
+    """The extreme scale rule is ggml's ``quantize_row_q4_0``: quantized by the gguf library's
+    reference, the same weights get the same block scales up to fp16 rounding (ggml rounds to
+    nearest, lowbit up, so that no weight leaves the grid) and the same codes except where that
+    rounding moves a weight across a rounding boundary (≥ 99.9% equal, the rest one code apart)."""
+    from gguf.quants import quantize
+
+    W = torch.randn(64, 1024, generator=torch.Generator().manual_seed(1)) * 0.05
+    ours = rtn_quantize(W, IntFormat(4), PerGroup(32))
+    blocks = quantize(W.numpy(), GGMLQuantizationType.Q4_0).reshape(64, 32, 18)
+    d = torch.from_numpy(blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32))
+    theirs = _ref(blocks.reshape(64, -1), GGMLQuantizationType.Q4_0)
+    codes = torch.round(theirs / d.repeat_interleave(32, dim=1))
+    assert torch.all((ours.scale.float() - d).abs() <= d.abs() * 2**-10)
+    assert torch.all(torch.sign(ours.scale.float()) == torch.sign(d))
+    equal = ours.codes.float() == codes
+    assert float(equal.float().mean()) >= 0.999
+    assert torch.all((ours.codes.float() - codes).abs() <= 1)
+
+
+def test_half_step_rule_is_not_q4_0():
+    """The GPTQ reference's grid (absmax / 7.5) differs from ggml's Q4_0 on most weights."""
+    from gguf.quants import quantize
+
+    W = torch.randn(64, 1024, generator=torch.Generator().manual_seed(1)) * 0.05
+    half = rtn_quantize(W, IntFormat(4, scale_rule="half-step"), PerGroup(32)).dequantize()
+    q4_0 = _ref(quantize(W.numpy(), GGMLQuantizationType.Q4_0), GGMLQuantizationType.Q4_0)
+    assert float((half == q4_0).float().mean()) < 0.2

@@ -363,9 +363,10 @@ def test_extreme_rule_puts_each_groups_largest_weight_on_the_lowest_code(bits, g
         m = block.flatten()[at]
         code = qw.codes[rows][:, g_idx == g].flatten()[at]
         assert int(code) == qw.fmt.qmin
-        assert abs(float(qw.dequantize()[rows][:, g_idx == g].flatten()[at] - m)) <= abs(
-            float(m)
-        ) * 2**-10 + abs(qw.fmt.qmin) * 2**-24
+        assert (
+            abs(float(qw.dequantize()[rows][:, g_idx == g].flatten()[at] - m))
+            <= abs(float(m)) * 2**-10 + abs(qw.fmt.qmin) * 2**-24
+        )
     assert torch.all((W - qw.dequantize()).abs() <= _error_bound(W, qw))
 
 

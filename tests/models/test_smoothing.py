@@ -19,6 +19,24 @@ from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec, uniform_plan
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_outliers(tiny_llama, tmp_path_factory):
+    """The tiny Llama with 4 input channels of every block's norms scaled by 30: the few large
+    activation channels trained LLMs have and AWQ protects."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    channels = torch.randperm(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[channels[:4]] *= 30.0
+    out = tmp_path_factory.mktemp("outliers") / "llama"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(out)
+    return out
+
+
 def _ids(vocab: int, n: int = 8, ctx: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (n, ctx), generator=torch.Generator().manual_seed(seed))
 
@@ -144,9 +162,10 @@ def _norm_output_absmax(model, arch, ids) -> float:
         pytest.param(NVFP4Format(), PerGroup(16), id="nvfp4"),
     ],
 )
-def test_awq_beats_rtn_end_to_end(tiny_llama, fmt, granularity):
-    """KL divergence to the original model, on held-out windows."""
-    handle = resolve_model(str(tiny_llama))
+def test_awq_beats_rtn_end_to_end(tiny_llama_outliers, fmt, granularity):
+    """KL divergence to the original model, on held-out windows, with salient input channels
+    (AWQ's premise: a random model has none, and there RTN's extreme rule already wins)."""
+    handle = resolve_model(str(tiny_llama_outliers))
     calib, held_out = _ids(handle.config.vocab_size, 16, 48), _ids(320, 8, 48, seed=1)
     ref = _logits(handle.load_model(), held_out)
     kl = {}
@@ -154,7 +173,7 @@ def test_awq_beats_rtn_end_to_end(tiny_llama, fmt, granularity):
         qm = quantize_model(handle, uniform_plan(LayerSpec(fmt, granularity, algo)), calib)
         model = apply_weights(load_smoothed(handle.load_model(), qm.smoothed), qm.weights)
         kl[algo.name] = _kl(ref, _logits(model, held_out))
-    assert kl["awq"] < kl["rtn"]
+    assert kl["awq"] < 0.5 * kl["rtn"]
 
 
 def test_awq_records_and_saved_model_carry_the_smoothing(tiny_any, tmp_path):

@@ -158,7 +158,7 @@ def test_unit_kl_equals_all_its_experts_quantized_together(tiny_root, rt):
         ref = whole_model_kl(model, changed, probe)
         assert table.entry(unit.name, s).kl == pytest.approx(ref, rel=1e-4, abs=2e-7)
     # W2 of every expert's gate is far above the float32 floor: one expert alone would not do
-    assert table.entry(unit.name, 0).kl > 10 * 2e-7
+    assert table.entry(unit.name, 0).kl > 5 * 2e-7
 
 
 def test_unknown_expert_units_are_refused():

@@ -36,15 +36,21 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
-        _public(tmp, directory=True)
-        for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
-            _public(child, directory=child.is_dir())
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Give the finished directory ``tmp`` plain modes and rename it to ``path`` (replacing
+    what ``path`` held)."""
+    _public(tmp, directory=True)
+    for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
+        _public(child, directory=child.is_dir())
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ scales identical (tensor by tensor, by sha256) to an uninterrupted run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lowbit.models.files import tensor_digests as tensor_hashes
 from tests.cli.test_commands import lowbit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,25 +32,6 @@ def deep_llama(tmp_path_factory) -> Path:
 def _args(model: Path, out: Path, calib: Path, *extra: str) -> list[str]:
     return ["quantize", str(model), "-o", str(out), "--calib-text", str(calib),
             "--calib-windows", "4", "--ctx", "32", "--group-size", "32", *extra]  # fmt: skip
-
-
-def tensor_hashes(out: Path) -> dict[str, str]:
-    """sha256 of every stored tensor (codes, scales, zero points, the unquantized rest)."""
-    from safetensors import safe_open
-
-    hashes = {}
-    for file in sorted(out.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as reader:
-            for key in reader.keys():
-                t = reader.get_tensor(key).contiguous()
-                hashes[key] = hashlib.sha256(t.view(-1).view(dtype=_bytes()).numpy()).hexdigest()
-    return hashes
-
-
-def _bytes():
-    import torch
-
-    return torch.uint8
 
 
 def _killed(point: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

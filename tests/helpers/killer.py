@@ -4,7 +4,9 @@ very process at POINT, a real SIGKILL (no handler, no cleanup runs):
 - ``after:K``: just after block K's checkpoint is recorded;
 - ``mid:K``: halfway through writing block K's shard (half its bytes on disk);
 - ``manifest:K``: halfway through rewriting the checkpoint manifest for block K;
-- ``at:S``: S seconds after the start, wherever the run is (the benchmark's random moments).
+- ``at:S``: S seconds after the start, wherever the run is;
+- ``run:S``: S seconds after the checkpoint is opened (the quantization proper has begun:
+  the benchmark's random moments).
 """
 
 from __future__ import annotations
@@ -27,12 +29,27 @@ def _half(path: str, data: bytes) -> None:
     _die()
 
 
+def _timer(seconds: float) -> None:
+    timer = threading.Timer(seconds, _die)
+    timer.daemon = True
+    timer.start()
+
+
 def arm(point: str) -> None:
     kind, _, value = point.partition(":")
     if kind == "at":
-        timer = threading.Timer(float(value), _die)
-        timer.daemon = True
-        timer.start()
+        _timer(float(value))
+        return
+    if kind == "run":
+        from lowbit.models.checkpoint import Checkpoint
+
+        start = Checkpoint.start.__func__  # type: ignore[attr-defined]
+
+        def timed_start(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+            _timer(float(value))
+            return start(cls, *args, **kwargs)
+
+        Checkpoint.start = classmethod(timed_start)  # type: ignore[method-assign,assignment]
         return
     k = int(value)
     if kind == "after":

@@ -12,8 +12,17 @@ from lowbit.report.html import Report
 def perf_report(
     result: dict[str, Any], sweep: list[dict[str, Any]], peak: float, bandwidth: float
 ) -> Report:
-    est = result["estimate"]
     report = Report(f"lowbit perf: {result['model']} on {result['hardware']['name']}")
+    perf_sections(report, result, sweep, peak, bandwidth)
+    return report
+
+
+def perf_sections(
+    report: Report, result: dict[str, Any], sweep: list[dict[str, Any]], peak: float,
+    bandwidth: float,
+) -> None:  # fmt: skip
+    """The estimate, the roofline, memory, the batch sweep and the operator tables."""
+    est = result["estimate"]
     report.note(
         f"TTFT {est['ttft_s'] * 1e3:.2f} ms, TPOT {est['tpot_s'] * 1e3:.3f} ms, "
         f"{est['tokens_per_s']:.1f} tokens/s; fits: {est['fits']}; largest batch "
@@ -43,7 +52,6 @@ def perf_report(
                 for r in rows
             ],
         )
-    return report
 
 
 def profile_report(result: dict[str, Any]) -> Report:

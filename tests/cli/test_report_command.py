@@ -73,8 +73,9 @@ def chromium(page: Path, out: Path) -> tuple[str, list[str]]:
     """The DOM after the page's scripts ran, its console messages and errors (Chromium's log),
     and a screenshot at ``out``."""
     exe = require_chromium()
+    profile = f"--user-data-dir={page.parent / 'chromium-profile'}"
     base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--enable-logging=stderr", "--v=0", f"--user-data-dir={out.parent / 'profile'}"]  # fmt: skip
+            "--enable-logging=stderr", "--v=0", profile]  # fmt: skip
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -119,8 +119,10 @@ def _text_results(report: Report, key: str, data: Result) -> None:
         for name, r in results.items():
             hist = r.get("kl_histogram")
             if hist:
-                report.figure(charts.histogram(hist["edges"], hist["counts"],
-                              "KL divergence (nats)", f"per-token KL divergence: {name}"))  # fmt: skip
+                title = f"per-token KL divergence: {name}"
+                report.figure(
+                    charts.histogram(hist["edges"], hist["counts"], "KL divergence (nats)", title)
+                )
     if data.get("tasks"):
         _task_metrics(report, key, data)
     if data.get("rows"):
@@ -141,7 +143,8 @@ def _task_metrics(report: Report, key: str, data: Result) -> None:
                      [[r["kind"], r["group"], r["n"], r["acc_ref"]] for r in rows])  # fmt: skip
         series = {"accuracy": [r["acc_ref"] for r in rows]}
         labels = [r["group"] for r in rows]
-        report.figure(charts.grouped_bars(series, labels, "accuracy by group", "accuracy", "linear"))
+        chart = charts.grouped_bars(series, labels, "accuracy by group", "accuracy", "linear")
+        report.figure(chart)
 
 
 def _compare(report: Report, key: str, data: Result) -> None:

@@ -39,7 +39,7 @@ from lowbit.models.experts import routed_counts, set_calibration
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
-from lowbit.models.resume import mark, record_block, replay_block, restore_block, resume_info
+from lowbit.models.resume import Quant, mark, record_block, replay_block, resume_info
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec, Plan
@@ -163,10 +163,10 @@ def quantize_model(
     with torch.no_grad():
         if needs:
             assert calibration is not None
-            quant = _Quant(specs, result, progress, checkpoint)
+            quant = Quant(specs, result, progress, checkpoint)
             _calibrated(lazy, quant, calibration, pipeline, smoothquant)
         else:
-            _data_free(lazy, _Quant(specs, result, progress, checkpoint))
+            _data_free(lazy, Quant(specs, result, progress, checkpoint))
         untied = _embeddings(handle, plan, result, runtime.device)
     result.timings["quantize_s"] = time.perf_counter() - start
     return QuantizedModel(
@@ -200,24 +200,7 @@ def _embeddings(handle: ModelHandle, plan: Plan, result: _Result, device: torch.
     return unties(plan, handle.config)
 
 
-@dataclass
-class _Quant:
-    """One run's layer specs, result, progress callback and checkpoint."""
-
-    specs: dict[str, LayerSpec | None]
-    result: _Result
-    progress: Progress | None
-    checkpoint: Checkpoint | None
-
-    def done(self, i: int) -> bool:
-        """Whether block ``i`` was finished by an earlier run (then restored into the result)."""
-        if self.checkpoint is None or i >= self.checkpoint.done:
-            return False
-        restore_block(self.checkpoint, i, self.result)
-        return True
-
-
-def _data_free(lazy: LazyModel, q: _Quant) -> None:
+def _data_free(lazy: LazyModel, q: Quant) -> None:
     result = q.result
     result.execution["strategy"] = Strategy.DATA_FREE.value
     arch = lazy.arch
@@ -239,7 +222,7 @@ def _data_free(lazy: LazyModel, q: _Quant) -> None:
 
 def _calibrated(
     lazy: LazyModel,
-    q: _Quant,
+    q: Quant,
     calibration: torch.Tensor,
     pipeline: PipelineConfig,
     smoothquant: SmoothQuantConfig | None,

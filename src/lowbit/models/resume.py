@@ -9,7 +9,8 @@ it (the quantized prefix, true-sequential), without quantizing anything again.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 
     from lowbit.models.lazy import LazyModel
     from lowbit.models.quantize import _Result
+
+
+@dataclass
+class Quant:
+    """One run's layer specs, result, progress callback and checkpoint."""
+
+    specs: dict[str, Any]  # layer name → LayerSpec, None: kept
+    result: _Result
+    progress: Callable[[int, int], None] | None
+    checkpoint: Checkpoint | None
+
+    def done(self, i: int) -> bool:
+        """Whether block ``i`` was finished by an earlier run (then restored into the result)."""
+        if self.checkpoint is None or i >= self.checkpoint.done:
+            return False
+        restore_block(self.checkpoint, i, self.result)
+        return True
 
 
 def mark(result: _Result) -> tuple[int, int]:

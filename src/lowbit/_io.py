@@ -7,6 +7,7 @@ the same directory and renamed; directories are built under a temporary name and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -116,6 +117,15 @@ def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
     with atomic_file(path, overwrite=overwrite) as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=str)
         handle.write("\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

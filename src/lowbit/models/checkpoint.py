@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lowbit._io import check_new_output, publish_dir, write_json
+from lowbit._io import check_new_output, file_sha256, publish_dir, write_json
 from lowbit.errors import ArtefactError, ConfigError, LowbitError, OutputExistsError
 
 MANIFEST = "checkpoint.json"
@@ -50,14 +50,6 @@ def check_partial(out: Path, *, overwrite: bool, resume: bool) -> None:
             f"{part} holds an interrupted quantization of {out}; pass --resume to continue it "
             "(with the same options) or --overwrite to start again"
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def key_hash(key: Mapping[str, Any]) -> str:

@@ -9,14 +9,6 @@ from lowbit.report.charts import bars, grouped_bars, lines, roofline_chart
 from lowbit.report.html import Report
 
 
-def perf_report(
-    result: dict[str, Any], sweep: list[dict[str, Any]], peak: float, bandwidth: float
-) -> Report:
-    report = Report(f"lowbit perf: {result['model']} on {result['hardware']['name']}")
-    perf_sections(report, result, sweep, peak, bandwidth)
-    return report
-
-
 def perf_sections(
     report: Report, result: dict[str, Any], sweep: list[dict[str, Any]], peak: float,
     bandwidth: float,

@@ -7,12 +7,6 @@ from lowbit.report.html import Report
 from lowbit.sensitivity.table import SensitivityTable
 
 
-def sensitivity_report(table: SensitivityTable, title: str) -> Report:
-    report = Report(title)
-    sensitivity_sections(report, table)
-    return report
-
-
 def sensitivity_sections(report: Report, table: SensitivityTable) -> None:
     """Proxy correlations, sums per module type, a heatmap per spec and sums per block."""
     metric = "kl" if table.has_metric("kl") else "hessian"

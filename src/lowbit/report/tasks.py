@@ -9,12 +9,6 @@ from lowbit.report.charts import grouped_bars, histogram
 from lowbit.report.html import Report
 
 
-def compare_report(result: dict[str, Any]) -> Report:
-    report = Report(f"lowbit compare: {result['quantized']} against {result['reference']}")
-    compare_sections(report, result)
-    return report
-
-
 def compare_sections(report: Report, result: dict[str, Any]) -> None:
     """Tasks, categories, flips by margin and the KL histogram, as far as ``result`` has them."""
     comparison = result.get("comparison")

@@ -5,6 +5,7 @@ shown as text, never executed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ CALIB = ["--calib-windows", "4", "--ctx", "32"]
 
 @pytest.fixture(scope="module")
 def results(tiny_llama, tmp_path_factory, corpus_texts) -> tuple[Path, list[str]]:
-    """Results of quantize, compare (tasks and text), sensitivity, pareto and perf."""
+    """Results of quantize, compare (tasks and text), eval, sensitivity, pareto and perf."""
     root = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
     mp.setenv("LOWBIT_DATA_DIR", str(make_task_data(root / "data")))
@@ -40,6 +41,8 @@ def results(tiny_llama, tmp_path_factory, corpus_texts) -> tuple[Path, list[str]
          "--algorithm", "rtn"],
         ["compare", str(model), "q", "--tasks", "piqa,mmlu", "--batch-size", "4",
          "--eval-text", str(text), "--windows", "2", "--ctx", "64", "-o", "cmp.json"],
+        ["eval", "q", "--eval-text", str(text), "--windows", "2", "--ctx", "64", "-o",
+         "eval.json"],
         ["sensitivity", str(model), "--bits", "2", "--bits", "4", "--group-size", "16",
          "--calib-text", str(ca), *CALIB, "--probe-ctx", "16", "-o", "sens.json"],
         ["pareto", str(model), "--table", "sens.json", "-o", "sweep", "--budget", "3.5",
@@ -54,7 +57,8 @@ def results(tiny_llama, tmp_path_factory, corpus_texts) -> tuple[Path, list[str]
             assert run.returncode == 0, (args[0], run.stderr)
     finally:
         mp.undo()
-    files = ["q.result.json", "cmp.json", "sens.json", "sweep/pareto.json", "perf.json"]
+    files = ["q.result.json", "cmp.json", "eval.json", "sens.json", "sweep/pareto.json",
+             "perf.json"]  # fmt: skip
     return root, files
 
 
@@ -115,13 +119,18 @@ def test_report_page_in_headless_chromium(results, tmp_path):
     assert "&lt;svg onload=document.title='pwned-text'&gt;" in dom
     sections = re.findall(r'<section id="([^"]+)"', dom)
     assert re.search(r'data-sections="(\d+)"', dom).group(1) == str(len(sections))  # JS ran
-    for kind, charts in (("plan", 1), ("compare", 3), ("flips", 0), ("sensitivity", 3),
-                         ("pareto", 2), ("roofline", 2)):  # fmt: skip
+    for kind, charts in (("plan", 1), ("compare", 3), ("flips", 0), ("text", 1),
+                         ("sensitivity", 3), ("pareto", 2), ("roofline", 2)):  # fmt: skip
         found = [s for s in sections if s.endswith(f"-{kind}")]
         assert found, f"no {kind} section in {sections}"
         body = dom.split(f'<section id="{found[0]}"')[1].split("</section>")[0]
         assert body.count("<svg") >= charts, (kind, body.count("<svg"))
     assert "overview" in sections and "per-token KL divergence" in dom
+    evaluated = json.loads((root / "eval.json").read_text())["results"]
+    for r in evaluated.values():  # the figures themselves, as the result holds them
+        assert f"<td>{r['perplexity']:.4g}</td>" in dom
+        if r.get("kl"):
+            assert f"<td>{r['kl']['mean']:.4g}</td>" in dom
 
 
 def test_report_refuses_a_file_that_is_not_a_result(tmp_path):

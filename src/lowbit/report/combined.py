@@ -81,7 +81,7 @@ def _headline(data: Result) -> str:
     if "bits_per_weight_linear" in res:
         parts.append(f"{res['bits_per_weight_linear']:.3f} bits/weight (linear)")
     for name, r in (data.get("results") or {}).items():
-        ppl, kl = r.get("perplexity"), r.get("kl_mean")
+        ppl, kl = r.get("perplexity"), (r.get("kl") or {}).get("mean")
         if ppl is not None:
             parts.append(f"{name}: ppl {ppl:.3f}" + (f", KL {kl:.4f}" if kl is not None else ""))
     if "points" in data:
@@ -113,7 +113,8 @@ def _text_results(report: Report, key: str, data: Result) -> None:
         report.section(f"{key}-text", f"perplexity and KL divergence ({data['_file']})")
         report.table(
             ["model", "perplexity", "KL mean", "KL p99", "top-1 agreement"],
-            [[n, r.get("perplexity"), r.get("kl_mean"), r.get("kl_p99"), r.get("top1_agreement")]
+            [[n, r.get("perplexity"), (r.get("kl") or {}).get("mean"),
+              (r.get("kl") or {}).get("p99"), r.get("top1_agreement")]
              for n, r in results.items()],
         )  # fmt: skip
         for name, r in results.items():

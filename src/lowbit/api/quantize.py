@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lowbit.export import ExportReport
+    from lowbit.models.checkpoint import Checkpoint
     from lowbit.models.footprint import Footprint
     from lowbit.models.quantize import QuantizedModel
     from lowbit.models.sources import ModelHandle
@@ -37,11 +38,13 @@ def quantize(
     experts: ExpertCalibration | None = None,
     progress: Progress | None = None,
     shard_dir: Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> QuantizedModel:
     """Quantize ``handle`` under ``plan`` block by block on ``rt`` (default: this machine's
     runtime); static activation scales are then calibrated on ``calib`` with the quantized
     weights. With ``shard_dir`` (see :func:`saving`), each block's layers are written there as
-    soon as the block is done.
+    soon as the block is done; with ``checkpoint`` (see :func:`resumable`), into its
+    directory, each finished block recorded and those an earlier run finished restored.
 
     ``propagation``: ``true-sequential`` (later layers see quantized earlier ones) or
     ``two-pass`` (statistics from the original block; least memory). ``experts``: how
@@ -66,6 +69,7 @@ def quantize(
         progress=progress,
         smoothquant=smoothquant,
         shard_dir=shard_dir,
+        checkpoint=checkpoint,
     )
     if plan.activations is not None and plan.activations.needs_calibration:
         from lowbit.models.fakequant import calibrate_static_activations
@@ -101,6 +105,27 @@ def saving(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
     with _saving(out, overwrite=overwrite) as tmp:
         yield tmp
+
+
+def check_resumable(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse, before any work, an interrupted run's ``OUT.partial`` without ``resume`` or
+    ``overwrite``."""
+    from lowbit.models.checkpoint import check_partial
+
+    check_partial(out, overwrite=overwrite, resume=resume)
+
+
+@contextmanager
+def resumable(
+    out: Path, key: JsonDict, *, overwrite: bool = False, resume: bool = False
+) -> Iterator[Checkpoint]:
+    """The checkpoint of a quantization streamed into ``OUT.partial`` (continued with
+    ``resume`` when that directory holds one made with the same ``key``), published as ``out``
+    after :func:`finish_save` only if no error occurred; kept after an interruption."""
+    from lowbit.models.checkpoint import Checkpoint, resumable_dir
+
+    with resumable_dir(out, overwrite=overwrite, resume=resume) as part:
+        yield Checkpoint.start(part, key, resume=resume)
 
 
 def finish_save(qm: QuantizedModel, tmp: Path, provenance: JsonDict) -> None:

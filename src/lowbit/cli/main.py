@@ -16,6 +16,7 @@ from lowbit.cli import pareto as pareto_cmd
 from lowbit.cli import perf as perf_cmd
 from lowbit.cli import plan as plan_cmd
 from lowbit.cli import quantize as quantize_cmd
+from lowbit.cli import report as report_cmd
 from lowbit.cli import run as run_cmd
 from lowbit.cli import sensitivity as sensitivity_cmd
 
@@ -38,6 +39,7 @@ app.command("perf")(perf_cmd.perf)
 app.command("profile")(perf_cmd.profile)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("ls")(ls_cmd.ls)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

@@ -94,6 +94,13 @@ def quantize(
         int, typer.Option(help="With --expert-calibration routed: the fallback threshold.")
     ] = 16,
     overwrite: Overwrite = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run from OUTPUT.partial (same options): finished "
+            "blocks are verified by sha256 and kept."
+        ),
+    ] = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Quantize MODEL and save codes, scales, zero points and the plan to OUTPUT.
@@ -134,5 +141,6 @@ def quantize(
             experts=ExpertCalibration(expert_calibration.value, expert_min_tokens),
         ),
         overwrite=overwrite,
+        resume=resume,
         allow_pickle=allow_pickle,
     )

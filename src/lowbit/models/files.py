@@ -69,3 +69,19 @@ def copy_model_files(src: Path, dst: Path, *, config: bool = True) -> None:
     for fname in MODEL_FILES if config else MODEL_FILES[2:]:
         if (Path(src) / fname).is_file():
             shutil.copy2(Path(src) / fname, Path(dst) / fname)
+
+
+def tensor_digests(directory: Path) -> dict[str, str]:
+    """sha256 of the bytes of every tensor in the ``*.safetensors`` files of ``directory``
+    (codes, scales, zero points and the rest), by tensor name: equal digests are bit-identical
+    weights, whatever the files' metadata or order."""
+    import torch
+    from safetensors import safe_open
+
+    digests = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as reader:
+            for key in reader.keys():
+                flat = reader.get_tensor(key).contiguous().view(-1)
+                digests[key] = hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
+    return digests

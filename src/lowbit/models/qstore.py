@@ -98,6 +98,12 @@ class QuantizedLayers(Mapping[str, QuantizedWeight]):
         self._memory.clear()
         return path
 
+    def attach(self, layouts: Mapping[str, LayerLayout], path: Path) -> None:
+        """Layers already written to the shard ``path`` (by an earlier, interrupted run)."""
+        for name, layout in layouts.items():
+            self.layouts[name] = layout
+            self._file[name] = path
+
     def packed_in_memory(self) -> dict[str, torch.Tensor]:
         return {k: v for packed in self._memory.values() for k, v in packed.items()}
 

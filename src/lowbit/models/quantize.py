@@ -33,11 +33,13 @@ from lowbit.errors import ConfigError, DataError, LowbitError, ModelSourceError
 from lowbit.models.arch import BlockSpec, check_plan_routers, check_quantizable
 from lowbit.models.budget import block_needs, check_fits
 from lowbit.models.capture import capture
+from lowbit.models.checkpoint import Checkpoint
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.experts import routed_counts, set_calibration
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
+from lowbit.models.resume import Quant, mark, record_block, replay_block, resume_info
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec, Plan
@@ -128,13 +130,16 @@ def quantize_model(
     progress: Progress | None = None,
     smoothquant: SmoothQuantConfig | None = None,
     shard_dir: Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> QuantizedModel:
     """Quantize every linear layer of ``handle``'s blocks as ``plan`` says, on ``runtime``.
 
     ``calibration`` (n, ctx) int64 token windows are needed when any layer uses GPTQ, AWQ or
     SqueezeLLM, or with ``smoothquant``. With ``shard_dir``, each block's packed layers are
-    written there (``block_shard``) as soon as the block is done. ``runtime``: this machine's
-    default (:func:`~lowbit.runtime.resolve_runtime`) unless given."""
+    written there (``block_shard``) as soon as the block is done; with ``checkpoint`` (whose
+    directory is then the shard directory), each finished block is recorded there and the
+    blocks it already holds are restored and replayed, not quantized again. ``runtime``: this
+    machine's default (:func:`~lowbit.runtime.resolve_runtime`) unless given."""
     from lowbit.runtime import resolve_runtime
 
     runtime = runtime or resolve_runtime()
@@ -152,15 +157,16 @@ def quantize_model(
         raise ConfigError(
             f"the plan uses {', '.join(needs)}, which needs calibration windows; give --calib text"
         )
-    result = _Result(QuantizedLayers(shard_dir))
-    result.execution["runtime"] = runtime.describe()
+    result = _Result(QuantizedLayers(checkpoint.directory if checkpoint else shard_dir))
+    result.execution.update(runtime=runtime.describe(), **resume_info(checkpoint))
     start = time.perf_counter()
     with torch.no_grad():
         if needs:
             assert calibration is not None
-            _calibrated(lazy, specs, calibration, pipeline, result, progress, smoothquant)
+            quant = Quant(specs, result, progress, checkpoint)
+            _calibrated(lazy, quant, calibration, pipeline, smoothquant)
         else:
-            _data_free(lazy, specs, result, progress)
+            _data_free(lazy, Quant(specs, result, progress, checkpoint))
         untied = _embeddings(handle, plan, result, runtime.device)
     result.timings["quantize_s"] = time.perf_counter() - start
     return QuantizedModel(
@@ -194,38 +200,39 @@ def _embeddings(handle: ModelHandle, plan: Plan, result: _Result, device: torch.
     return unties(plan, handle.config)
 
 
-def _data_free(
-    lazy: LazyModel,
-    specs: dict[str, LayerSpec | None],
-    result: _Result,
-    progress: Progress | None,
-) -> None:
+def _data_free(lazy: LazyModel, q: Quant) -> None:
+    result = q.result
     result.execution["strategy"] = Strategy.DATA_FREE.value
     arch = lazy.arch
     n_blocks = len(lazy)
     for i in range(n_blocks):
         path = f"{arch.blocks_path}.{i}"
-        block = lazy.load(i)
-        for member in arch.block(i).linear_names:
-            name = f"{path}.{member}"
-            _quantize_layer(name, block.get_submodule(member), specs[name], None, result)
-        lazy.release(i)
-        result.layers.flush(block_shard(i))
-        if progress:
-            progress(i + 1, n_blocks)
+        if not q.done(i):
+            since = mark(result)
+            block = lazy.load(i)
+            for member in arch.block(i).linear_names:
+                name = f"{path}.{member}"
+                _quantize_layer(name, block.get_submodule(member), q.specs[name], None, result)
+            lazy.release(i)
+            shard = result.layers.flush(block_shard(i))
+            record_block(q.checkpoint, i, f"{path}.", result, since, shard)
+        if q.progress:
+            q.progress(i + 1, n_blocks)
 
 
 def _calibrated(
     lazy: LazyModel,
-    specs: dict[str, LayerSpec | None],
+    q: Quant,
     calibration: torch.Tensor,
     pipeline: PipelineConfig,
-    result: _Result,
-    progress: Progress | None,
     smoothquant: SmoothQuantConfig | None,
 ) -> None:
     t0 = time.perf_counter()
-    runtime, arch = lazy.runtime, lazy.arch
+    runtime, arch, specs, result = lazy.runtime, lazy.arch, q.specs, q.result
+    if q.checkpoint is not None and q.checkpoint.done == len(lazy):
+        for i in range(len(lazy)):  # every block is restored: nothing to run
+            q.done(i)
+        return
     strategy, home = _plan_execution(lazy, calibration, pipeline, result)
     acts = capture(lazy, calibration, pipeline.chunk_size, home)
     result.timings["capture_s"] = time.perf_counter() - t0
@@ -233,6 +240,9 @@ def _calibrated(
 
     def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
         path = f"{arch.blocks_path}.{i}"
+        if q.done(i):
+            return replay_block(lazy, i, block, inputs, result)
+        since = mark(result)
         _smooth(block, path, inputs, specs, smoothquant, lazy.arch.block(i), result)
         spec = arch.block(i)
         groups = [
@@ -258,12 +268,13 @@ def _calibrated(
         for ep in spec.experts:
             counts = routed_counts(block.get_submodule(ep), len(inputs.chunks))
             result.execution.setdefault("experts", {})[f"{path}.{ep}"] = counts
-        result.layers.flush(block_shard(i))
+        shard = result.layers.flush(block_shard(i))
+        record_block(q.checkpoint, i, f"{path}.", result, since, shard)
         return outputs
 
     set_calibration(lazy.model, pipeline.experts)
     try:
-        for_each_block(lazy, acts, stage, progress)
+        for_each_block(lazy, acts, stage, q.progress)
     finally:
         set_calibration(lazy.model, None)
     if "experts" in result.execution:

@@ -37,6 +37,14 @@ def pareto_report(
     rows: list[dict[str, Any]], marks: dict[str, tuple[float, float]], title: str
 ) -> Report:
     report = Report(title)
+    pareto_sections(report, rows, marks)
+    return report
+
+
+def pareto_sections(
+    report: Report, rows: list[dict[str, Any]], marks: dict[str, tuple[float, float]]
+) -> None:
+    """The measured (and predicted) front and the table of points."""
     curves: dict[str, list[tuple[float, float]]] = {}
     predicted: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
@@ -65,4 +73,3 @@ def pareto_report(
     )
     report.heading("Points")
     report.table([head for _, head in COLUMNS], [_cells(r) for r in rows])
-    return report

@@ -9,11 +9,12 @@ from lowbit.report.charts import bars, grouped_bars, lines, roofline_chart
 from lowbit.report.html import Report
 
 
-def perf_report(
-    result: dict[str, Any], sweep: list[dict[str, Any]], peak: float, bandwidth: float
-) -> Report:
+def perf_sections(
+    report: Report, result: dict[str, Any], sweep: list[dict[str, Any]], peak: float,
+    bandwidth: float,
+) -> None:  # fmt: skip
+    """The estimate, the roofline, memory, the batch sweep and the operator tables."""
     est = result["estimate"]
-    report = Report(f"lowbit perf: {result['model']} on {result['hardware']['name']}")
     report.note(
         f"TTFT {est['ttft_s'] * 1e3:.2f} ms, TPOT {est['tpot_s'] * 1e3:.3f} ms, "
         f"{est['tokens_per_s']:.1f} tokens/s; fits: {est['fits']}; largest batch "
@@ -43,7 +44,6 @@ def perf_report(
                 for r in rows
             ],
         )
-    return report
 
 
 def profile_report(result: dict[str, Any]) -> Report:

@@ -7,8 +7,8 @@ from lowbit.report.html import Report
 from lowbit.sensitivity.table import SensitivityTable
 
 
-def sensitivity_report(table: SensitivityTable, title: str) -> Report:
-    report = Report(title)
+def sensitivity_sections(report: Report, table: SensitivityTable) -> None:
+    """Proxy correlations, sums per module type, a heatmap per spec and sums per block."""
     metric = "kl" if table.has_metric("kl") else "hessian"
     report.note(
         f"model {table.model.get('source')} ({table.model.get('fingerprint')}); "
@@ -34,7 +34,6 @@ def sensitivity_report(table: SensitivityTable, title: str) -> Report:
     blocks = [str(b) for b in range(table.n_blocks)]
     series = {label: [by_block[b][s] for b in blocks] for s, label in enumerate(table.labels)}
     report.figure(charts.grouped_bars(series, blocks, f"sum of {metric} per block", metric))
-    return report
 
 
 def _correlations(report: Report, table: SensitivityTable) -> None:

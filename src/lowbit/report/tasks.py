@@ -9,8 +9,8 @@ from lowbit.report.charts import grouped_bars, histogram
 from lowbit.report.html import Report
 
 
-def compare_report(result: dict[str, Any]) -> Report:
-    report = Report(f"lowbit compare: {result['quantized']} against {result['reference']}")
+def compare_sections(report: Report, result: dict[str, Any]) -> None:
+    """Tasks, categories, flips by margin and the KL histogram, as far as ``result`` has them."""
     comparison = result.get("comparison")
     if comparison:
         _tasks(report, comparison["tasks"])
@@ -19,7 +19,6 @@ def compare_report(result: dict[str, Any]) -> Report:
     text = result.get("text")
     if text:
         _kl(report, text)
-    return report
 
 
 def _tasks(report: Report, tasks: dict[str, Any]) -> None:

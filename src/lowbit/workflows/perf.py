@@ -57,11 +57,11 @@ def perf_job(
     }
     _print(result)
     api.write_result(out, {**api.provenance_light("perf"), **result}, overwrite=overwrite)
-    from lowbit.report.perf import perf_report
+    from lowbit.report.combined import combined_report
 
-    perf_report(result, sweep, hw.peak(prec.compute), hw.bandwidth).write(
-        out.with_suffix(".html"), overwrite=overwrite
-    )
+    page = {**api.provenance_light("perf"), **result}
+    title = f"lowbit perf: {model} on {hw.name}"
+    combined_report([(str(out), page)], title).write(out.with_suffix(".html"), overwrite=overwrite)
     return result
 
 

@@ -12,8 +12,8 @@ from lowbit import api
 from lowbit._io import atomic_file, write_json
 from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
+from lowbit.report.combined import combined_report
 from lowbit.report.console import console, progress_bar
-from lowbit.report.sensitivity import sensitivity_report
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
 
 
@@ -65,7 +65,8 @@ def sensitivity_job(
     table.probe["calibration"] = windows.info
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
         f.write(table.to_csv())
-    sensitivity_report(table, f"Sensitivity of {model}").write(paths["html"], overwrite=overwrite)
+    page = combined_report([(str(paths["json"]), table.to_dict())], f"Sensitivity of {model}")
+    page.write(paths["html"], overwrite=overwrite)
     write_json(paths["json"], table.to_dict(), overwrite=overwrite)  # last: the run is complete
     paths["partial"].unlink(missing_ok=True)
     console.print(

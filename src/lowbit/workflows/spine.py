@@ -21,6 +21,7 @@ from lowbit.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     from lowbit.evaluation.harness import TaskConfig
+    from lowbit.models.checkpoint import Checkpoint
     from lowbit.models.quantize import QuantizedModel
     from lowbit.models.sources import ModelHandle
     from lowbit.runtime import Runtime
@@ -49,40 +50,85 @@ def quantize_job(
     result_path: Path | None = None,
     execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
+    resume: bool = False,
     allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Quantize ``model`` under ``plan``, writing each block to ``out`` as it is done."""
+    """Quantize ``model`` under ``plan``, writing each block to ``OUT.partial`` as it is done
+    (checkpointed: ``resume`` continues an interrupted run) and renaming it to ``out``."""
     result_path = result_path or Path(f"{out}.result.json")
     api.check_outputs(out, result_path, overwrite=overwrite)
+    api.check_resumable(out, overwrite=overwrite, resume=resume)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     calib_w = (
         api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     )
-    with api.saving(out, overwrite=overwrite) as tmp:
-        qm = quantize_windows(handle, plan, calib_w, "quantize", rt, execution, shard_dir=tmp)
-        fp = api.footprint(handle, qm)
-        summary = {
-            **fp.to_dict(),
-            "quantize_s": qm.timings["quantize_s"],
-            "execution": dict(qm.execution),
-            "layers": [asdict(r) for r in qm.layers],
-        }
-        prov = api.provenance(
-            "quantize",
-            handle,
-            {"plan": plan.to_dict(), "propagation": execution.propagation},
-            {"calibration": calib_w.info if calib_w else None},
-            dict(qm.timings),
-            rt,
-        )
-        api.finish_save(qm, tmp, prov)
+    key = _quantize_key(handle, plan, calib_w, execution, rt)
+    try:
+        with api.resumable(out, key, overwrite=overwrite, resume=resume) as ckpt:
+            if ckpt.done or ckpt.discarded:
+                console.print(
+                    f"resuming {ckpt.directory}: {ckpt.done} blocks verified and kept"
+                    + (f", blocks {ckpt.discarded} redone" if ckpt.discarded else "")
+                )
+            qm = quantize_windows(handle, plan, calib_w, "quantize", rt, execution, ckpt=ckpt)
+            fp = api.footprint(handle, qm)
+            summary = {
+                **fp.to_dict(),
+                "quantize_s": qm.timings["quantize_s"],
+                "execution": dict(qm.execution),
+                "layers": [asdict(r) for r in qm.layers],
+            }
+            prov = api.provenance(
+                "quantize",
+                handle,
+                {"plan": plan.to_dict(), "propagation": execution.propagation},
+                {"calibration": calib_w.info if calib_w else None},
+                dict(qm.timings),
+                rt,
+            )
+            api.finish_save(qm, ckpt.directory, prov)
+    except BaseException:
+        _say_partial(out)
+        raise
     api.write_result(result_path, {**prov, "result": summary}, overwrite=overwrite)
     console.print(
         f"saved {out}: {fp.bits_per_weight_linear:.3f} bits per weight in the linear layers, "
         f"{fp.bits_per_weight_model:.3f} over the whole model, {fp.size_bytes / 1e6:.1f} MB"
     )
     return summary
+
+
+def _quantize_key(
+    handle: ModelHandle, plan: Plan, calib: api.Windows | None, execution: Execution, rt: Runtime
+) -> dict[str, Any]:
+    """What a checkpointed quantization's codes depend on (a resumed run must match it)."""
+    import hashlib
+
+    ids = None
+    if calib is not None:
+        ids = hashlib.sha256(calib.ids.contiguous().numpy().tobytes()).hexdigest()
+    return {
+        "model": handle.fingerprint,
+        "source": str(handle.source),
+        "plan": plan.to_dict(),
+        "calibration_ids": ids,
+        "calibration": {k: v for k, v in (calib.info if calib else {}).items() if k != "source"},
+        "propagation": execution.propagation,
+        "chunk_size": execution.chunk_size,
+        "experts": asdict(execution.experts),
+        "device": rt.device.type,
+        "dtype": str(rt.dtype),
+    }
+
+
+def _say_partial(out: Path) -> None:
+    part = Path(f"{out}.partial")
+    if part.is_dir():
+        console.print(
+            f"[yellow]kept {part} (the blocks finished so far): run the same command with "
+            "--resume to continue it, or with --overwrite to start again[/yellow]"
+        )
 
 
 def eval_job(
@@ -235,9 +281,10 @@ def quantize_windows(
     rt: Runtime,
     execution: Execution = DEFAULT_EXECUTION,
     *,
-    shard_dir: Path | None = None,
+    ckpt: Checkpoint | None = None,
 ) -> QuantizedModel:
-    """Quantize with a progress bar; ``windows`` when the plan needs calibration."""
+    """Quantize with a progress bar; ``windows`` when the plan needs calibration; ``ckpt``:
+    the checkpoint to write blocks into (see :func:`api.resumable`)."""
     t0 = time.perf_counter()
     with progress_bar(f"{label}: blocks", None) as update:
         qm = api.quantize(
@@ -249,7 +296,7 @@ def quantize_windows(
             chunk_size=execution.chunk_size,
             experts=execution.experts,
             progress=update,
-            shard_dir=shard_dir,
+            checkpoint=ckpt,
         )
     return replace(qm, timings={**qm.timings, "wall_s": time.perf_counter() - t0})
 

@@ -54,9 +54,10 @@ def compare_job(
     _print_comparison(out)
     report = None
     if report_path is not None:
-        from lowbit.report.tasks import compare_report
+        from lowbit.report.combined import combined_report
 
-        report = compare_report(out)  # rendered before anything is written
+        title = f"lowbit compare: {quantized} against {reference}"
+        report = combined_report([(str(result_path), out)], title)  # before anything is written
     api.write_result(result_path, out, overwrite=overwrite)
     console.print(f"result written to {result_path}")
     if report is not None and report_path is not None:

@@ -57,7 +57,7 @@ from lowbit.api.quantize import (
     save,
     saving,
 )
-from lowbit.api.tasks import compare_task_runs, evaluate_tasks, load_for_tasks
+from lowbit.api.tasks import check_tasks, compare_task_runs, evaluate_tasks, load_for_tasks
 from lowbit.evaluation.harness import TaskConfig
 from lowbit.models.pipeline import Propagation
 from lowbit.perf.estimate import Layout
@@ -83,6 +83,7 @@ __all__ = [
     "check_origin",
     "check_outputs",
     "check_runtime_plan",
+    "check_tasks",
     "compare_task_runs",
     "estimate_performance",
     "evaluate",

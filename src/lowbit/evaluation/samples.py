@@ -22,8 +22,10 @@ MARGIN_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, math.inf)
 class SampleRecord:
     """One task item: its identity, the model's per-choice scores and whether it was right.
 
-    ``scores`` are log-likelihoods (one per choice; one in all for a loglikelihood task);
-    ``pred`` and ``margin`` (top minus second score) are None where there are no choices.
+    ``scores`` are log-likelihoods (one per choice; one in all for a loglikelihood task; none
+    for a generation task, which keeps its ``generated`` text and the answer its filter
+    ``extracted``); ``pred`` and ``margin`` (top minus second score) are None where there are
+    no choices.
     """
 
     doc_id: int
@@ -33,6 +35,8 @@ class SampleRecord:
     scores: tuple[float, ...]
     gold: int | None = None
     correct_norm: bool | None = None
+    generated: str | None = None
+    extracted: str | None = None
 
     @property
     def pred(self) -> int | None:
@@ -59,7 +63,10 @@ class SampleRecord:
 
 
 def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
-    """A record from one entry of the harness's logged samples (``acc`` is its own verdict)."""
+    """A record from one entry of the harness's logged samples: the harness's own verdict
+    (``acc``; ``exact_match`` of its filtered answer for a generation task)."""
+    if "acc" not in sample:
+        return _generated(sample)
     scores = tuple(float(r[0]) for r in sample["filtered_resps"])
     correct = bool(sample["acc"])
     norm = sample.get("acc_norm")
@@ -71,6 +78,26 @@ def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
         scores=scores,
         gold=_gold(sample, scores, correct),
         correct_norm=None if norm is None else bool(norm),
+    )
+
+
+def _generated(sample: dict[str, Any]) -> SampleRecord:
+    verdict = sample.get("exact_match")
+    if verdict not in (0, 1, 0.0, 1.0, True, False):
+        raise DataError(
+            f"document {sample.get('doc_id')}: the harness's exact_match is {verdict!r}, not a "
+            "0/1 verdict; lowbit compares generation tasks scored by exact_match"
+        )
+    (text,) = sample["resps"][0]  # one generation per document (repeats: 1)
+    (answer,) = sample["filtered_resps"]
+    return SampleRecord(
+        doc_id=int(sample["doc_id"]),
+        doc_hash=str(sample.get("doc_hash", "")),
+        prompt_hash=str(sample.get("prompt_hash", "")),
+        correct=bool(verdict),
+        scores=(),
+        generated=str(text),
+        extracted=str(answer),
     )
 
 

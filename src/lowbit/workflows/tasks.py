@@ -75,13 +75,12 @@ def _compare_models(
 ) -> dict[str, Any]:
     """One model in memory at a time: the text through the cached reference, layer-wise; the
     tasks with each whole model in turn."""
-    from lowbit.evaluation.harness import resolve, tokenizer_fingerprint
-    from lowbit.evaluation.text import data_dir
+    from lowbit.evaluation.harness import tokenizer_fingerprint
 
     if tasks is None and text is None:
         raise DataError("nothing to compare on: give --tasks, --eval-text, or both")
     if tasks is not None:
-        resolve(tasks, data_dir())  # unknown tasks are refused before any model is loaded
+        api.check_tasks(tasks)  # bad tasks are refused before any model is loaded
     rt = api.runtime(execution.runtime)
     ref_view, ref_handle = api.view_of(reference, allow_pickle=allow)
     q_view, q_handle = api.view_of(quantized, allow_pickle=allow)

@@ -133,7 +133,7 @@ class Comparison:
     error_jaccard: float
     mcnemar: dict[str, float]
     flips_by_margin: list[dict[str, Any]]
-    fp_fn: dict[str, dict[str, float | None]] | None = None
+    fp_fn: dict[str, Any] | None = None
     acc_norm: dict[str, Any] | None = None
 
     @property
@@ -159,7 +159,7 @@ def compare_samples(
     return Comparison(
         **stats,
         flips_by_margin=flips_by_margin(pairs),
-        fp_fn={"reference": fp_fn(ref), "quantized": fp_fn(quant)} if two_way else None,
+        fp_fn=fp_fn_change(ref, quant) if two_way else None,
         acc_norm=norm,
     )
 
@@ -252,6 +252,13 @@ def fp_fn(records: list[SampleRecord]) -> dict[str, float | None]:
     fp = sum(s.pred == 1 and s.gold == 0 for s in known)
     fn = sum(s.pred == 0 and s.gold == 1 for s in known)
     return {"fp": fp, "fn": fn, "ratio": fp / fn if fn else None}
+
+
+def fp_fn_change(ref: list[SampleRecord], quant: list[SampleRecord]) -> dict[str, Any]:
+    """FP/FN of both runs and the change in their ratio (None where a ratio is undefined)."""
+    r, q = fp_fn(ref), fp_fn(quant)
+    change = None if r["ratio"] is None or q["ratio"] is None else q["ratio"] - r["ratio"]
+    return {"reference": r, "quantized": q, "ratio_change": change}
 
 
 def accuracy(records: list[SampleRecord]) -> float:

@@ -167,12 +167,11 @@ def check_built(tasks: dict[str, Any], limit: int | None, label: Any = str) -> N
                 f"sample: lowbit evaluates {', '.join(VERDICT_METRICS)} tasks scored by "
                 "'acc' (or 'exact_match' for generation); run it with lm_eval directly"
             )
-        if kind == "generate_until":
-            if (task.get_config("repeats") or 1) != 1:
-                raise ConfigError(
-                    f"task {label(name)!r}: repeats {task.get_config('repeats')}; lowbit "
-                    "compares one greedy generation per document (repeats: 1)"
-                )
+        if kind == "generate_until" and (task.get_config("repeats") or 1) != 1:
+            raise ConfigError(
+                f"task {label(name)!r}: repeats {task.get_config('repeats')}; lowbit "
+                "compares one greedy generation per document (repeats: 1)"
+            )
         _check_templates(task, label(name), limit)
 
 
@@ -188,7 +187,7 @@ def _check_stops(leaf: LeafSource) -> None:
     if not leaf.stops or not all(isinstance(u, str) and u for u in leaf.stops):
         raise ConfigError(
             f"task {leaf.task!r} ({leaf.yaml or 'inline'}): a generation task needs stop "
-            "sequences; add `generation_kwargs: {until: [\"\\n\\n\"]}` (the strings that end an "
+            'sequences; add `generation_kwargs: {until: ["\\n\\n"]}` (the strings that end an '
             "answer), else each answer runs on to --max-gen-toks or a blank line"
         )
 

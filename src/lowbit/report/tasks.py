@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.report.charts import grouped_bars, histogram
+from lowbit.report.charts import bars, grouped_bars, histogram
 from lowbit.report.console import fp_fn_cell
 from lowbit.report.html import Report
 
@@ -79,6 +79,10 @@ def _categories(report: Report, rows: list[dict[str, Any]]) -> None:
         "quantized": [r["acc_quant"] for r in rows],
     }
     report.figure(grouped_bars(series, labels, "accuracy by group", "accuracy", yscale="linear"))
+    loss = {f"{r['group']} ({r['n']})": r["acc_ref"] - r["acc_quant"] for r in rows}
+    report.figure(
+        bars(loss, "accuracy lost per category: reference − quantized (items)", "points", 0.01)
+    )
 
 
 def _margins(report: Report, tasks: dict[str, Any]) -> None:

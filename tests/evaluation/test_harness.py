@@ -176,3 +176,10 @@ def test_tasks_without_a_per_sample_verdict_are_refused_before_running(tmp_path:
     tm = TaskManager(include_path=str(gen), include_defaults=False)
     with pytest.raises(ConfigError, match="'gen_task' .generate_until, metrics .'bleu'"):
         check_supported(tm, ["gen_task"])
+
+
+def test_standard_suite_is_every_local_task(data_root: Path) -> None:
+    tasks = resolve(TaskConfig(("standard",)), data_root)
+    names = [t.name for t in tasks]
+    assert names == [*task_defs.LOCAL_TASKS.names(), "mmlu"] and "gsm8k" in names
+    assert all(t.kind == "local" for t in tasks)

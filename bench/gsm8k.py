@@ -1,8 +1,9 @@
-"""GSM8K (issue 19): the built-in model in fp32 against GPTQ W4 g64, generation through the harness.
+"""GSM8K (issue 19): the built-in model in fp32 against GPTQ (or RTN) W4 g64, generation through
+the harness.
 
 Steps (outputs under bench/results/gsm8k):
-(1) GPTQ W4 g64 symmetric by `lowbit quantize` (calibration: --calib-windows windows of 512
-    tokens of wiki.valid.tokens, seed 0);
+(1) GPTQ (--algorithm rtn: RTN) W4 g64 symmetric by `lowbit quantize` (calibration:
+    --calib-windows windows of 512 tokens of wiki.valid.tokens, seed 0);
 (2) each model on GSM8K's first N test items, 5-shot from train (the harness's standard task
     on the local files), --max-gen-toks 256, through lowbit's bridge (`api.evaluate_tasks`):
     exact match (strict and flexible), time, answer tokens per second; then the per-sample
@@ -13,6 +14,7 @@ Steps (outputs under bench/results/gsm8k):
     gives the same answers; the ratio of lowbit's time to it.
 
 Usage: nice .venv/bin/python bench/gsm8k.py [--limit 50] [--calib-windows 32] [--batch-size 16]
+       [--algorithm gptq|rtn]
        [--gptq DIR]   (a directory step (1) saved before: skips it)
 """
 
@@ -32,13 +34,13 @@ OUT = ROOT / "bench" / "results" / "gsm8k"
 MAX_GEN = 256
 
 
-def quantize(windows: int) -> tuple[str, float]:
+def quantize(algorithm: str, windows: int) -> tuple[str, float]:
     from lowbit.evaluation.text import data_dir
 
     valid = str(data_dir() / "wikitext-2" / "wiki.valid.tokens")
-    out = OUT / "gptq-w4g64"
+    out = OUT / f"{algorithm}-w4g64"
     cmd = ["quantize", "smollm2-135m", "-o", str(out), "--bits", "4", "--group-size", "64",
-           "--symmetric", "--algorithm", "gptq", "--calib-text", valid, "--calib-windows",
+           "--symmetric", "--algorithm", algorithm, "--calib-text", valid, "--calib-windows",
            str(windows), "--ctx", "512", "--seed", "0", "--overwrite"]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lowbit.cli.main", *cmd], check=True)
@@ -120,6 +122,9 @@ def main() -> None:
     parser.add_argument("--calib-windows", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gptq", help="a GPTQ W4 g64 directory saved by (1) already")
+    parser.add_argument(
+        "--algorithm", default="gptq", help="gptq (the issue's), or rtn where GPTQ takes too long"
+    )
     args = parser.parse_args()
     from lowbit import api
     from lowbit.runtime import resolve_runtime
@@ -133,7 +138,8 @@ def main() -> None:
     if args.gptq:
         gptq_dir, record["gptq_dir"] = args.gptq, args.gptq
     else:
-        gptq_dir, record["gptq_quantize_s"] = quantize(args.calib_windows)
+        gptq_dir, record["quantize_s"] = quantize(args.algorithm, args.calib_windows)
+    record["candidate"] = f"{args.algorithm} W4 g64 symmetric"
     model, handle, ref = evaluate("smollm2-135m", cfg, rt)
     tok = handle.load_tokenizer()
     record["fp32"] = summary(ref, tok)
@@ -150,13 +156,13 @@ def main() -> None:
     print(json.dumps(record, indent=1), flush=True)
     del model
     _, _, quant = evaluate(gptq_dir, cfg, rt)
-    record["gptq_w4g64"] = summary(quant, tok)
+    record["candidate_run"] = summary(quant, tok)
     cmp = api.compare_task_runs(ref, quant)["tasks"]["gsm8k"]
     keys = ("n", "acc_ref", "acc_quant", "delta", "flips_to_wrong", "flips_to_right",
             "error_jaccard", "mcnemar")  # fmt: skip
     record["comparison"] = {k: cmp[k] for k in keys}
     write_result(OUT / "gsm8k.json", record)
-    samples = {"fp32": ref.to_dict()["samples"], "gptq_w4g64": quant.to_dict()["samples"]}
+    samples = {"fp32": ref.to_dict()["samples"], "candidate": quant.to_dict()["samples"]}
     write_result(OUT / "samples.json", samples)
     print(json.dumps(record, indent=1))
 

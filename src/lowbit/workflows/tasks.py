@@ -20,7 +20,7 @@ from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
 def run_tasks_for(label: str, model: Any, handle: Any, cfg: Any) -> Any:
     """Run the tasks and print their table."""
     console.print(f"[bold]{label}[/]: tasks {', '.join(cfg.tasks)}" + _limit_note(cfg))
-    with progress_bar(f"{label}: log-likelihood requests", None) as update:
+    with progress_bar(f"{label}: requests (scored or generated)", None) as update:
         run = api.evaluate_tasks(model, handle, cfg, progress=update)
     console.print(task_table(run.metrics, f"{label}: task accuracy ({run.info['seconds']:.0f} s)"))
     return run

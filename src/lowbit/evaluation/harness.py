@@ -2,9 +2,12 @@
 
 The model (reference or fake-quantized) is wrapped in the harness's own Hugging Face model class
 (``HFLM``), so requests are batched, multiple-choice items with one-token answers share their
-context, and metrics are computed exactly as the harness computes them. Local tasks are the
-harness's standard tasks reading local files (:mod:`lowbit.evaluation.task_defs`); any other
-name is looked up among the harness's own tasks (these read the hub).
+context, generation tasks decode greedily in batches with the KV cache (``generate_until``), and
+metrics are computed exactly as the harness computes them. Local tasks are the harness's
+standard tasks reading local files (:mod:`lowbit.evaluation.task_defs`); tasks of one's own are
+YAML files in the harness's format (given directly, or by name from ``include_paths``); any
+other name is looked up among the harness's own tasks (these read the hub). Everything about
+the tasks is checked before a model is needed (:func:`prepare`, :mod:`task_check`).
 """
 
 from __future__ import annotations

@@ -24,14 +24,24 @@ def catalog(what: str) -> list[tuple[str, str]]:
             for name, hw in hardware_registry()
         ] + [("this", "the current device, measured by micro-benchmarks (cached)")]
     if what == "tasks":
-        from lowbit.evaluation.task_defs import LOCAL_TASKS, MMLU, MMLU_CATEGORIES, MMLU_FAMILY
+        from lowbit.evaluation.task_defs import (
+            LOCAL_TASKS,
+            MMLU,
+            MMLU_CATEGORIES,
+            MMLU_FAMILY,
+            SUITES,
+        )
 
         rows = [
             (name, f"{t.family}; local {t.split} split ({t.files[0]})") for name, t in LOCAL_TASKS
         ]
         rows.append((MMLU, f"{MMLU_FAMILY}: 57 subjects in {len(MMLU_CATEGORIES)} categories"))
         rows += [(f"{MMLU}_{c}", f"MMLU category {c}") for c in MMLU_CATEGORIES]
-        return rows + [("…", "any other lm-evaluation-harness task (reads the hub)")]
+        rows += [(name, "suite: " + ", ".join(tasks)) for name, tasks in SUITES.items()]
+        return rows + [
+            ("FILE.yaml", "a task of your own in the harness's format (or --include-path DIR)"),
+            ("…", "any other lm-evaluation-harness task (reads the hub)"),
+        ]
     if what == "models":
         from lowbit.models.builtin import BUILTIN_MODELS
 

@@ -39,6 +39,13 @@ def test_eval_tasks_then_compare_results(env, tiny_llama):
     q_ok = [s["correct"] for s in out["runs"]["quantized"]["samples"]["piqa"]]
     assert piqa["flips_to_wrong"] == sum(a and not b for a, b in zip(ref_ok, q_ok, strict=True))
     assert piqa["fp_fn"] is not None and out["comparison"]["tasks"]["arc_easy"]["fp_fn"] is None
+    ref_fp_fn, q_fp_fn = piqa["fp_fn"]["reference"], piqa["fp_fn"]["quantized"]
+    assert piqa["fp_fn"]["positive"] == "choice 2"  # PIQA's two solutions differ per item
+    if ref_fp_fn["ratio"] is not None and q_fp_fn["ratio"] is not None:
+        assert piqa["fp_fn"]["ratio_change"] == q_fp_fn["ratio"] - ref_fp_fn["ratio"]
+    cell = f"{ref_fp_fn['fp']}/{ref_fp_fn['fn']}"
+    assert "positive class: piqa: choice 2" in " ".join(run.stderr.split())  # console table
+    assert cell in run.stderr
     assert "mmlu (all subjects)" in out["comparison"]["tasks"]
     assert (env / "cmp.html").read_text().count("<svg") >= 2
 

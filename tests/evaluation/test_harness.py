@@ -132,7 +132,10 @@ def test_bad_task_config(kwargs: dict) -> None:
         TaskConfig(**kwargs)
 
 
-def test_other_names_resolve_to_the_harness_tasks(data_root: Path) -> None:
+def test_other_names_resolve_to_the_harness_tasks(data_root: Path, monkeypatch) -> None:
+    from lowbit.evaluation import task_check
+
+    monkeypatch.setattr(task_check, "hub_unreachable", lambda: None)  # as if the hub answered
     tasks = resolve(TaskConfig(("piqa", "boolq")), data_root)
     assert [(t.harness_name, t.local) for t in tasks] == [("local_piqa", True), ("boolq", False)]
     with pytest.raises(UnknownNameError, match="did you mean 'hellaswag'"):
@@ -155,7 +158,7 @@ def test_task_dirs_are_per_task_and_reused(tmp_path: Path) -> None:
     assert changed != first  # new data, new conversion
 
 
-def test_generation_tasks_are_refused_before_running(tmp_path: Path) -> None:
+def test_tasks_without_a_per_sample_verdict_are_refused_before_running(tmp_path: Path) -> None:
     from lm_eval.tasks import TaskManager
 
     from lowbit.evaluation.harness import check_supported
@@ -167,9 +170,16 @@ def test_generation_tasks_are_refused_before_running(tmp_path: Path) -> None:
     (gen / "gen.yaml").write_text(
         "task: gen_task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {data}\ntest_split: test\noutput_type: generate_until\n"
-        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
-        "metric_list:\n  - metric: exact_match\n"
+        "doc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\ngeneration_kwargs:\n  until: ['\\n']\n"
+        "metric_list:\n  - metric: bleu\n"
     )
     tm = TaskManager(include_path=str(gen), include_defaults=False)
-    with pytest.raises(ConfigError, match="'gen_task' .generate_until"):
+    with pytest.raises(ConfigError, match="'gen_task' .generate_until, metrics .'bleu'"):
         check_supported(tm, ["gen_task"])
+
+
+def test_standard_suite_is_every_local_task(data_root: Path) -> None:
+    tasks = resolve(TaskConfig(("standard",)), data_root)
+    names = [t.name for t in tasks]
+    assert names == [*task_defs.LOCAL_TASKS.names(), "mmlu"] and "gsm8k" in names
+    assert all(t.kind == "local" for t in tasks)

@@ -85,7 +85,12 @@ def test_flips_by_reference_margin_buckets() -> None:
     assert c.fp_fn == {
         "reference": {"fp": 0, "fn": 0, "ratio": None},
         "quantized": {"fp": 1, "fn": 0, "ratio": None},
+        "ratio_change": None,
     }
+    ref[2], quant[2] = two_way(2, 0, 1, 3.0), two_way(2, 0, 1, 3.0)  # a false negative in both
+    c = compare_samples(ref, quant, task="t", two_way=True)
+    assert c.fp_fn["reference"]["ratio"] == 0.0 and c.fp_fn["quantized"]["ratio"] == 1.0
+    assert c.fp_fn["ratio_change"] == 1.0
 
 
 def test_different_samples_are_refused() -> None:

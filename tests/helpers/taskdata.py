@@ -31,6 +31,17 @@ MMLU = {
     "world_religions": [["Which is a religion?", "Buddhism", "Granite", "Math", "Tea", "A"]],
 }
 
+GSM8K_TRAIN = [
+    {"question": f"Tom has {n} apples and buys {n + 1} more. How many apples does he have?",
+     "answer": f"He has {n} + {n + 1} = <<{n}+{n + 1}={2 * n + 1}>>{2 * n + 1} apples.\n"
+               f"#### {2 * n + 1}"}
+    for n in range(1, 8)
+]  # fmt: skip
+GSM8K_TEST = [
+    {"question": "Ann has 3 pens and gets 4 more. How many pens?", "answer": "3+4=7\n#### 7"},
+    {"question": "A box holds 2 cats and 2 dogs. How many pets?", "answer": "2+2=4\n#### 4"},
+]
+
 
 def make_task_data(root: Path) -> Path:
     """Write every local task's files under ``root`` (a few items each); returns ``root``."""
@@ -53,6 +64,9 @@ def make_task_data(root: Path) -> Path:
         fh.write("\n".join(lines) + "\n")
     (root / "lambada").mkdir(exist_ok=True)
     _jsonl(root / "lambada" / "lambada_test.jsonl", [{"text": t} for t in LAMBADA])
+    (root / "gsm8k").mkdir(exist_ok=True)
+    _jsonl(root / "gsm8k" / "train.jsonl", GSM8K_TRAIN)
+    _jsonl(root / "gsm8k" / "test.jsonl", GSM8K_TEST)
     for split in ("dev", "test"):
         (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
         for subject, rows in MMLU.items():

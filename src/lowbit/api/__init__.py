@@ -59,7 +59,7 @@ from lowbit.api.quantize import (
     save,
     saving,
 )
-from lowbit.api.tasks import compare_task_runs, evaluate_tasks, load_for_tasks
+from lowbit.api.tasks import check_tasks, compare_task_runs, evaluate_tasks, load_for_tasks
 from lowbit.evaluation.harness import TaskConfig
 from lowbit.models.pipeline import Propagation
 from lowbit.perf.estimate import Layout
@@ -86,6 +86,7 @@ __all__ = [
     "check_outputs",
     "check_resumable",
     "check_runtime_plan",
+    "check_tasks",
     "compare_task_runs",
     "estimate_performance",
     "evaluate",

@@ -56,6 +56,16 @@ def evaluate_tasks(
     return run_tasks(model, tokenizer, cfg, data_root=root, cache=cache, progress=progress)
 
 
+def check_tasks(cfg: TaskConfig) -> None:
+    """Resolve, load and check every task of ``cfg`` (names, sources, templates, stop
+    sequences) without a model: call it before loading one, so bad tasks fail first."""
+    from lowbit.evaluation.harness import prepare
+    from lowbit.evaluation.text import data_dir
+    from lowbit.models.sources import cache_root
+
+    prepare(cfg, data_dir(), cache_root())
+
+
 def compare_task_runs(reference: TaskRun, quantized: TaskRun) -> dict[str, object]:
     """Flips, error overlap, FP/FN, McNemar and categories of two TaskRuns."""
     from lowbit.evaluation.compare import compare_runs

@@ -15,7 +15,9 @@ from lowbit.cli.options import (
     Device,
     Dtype,
     EvalWindows,
+    IncludePath,
     Limit,
+    MaxGenToks,
     MaxMemory,
     OffloadOption,
     Overwrite,
@@ -23,6 +25,7 @@ from lowbit.cli.options import (
     Tasks,
     TaskSourceOption,
     runtime_config,
+    task_config,
 )
 
 
@@ -41,6 +44,8 @@ def compare(
     limit: Limit = None,
     task_source: TaskSourceOption = "auto",
     batch_size: BatchSize = 16,
+    include_path: IncludePath = None,
+    max_gen_toks: MaxGenToks = None,
     eval_text: Annotated[
         str | None,
         typer.Option(
@@ -71,13 +76,11 @@ def compare(
     Example: lowbit compare smollm2-135m smol-w4 --tasks piqa,mmlu --limit 200
     --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw
     """
-    from lowbit.api import TaskConfig, TextConfig
+    from lowbit.api import TextConfig
     from lowbit.workflows.spine import Execution
     from lowbit.workflows.tasks import compare_job
 
-    task_cfg = None
-    if tasks is not None:
-        task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
+    task_cfg = task_config(tasks, limit, task_source, batch_size, include_path, max_gen_toks)
     text = TextConfig(eval_text, ctx, windows, bos=bos) if eval_text is not None else None
     compare_job(
         reference,

@@ -16,7 +16,9 @@ from lowbit.cli.options import (
     Device,
     Dtype,
     EvalWindows,
+    IncludePath,
     Limit,
+    MaxGenToks,
     MaxMemory,
     OffloadOption,
     Overwrite,
@@ -24,6 +26,7 @@ from lowbit.cli.options import (
     Tasks,
     TaskSourceOption,
     runtime_config,
+    task_config,
 )
 
 DEFAULT_TEXT = "builtin:python-docs"
@@ -56,6 +59,8 @@ def evaluate(
     limit: Limit = None,
     task_source: TaskSourceOption = "auto",
     batch_size: BatchSize = 16,
+    include_path: IncludePath = None,
+    max_gen_toks: MaxGenToks = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
     offload: OffloadOption = "auto",
@@ -71,7 +76,7 @@ def evaluate(
     Examples: lowbit eval smol-w4 --eval-text ../shared/data/wikitext-2-raw/wiki.test.raw ;
     lowbit eval smollm2-135m --tasks piqa,arc_easy,mmlu --limit 100
     """
-    from lowbit.api import TaskConfig, TextConfig
+    from lowbit.api import TextConfig
     from lowbit.workflows import eval_job
     from lowbit.workflows.spine import Execution
 
@@ -82,9 +87,7 @@ def evaluate(
             "--reference applies to the text evaluation; add --eval-text, or compare task "
             "answers with `lowbit compare REFERENCE MODEL --tasks ...`"
         )
-    task_cfg = None
-    if tasks is not None:
-        task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
+    task_cfg = task_config(tasks, limit, task_source, batch_size, include_path, max_gen_toks)
     text = eval_text if eval_text is not None or tasks is not None else DEFAULT_TEXT
     eval_job(
         model,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from lowbit.api import TaskConfig
     from lowbit.runtime import RuntimeConfig
 
 Model = Annotated[
@@ -56,8 +57,26 @@ Tasks = Annotated[
     typer.Option(
         "--tasks",
         help="Comma-separated tasks: lambada_openai, hellaswag, piqa, winogrande, arc_easy, "
-        "arc_challenge, mmlu (or mmlu_stem, mmlu_<subject>, ...), read from local files when "
-        "the data directory has them; any other lm-evaluation-harness task name (hub).",
+        "arc_challenge, gsm8k, mmlu (or mmlu_stem, mmlu_<subject>, ...), read from local files "
+        "when the data directory has them; 'standard' for all of them; a task YAML file of "
+        "your own, or a task name in an --include-path; any other lm-evaluation-harness task "
+        "name (hub).",
+    ),
+]
+IncludePath = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--include-path",
+        help="A directory of task YAML files in the lm-evaluation-harness's format (repeatable); "
+        "its task names can then be given to --tasks.",
+    ),
+]
+MaxGenToks = Annotated[
+    int | None,
+    typer.Option(
+        "--max-gen-toks",
+        help="Generation tasks (gsm8k): at most this many new tokens per item (default: the "
+        "task's own, else the harness's 256).",
     ),
 ]
 Limit = Annotated[
@@ -123,6 +142,29 @@ ReferenceCache = Annotated[
         "under $LOWBIT_CACHE/references); reused when it matches, refused when it does not.",
     ),
 ]
+
+
+def task_config(
+    tasks: str | None,
+    limit: int | None,
+    source: str,
+    batch_size: int,
+    include_paths: list[Path] | None,
+    max_gen_toks: int | None,
+) -> TaskConfig | None:
+    """The TaskConfig of the task options (validated), or None without --tasks."""
+    from lowbit.api import TaskConfig
+
+    if tasks is None:
+        if include_paths:
+            from lowbit.errors import ConfigError
+
+            raise ConfigError("--include-path names where tasks are; add --tasks NAME")
+        return None
+    return TaskConfig(
+        tuple(tasks.split(",")), limit, source, batch_size,  # type: ignore[arg-type]
+        include_paths=tuple(map(str, include_paths or ())), max_gen_toks=max_gen_toks,
+    )  # fmt: skip
 
 
 def runtime_config(device: str, dtype: str, offload: str, max_memory: str | None) -> RuntimeConfig:

@@ -58,6 +58,10 @@ def compare_runs(ref: TaskRun, quant: TaskRun) -> dict[str, Any]:
         ).to_dict()
         for task, recs in sorted(ref.samples.items())
     }
+    positive = ref.info.get("positive_label", {})
+    for task, row in per_task.items():
+        if row["fp_fn"] is not None:  # which answer counts as positive, stated with the counts
+            row["fp_fn"]["positive"] = positive.get(task, "choice 2")
     mmlu = [t for t in ref.samples if group_of(t)[0] == "MMLU category"]
     if mmlu:
         pooled_r = [s for i, t in enumerate(mmlu) for s in _keyed(ref.samples[t], i)]

@@ -22,8 +22,10 @@ MARGIN_EDGES = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, math.inf)
 class SampleRecord:
     """One task item: its identity, the model's per-choice scores and whether it was right.
 
-    ``scores`` are log-likelihoods (one per choice; one in all for a loglikelihood task);
-    ``pred`` and ``margin`` (top minus second score) are None where there are no choices.
+    ``scores`` are log-likelihoods (one per choice; one in all for a loglikelihood task; none
+    for a generation task, which keeps its ``generated`` text and the answer its filter
+    ``extracted``); ``pred`` and ``margin`` (top minus second score) are None where there are
+    no choices.
     """
 
     doc_id: int
@@ -33,6 +35,8 @@ class SampleRecord:
     scores: tuple[float, ...]
     gold: int | None = None
     correct_norm: bool | None = None
+    generated: str | None = None
+    extracted: str | None = None
 
     @property
     def pred(self) -> int | None:
@@ -59,7 +63,10 @@ class SampleRecord:
 
 
 def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
-    """A record from one entry of the harness's logged samples (``acc`` is its own verdict)."""
+    """A record from one entry of the harness's logged samples: the harness's own verdict
+    (``acc``; ``exact_match`` of its filtered answer for a generation task)."""
+    if "acc" not in sample:
+        return _generated(sample)
     scores = tuple(float(r[0]) for r in sample["filtered_resps"])
     correct = bool(sample["acc"])
     norm = sample.get("acc_norm")
@@ -71,6 +78,26 @@ def record_from_harness(sample: dict[str, Any]) -> SampleRecord:
         scores=scores,
         gold=_gold(sample, scores, correct),
         correct_norm=None if norm is None else bool(norm),
+    )
+
+
+def _generated(sample: dict[str, Any]) -> SampleRecord:
+    verdict = sample.get("exact_match")
+    if verdict not in (0, 1, 0.0, 1.0, True, False):
+        raise DataError(
+            f"document {sample.get('doc_id')}: the harness's exact_match is {verdict!r}, not a "
+            "0/1 verdict; lowbit compares generation tasks scored by exact_match"
+        )
+    (text,) = sample["resps"][0]  # one generation per document (repeats: 1)
+    (answer,) = sample["filtered_resps"]
+    return SampleRecord(
+        doc_id=int(sample["doc_id"]),
+        doc_hash=str(sample.get("doc_hash", "")),
+        prompt_hash=str(sample.get("prompt_hash", "")),
+        correct=bool(verdict),
+        scores=(),
+        generated=str(text),
+        extracted=str(answer),
     )
 
 
@@ -106,7 +133,7 @@ class Comparison:
     error_jaccard: float
     mcnemar: dict[str, float]
     flips_by_margin: list[dict[str, Any]]
-    fp_fn: dict[str, dict[str, float | None]] | None = None
+    fp_fn: dict[str, Any] | None = None
     acc_norm: dict[str, Any] | None = None
 
     @property
@@ -132,7 +159,7 @@ def compare_samples(
     return Comparison(
         **stats,
         flips_by_margin=flips_by_margin(pairs),
-        fp_fn={"reference": fp_fn(ref), "quantized": fp_fn(quant)} if two_way else None,
+        fp_fn=fp_fn_change(ref, quant) if two_way else None,
         acc_norm=norm,
     )
 
@@ -225,6 +252,13 @@ def fp_fn(records: list[SampleRecord]) -> dict[str, float | None]:
     fp = sum(s.pred == 1 and s.gold == 0 for s in known)
     fn = sum(s.pred == 0 and s.gold == 1 for s in known)
     return {"fp": fp, "fn": fn, "ratio": fp / fn if fn else None}
+
+
+def fp_fn_change(ref: list[SampleRecord], quant: list[SampleRecord]) -> dict[str, Any]:
+    """FP/FN of both runs and the change in their ratio (None where a ratio is undefined)."""
+    r, q = fp_fn(ref), fp_fn(quant)
+    change = None if r["ratio"] is None or q["ratio"] is None else q["ratio"] - r["ratio"]
+    return {"reference": r, "quantized": q, "ratio_change": change}
 
 
 def accuracy(records: list[SampleRecord]) -> float:

@@ -3,8 +3,9 @@ lm-evaluation-harness's own task definitions expect (the fields of their hub dat
 
 Each reader checks every record and names the file and line of the first bad one. The layouts
 read are those of ``../shared/data`` (see its README): PIQA ``valid.jsonl`` + labels, WinoGrande
-``dev.jsonl`` (+ labels, checked to agree), ARC in the MosaicML layout, HellaSwag in llama.cpp's
-six-line layout, LAMBADA (OpenAI) ``{"text"}`` lines and MMLU's header-less csv files.
+``dev.jsonl`` (+ labels, checked to agree), ARC in the MosaicML layout, GSM8K's
+``{question, answer}``, HellaSwag in llama.cpp's six-line layout, LAMBADA (OpenAI)
+``{"text"}`` lines and MMLU's header-less csv files.
 """
 
 from __future__ import annotations
@@ -164,6 +165,16 @@ def lambada(root: Path) -> list[Doc]:
         if " " not in str(doc["text"]).strip():
             raise DataError(f"{path}:{n}: text has a single word; there is no context")
     return [{"text": d["text"]} for d in docs]
+
+
+def gsm8k(root: Path, split: str) -> list[Doc]:
+    """GSM8K (OpenAI release) ``question`` and ``answer``, whose last line is ``#### N``."""
+    path = root / "gsm8k" / f"{split}.jsonl"
+    docs = read_jsonl(path, ("question", "answer"))
+    for n, doc in enumerate(docs, start=1):
+        if "#### " not in str(doc["answer"]):
+            raise DataError(f"{path}:{n}: the answer has no final '#### N' line")
+    return [{"question": d["question"], "answer": d["answer"]} for d in docs]
 
 
 def mmlu_subjects(root: Path) -> list[str]:

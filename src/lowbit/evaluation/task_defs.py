@@ -37,6 +37,7 @@ class LocalTask:
     files: tuple[str, ...]  # relative to the data directory; all must exist
     read: Callable[[Path], list[dict[str, Any]]]
     two_way: bool = False
+    train: Callable[[Path], list[dict[str, Any]]] | None = None  # the few-shot pool, if any
 
     @property
     def harness_name(self) -> str:
@@ -71,10 +72,20 @@ for _task in (
         ("arc/arc_challenge_test.mosaic.jsonl",),
         lambda root: task_data.arc(root / "arc" / "arc_challenge_test.mosaic.jsonl"),
     ),
+    LocalTask(
+        "gsm8k", "gsm8k/gsm8k.yaml", "test", "math (generative)",
+        ("gsm8k/test.jsonl", "gsm8k/train.jsonl"),
+        lambda root: task_data.gsm8k(root, "test"),
+        train=lambda root: task_data.gsm8k(root, "train"),
+    ),
 ):  # fmt: skip
     LOCAL_TASKS.register(_task.name, _task)
 MMLU = "mmlu"  # a group: 57 subject tasks in four categories
 MMLU_FAMILY = "knowledge (MMLU)"
+# named task sets: ``--tasks standard`` is every local task (MMLU's subjects count one by one)
+SUITES: dict[str, tuple[str, ...]] = {
+    "standard": (*(t for t in LOCAL_TASKS.names()), MMLU),
+}
 
 
 def harness_tasks_dir() -> Path:
@@ -142,13 +153,18 @@ def _write_task(tmp: Path, final: Path, task: LocalTask, root: Path) -> str:
     _write_jsonl(tmp / data, docs)
     splits = {"training_split": None, "validation_split": None, "test_split": None}
     splits[f"{task.split}_split"] = task.split
+    files = {task.split: str(final / data)}
+    if task.train is not None:  # the standard task draws its few-shot examples from train
+        _write_jsonl(tmp / f"{task.name}.train.jsonl", task.train(root))
+        files["train"] = str(final / f"{task.name}.train.jsonl")
+        splits |= {"training_split": "train", "fewshot_split": "train"}
     config = {
         "include": str(harness_tasks_dir() / task.standard_yaml),
         "task": task.harness_name,
         "tag": [],  # not in the standard task's tags (e.g. ai2_arc), which name hub tasks
         "dataset_path": "json",
         "dataset_name": None,
-        "dataset_kwargs": {"data_files": {task.split: str(final / data)}},
+        "dataset_kwargs": {"data_files": files},
         **splits,
     }
     _write_yaml(tmp / f"{task.harness_name}.yaml", config)
@@ -239,6 +255,7 @@ __all__ = [
     "LOCAL_TASKS",
     "MMLU",
     "MMLU_CATEGORIES",
+    "SUITES",
     "LocalTask",
     "files_present",
     "local_names",

@@ -104,16 +104,20 @@ def _size(n: int | None) -> str:
 
 
 def task_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
-    """One row per task or group: accuracy, length-normalised accuracy, perplexity."""
+    """One row per task or group: accuracy, length-normalised accuracy, exact match of each
+    filter (generation tasks), perplexity."""
     table = Table(title=title, title_justify="left")
-    for header in ("task", "acc", "acc_norm", "perplexity"):
+    for header in ("task", "acc", "acc_norm", "exact_match", "perplexity"):
         table.add_column(header, justify="left" if header == "task" else "right")
     shown = {k: v for k, v in metrics.items() if not is_mmlu_subject(k)}
     for name, m in shown.items():
+        exact = [f"{v:.4f} ({k.partition(',')[2] or 'none'})" for k, v in m.items()
+                 if k.partition(",")[0] == "exact_match"]  # fmt: skip
         table.add_row(
             name,
             _fmt(m.get("acc"), "{:.4f}"),
             _fmt(m.get("acc_norm"), "{:.4f}"),
+            ", ".join(exact) or "—",
             _fmt(m.get("perplexity"), "{:.3f}"),
         )
     return table
@@ -138,6 +142,7 @@ def comparison_table(tasks: dict[str, dict[str, Any]], title: str) -> Table:
         "flips",
         "Jaccard",
         "p",
+        "FP/FN ref → quant",
     )
     for header in headers:
         table.add_column(header, justify="left" if header == "task" else "right")
@@ -155,5 +160,24 @@ def comparison_table(tasks: dict[str, dict[str, Any]], title: str) -> Table:
             f"{c['flip_rate']:.2%}",
             f"{c['error_jaccard']:.3f}",
             f"{c['mcnemar']['p_exact']:.3g}",
+            fp_fn_cell(c.get("fp_fn")),
         )
+    positives = sorted({f"{n}: {c['fp_fn']['positive']}" for n, c in tasks.items()
+                        if c.get("fp_fn") and "positive" in c["fp_fn"]})  # fmt: skip
+    if positives:
+        table.caption = "FP/FN for two-way tasks; positive class: " + "; ".join(positives)
     return table
+
+
+def fp_fn_cell(fpfn: dict[str, Any] | None) -> str:
+    """``fp/fn (ratio) → fp/fn (ratio), Δ change`` of a two-way task; '—' for other tasks."""
+    if not fpfn:
+        return "—"
+
+    def one(counts: dict[str, Any]) -> str:
+        ratio = counts["ratio"]
+        return f"{counts['fp']}/{counts['fn']}" + (f" ({ratio:.2f})" if ratio is not None else "")
+
+    change = fpfn.get("ratio_change")
+    tail = f", Δ {change:+.2f}" if change is not None else ""
+    return f"{one(fpfn['reference'])} → {one(fpfn['quantized'])}{tail}"

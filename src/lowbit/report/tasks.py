@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowbit.report.charts import grouped_bars, histogram
+from lowbit.report.charts import bars, grouped_bars, histogram
+from lowbit.report.console import fp_fn_cell
 from lowbit.report.html import Report
 
 
@@ -25,8 +26,7 @@ def _tasks(report: Report, tasks: dict[str, Any]) -> None:
     report.heading("tasks: accuracy, flips and error overlap")
     rows = []
     for name, c in tasks.items():
-        fpfn = c.get("fp_fn")
-        ratio = f"{_ratio(fpfn['reference'])} → {_ratio(fpfn['quantized'])}" if fpfn else "n/a"
+        ratio = fp_fn_cell(c.get("fp_fn"))
         rows.append(
             [
                 name, c["n"], c["acc_ref"], c["acc_quant"], c["delta"], c["flips_to_wrong"],
@@ -36,7 +36,7 @@ def _tasks(report: Report, tasks: dict[str, Any]) -> None:
         )  # fmt: skip
     header = [
         "task", "n", "acc ref", "acc quant", "Δ acc", "right→wrong", "wrong→right", "flip rate",
-        "error Jaccard", "McNemar p", "FP/FN ref → quant",
+        "error Jaccard", "McNemar p", "FP/FN ref → quant (Δ ratio)",
     ]  # fmt: skip
     rows += [
         [f"{name} (acc_norm)", n["n"], n["acc_ref"], n["acc_quant"],
@@ -48,8 +48,15 @@ def _tasks(report: Report, tasks: dict[str, Any]) -> None:
     report.note(
         "Flips count items whose correctness changed; the error Jaccard is "
         "|E_ref ∩ E_quant| / |E_ref ∪ E_quant|; McNemar's exact two-sided p-value tests the "
-        "accuracy change on the discordant items; FP/FN is for two-way tasks with choice 2 as "
-        "the positive class."
+        "accuracy change on the discordant items; FP/FN is for two-way tasks (false positives: "
+        "the positive answer chosen where the other was right), with the positive class of "
+        "each: "
+        + "; ".join(
+            f"{n}: {c['fp_fn'].get('positive', 'choice 2')}"
+            for n, c in tasks.items()
+            if c.get("fp_fn")
+        )
+        + "."
     )
 
 
@@ -57,11 +64,6 @@ def _is_subject(name: str) -> bool:
     from lowbit.report.console import is_mmlu_subject
 
     return is_mmlu_subject(name)
-
-
-def _ratio(counts: dict[str, Any]) -> str:
-    ratio = counts["ratio"]
-    return f"{counts['fp']}/{counts['fn']}" + (f" ({ratio:.2f})" if ratio is not None else "")
 
 
 def _categories(report: Report, rows: list[dict[str, Any]]) -> None:
@@ -76,6 +78,10 @@ def _categories(report: Report, rows: list[dict[str, Any]]) -> None:
         "quantized": [r["acc_quant"] for r in rows],
     }
     report.figure(grouped_bars(series, labels, "accuracy by group", "accuracy", yscale="linear"))
+    loss = {f"{r['group']} ({r['n']})": r["acc_ref"] - r["acc_quant"] for r in rows}
+    report.figure(
+        bars(loss, "accuracy lost per category: reference − quantized (items)", "points", 0.01)
+    )
 
 
 def _margins(report: Report, tasks: dict[str, Any]) -> None:

@@ -147,10 +147,7 @@ def eval_job(
     api.check_outputs(result_path, overwrite=overwrite)
     rt = api.runtime(execution.runtime)
     if tasks is not None:
-        from lowbit.evaluation.harness import resolve
-        from lowbit.evaluation.text import data_dir
-
-        resolve(tasks, data_dir())  # unknown tasks are refused before any model is loaded
+        api.check_tasks(tasks)  # bad tasks are refused before any model is loaded
     view, handle = api.view_of(model, allow_pickle=allow_pickle)
     out: dict[str, Any] = {}
     data: dict[str, Any] = {}

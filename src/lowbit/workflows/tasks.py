@@ -20,7 +20,7 @@ from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
 def run_tasks_for(label: str, model: Any, handle: Any, cfg: Any) -> Any:
     """Run the tasks and print their table."""
     console.print(f"[bold]{label}[/]: tasks {', '.join(cfg.tasks)}" + _limit_note(cfg))
-    with progress_bar(f"{label}: log-likelihood requests", None) as update:
+    with progress_bar(f"{label}: requests (scored or generated)", None) as update:
         run = api.evaluate_tasks(model, handle, cfg, progress=update)
     console.print(task_table(run.metrics, f"{label}: task accuracy ({run.info['seconds']:.0f} s)"))
     return run
@@ -76,13 +76,12 @@ def _compare_models(
 ) -> dict[str, Any]:
     """One model in memory at a time: the text through the cached reference, layer-wise; the
     tasks with each whole model in turn."""
-    from lowbit.evaluation.harness import resolve, tokenizer_fingerprint
-    from lowbit.evaluation.text import data_dir
+    from lowbit.evaluation.harness import tokenizer_fingerprint
 
     if tasks is None and text is None:
         raise DataError("nothing to compare on: give --tasks, --eval-text, or both")
     if tasks is not None:
-        resolve(tasks, data_dir())  # unknown tasks are refused before any model is loaded
+        api.check_tasks(tasks)  # bad tasks are refused before any model is loaded
     rt = api.runtime(execution.runtime)
     ref_view, ref_handle = api.view_of(reference, allow_pickle=allow)
     q_view, q_handle = api.view_of(quantized, allow_pickle=allow)

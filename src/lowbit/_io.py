@@ -16,15 +16,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lowbit.errors import OutputExistsError
+from lowbit.errors import ArtefactError, OutputExistsError, OutputPathError
 
 
 def check_new_output(path: Path, *, overwrite: bool = False) -> None:
-    """Refuse an existing output path unless ``overwrite``."""
+    """Refuse, before any work, an existing output path unless ``overwrite``, and a path that
+    cannot be written: its nearest existing folder must be a folder in which a file can be
+    created (tried with a temporary file, removed at once: permissions alone do not tell a
+    read-only file system or /proc)."""
+    path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"output {path} already exists; choose another path or pass --overwrite"
         )
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(
+            f"output {path} cannot be created: {folder} is a file, not a directory; "
+            "choose another output path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lowbit-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(
+            f"output {path} cannot be created: {folder} is not writable ({exc.strerror}); "
+            "choose an output path in a writable folder"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -107,9 +128,30 @@ def _public(path: Path, *, directory: bool) -> None:
 
 
 def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
+    """``data`` as JSON at ``path``, atomically. A NaN or infinity is refused, naming where it
+    is: JSON has no such numbers, and a bare ``NaN`` in a result hides a broken run."""
+    check_finite_json(data, f"the result for {path}")
     with atomic_file(path, overwrite=overwrite) as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        json.dump(data, handle, indent=2, sort_keys=False, default=str, allow_nan=False)
         handle.write("\n")
+
+
+def check_finite_json(data: Any, what: str, where: str = "") -> None:
+    """Refuse a NaN or infinite float anywhere in ``data`` (dicts, lists, tuples)."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ArtefactError(
+            f"{what} holds {data} at {where or 'the top'}: a non-finite figure comes from a "
+            "non-finite model or input; nothing was written (check the model's weights and "
+            "run in float32)"
+        )
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite_json(value, what, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_finite_json(value, what, f"{where}[{i}]")
 
 
 def library_versions() -> dict[str, str]:

@@ -56,6 +56,7 @@ def quantize_job(
     api.check_outputs(out, result_path, overwrite=overwrite)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
+    api.check_runtime_plan(handle, plan)  # before the calibration text is read
     calib_w = (
         api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     )

@@ -1,0 +1,443 @@
+"""The catalogue of bad inputs (issue 18): each case is a command line a new user could type,
+the inputs it needs (made by a setup function) and the fragments its error must contain (the
+input it names, then the fix it suggests). ``tests/cli/test_bad_inputs.py`` runs every case
+and checks the four promises: the message, a non-zero exit (2 for usage), no traceback and
+nothing written.
+
+Placeholders in arguments and fragments: ``{model}`` the tiny Llama, ``{other}`` a tiny Qwen3
+(another model), ``{saved}`` a quantized copy of the tiny Llama, ``{table}`` a sensitivity
+table of the tiny Llama, ``{ev}``/``{ca}`` an evaluation and a calibration text, ``{in}`` the
+folder of the inputs made by the setups (``{in}/NAME``), and ``OUT`` the output path that must
+not exist afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Setup = Callable[[Path, Path], None]  # (inputs folder, tiny model)
+
+OUT = "out"
+FAST = ("--calib-windows", "2", "--ctx", "32")
+EVAL = ("--windows", "2", "--ctx", "32")
+RTN_W8 = {"format": {"type": "int", "bits": 8}, "granularity": {"type": "group", "size": 32}}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    expect: tuple[str, ...]  # every fragment must be in the error message
+    code: int = 2
+    setup: Setup | None = None
+    outputs: tuple[str, ...] = field(default=(OUT,))  # must not exist afterwards
+
+
+def _write(name: str, content: str | bytes) -> Setup:
+    def setup(inputs: Path, model: Path) -> None:
+        path = inputs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def _plan(name: str, data: dict | str) -> Setup:
+    text = data if isinstance(data, str) else json.dumps(data, indent=2)
+    return _write(name, text)
+
+
+def _model_copy(name: str, change: Callable[[Path], None]) -> Setup:
+    def setup(inputs: Path, model: Path) -> None:
+        out = inputs / name
+        shutil.copytree(model, out)
+        change(out)
+
+    return setup
+
+
+def _truncate(model: Path) -> None:
+    shard = model / "model.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3])
+
+
+def _garble(model: Path) -> None:
+    shard = model / "model.safetensors"
+    shard.write_bytes(b"\xff" * 64 + shard.read_bytes()[64:])
+
+
+def _config(change: Callable[[dict], dict | str]) -> Callable[[Path], None]:
+    def apply(model: Path) -> None:
+        cfg = json.loads((model / "config.json").read_text())
+        new = change(cfg)
+        (model / "config.json").write_text(new if isinstance(new, str) else json.dumps(new))
+
+    return apply
+
+
+def _poison(value: float, key: str = "model.layers.1.mlp.down_proj.weight") -> Callable:
+    def apply(model: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(model / "model.safetensors")
+        tensors[key][3, 5] = value
+        save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+
+    return apply
+
+
+def _no_weights(model: Path) -> None:
+    (model / "model.safetensors").unlink()
+
+
+def _plan_doc(default: dict | None = None, rules: list | None = None, **extra) -> dict:
+    spec = {**RTN_W8, "algorithm": {"name": "rtn"}} if default is None else default
+    return {"lowbit_plan_version": 1, "default": spec, "rules": rules or [], **extra}
+
+
+def _with_format(**fmt) -> dict:
+    return _plan_doc({**RTN_W8, "format": {"type": "int", **fmt}, "algorithm": {"name": "rtn"}})
+
+
+Q = ("quantize", "{model}", "-o", OUT, "--algorithm", "rtn")
+QP = ("quantize", "{model}", "-o", OUT, *FAST, "--plan")
+E = ("eval", "{model}", "-o", OUT, *EVAL)
+S = ("sensitivity", "{model}", "-o", OUT, "--calib-text", "{ca}", *FAST, "--menu")
+P = ("plan", "{model}", "--table", "{table}", "-o", OUT)
+
+CASES: tuple[Case, ...] = (
+    # model sources
+    Case("missing-model", ("quantize", "{in}/nope", "-o", OUT), ("{in}/nope", "not found")),
+    Case(
+        "empty-model-dir",
+        ("quantize", "{in}/empty", "-o", OUT),
+        ("{in}/empty", "config.json"),
+        setup=lambda i, m: (i / "empty").mkdir(),
+    ),
+    Case(
+        "truncated-weights",
+        ("eval", "{in}/trunc", "-o", OUT, *EVAL),
+        ("model.safetensors", "truncated"),
+        setup=_model_copy("trunc", _truncate),
+    ),
+    Case(
+        "corrupted-weights",
+        ("quantize", "{in}/garbled", "-o", OUT, "--algorithm", "rtn"),
+        ("model.safetensors", "safetensors"),
+        setup=_model_copy("garbled", _garble),
+    ),
+    Case(
+        "no-weight-files",
+        ("quantize", "{in}/noweights", "-o", OUT, "--algorithm", "rtn"),
+        ("{in}/noweights", "safetensors"),
+        setup=_model_copy("noweights", _no_weights),
+    ),
+    Case(
+        "invalid-config-json",
+        ("quantize", "{in}/badcfg", "-o", OUT, "--algorithm", "rtn"),
+        ("config.json", "JSON"),
+        setup=_model_copy("badcfg", _config(lambda c: "{not json")),
+    ),
+    Case(
+        "unsupported-architecture",
+        ("quantize", "{in}/alien", "-o", OUT, "--algorithm", "rtn"),
+        ("alien_lm", "lowbit ls architectures"),
+        setup=_model_copy("alien", _config(lambda c: {**c, "model_type": "alien_lm"})),
+    ),
+    Case(
+        "inspect-bad-config",
+        ("inspect", "{in}/cfg.json"),
+        ("{in}/cfg.json", "config.json"),
+        setup=_write("cfg.json", "[1, 2"),
+        outputs=(),
+    ),
+    Case(
+        "perf-bad-config",
+        ("perf", "{in}/cfg.json", "-o", OUT),
+        ("{in}/cfg.json", "JSON"),
+        setup=_write("cfg.json", "{oops"),
+    ),
+    # numbers out of range
+    Case("bits-too-many", (*Q, "--bits", "9"), ("9", "from 2 to 8")),
+    Case("bits-too-few", (*Q, "--bits", "1"), ("1", "from 2 to 8")),
+    Case("group-size-zero", (*Q, "--group-size", "0"), ("group size", "0")),
+    Case("group-size-negative", (*Q, "--group-size", "-4"), ("group size", "-4")),
+    Case("ctx-too-long", (*E[:-2], "--ctx", "4096"), ("4096", "--ctx 256")),
+    Case("ctx-too-short", (*E[:-2], "--ctx", "1"), ("ctx", "at least 2")),
+    Case("windows-zero", ("eval", "{model}", "-o", OUT, "--windows", "0"), ("windows", "positive")),
+    Case(
+        "calib-windows-zero",
+        ("quantize", "{model}", "-o", OUT, "--calib-windows", "0"),
+        ("windows", "positive"),
+    ),
+    Case("damp-negative", ("quantize", "{model}", "-o", OUT, "--damp", "-1"), ("damp", "-1")),
+    Case(
+        "tp-does-not-divide",
+        ("perf", "{model}", "--tp", "3", "-o", OUT),
+        ("3", "does not divide the 4 attention heads"),
+    ),
+    Case(
+        "pp-more-than-layers",
+        ("perf", "{model}", "--pp", "5", "-o", OUT),
+        ("5", "2 layers"),
+    ),
+    # texts
+    Case(
+        "empty-text",
+        (*E, "--eval-text", "{in}/empty.txt"),
+        ("{in}/empty.txt", "empty"),
+        setup=_write("empty.txt", ""),
+    ),
+    Case(
+        "tiny-text",
+        (*E, "--eval-text", "{in}/tiny.txt"),
+        ("{in}/tiny.txt", "shorter than one window"),
+        setup=_write("tiny.txt", "too short"),
+    ),
+    Case(
+        "binary-text",
+        (*E, "--eval-text", "{in}/blob.bin"),
+        ("{in}/blob.bin", "binary"),
+        setup=_write("blob.bin", bytes(range(256)) * 64),
+    ),
+    Case(
+        "non-utf8-text",
+        (*E, "--eval-text", "{in}/latin1.txt"),
+        ("{in}/latin1.txt", "not UTF-8"),
+        setup=_write("latin1.txt", "café ".encode("latin-1") * 2000),
+    ),
+    Case(
+        "missing-text",
+        (*E, "--eval-text", "{in}/gone.txt"),
+        ("{in}/gone.txt", "neither an existing file"),
+    ),
+    Case(
+        "calibrate-on-eval-text",
+        ("run", "{model}", "--eval-text", "{ev}", "--calib-text", "{ev}", *EVAL, "-o", OUT),
+        ("is the evaluation text", "calibrate on another text"),
+    ),
+    # outputs
+    Case(
+        "existing-output-dir",
+        (*Q[:2], "-o", "{in}/done", *Q[4:]),
+        ("{in}/done", "--overwrite"),
+        setup=lambda i, m: (i / "done").mkdir(),
+    ),
+    Case(
+        "existing-result-file",
+        (*E[:2], "-o", "{in}/e.json", *EVAL),
+        ("{in}/e.json", "--overwrite"),
+        setup=_write("e.json", "{}"),
+    ),
+    Case(
+        "output-under-a-file",
+        (*Q[:2], "-o", "{in}/afile/q", *Q[4:]),
+        ("{in}/afile", "not a directory"),
+        setup=_write("afile", "x"),
+    ),
+    Case(
+        "unwritable-output",
+        (*E[:2], "-o", "/proc/lowbit-e.json", *EVAL),
+        ("/proc", "not writable"),
+    ),
+    Case(
+        "unwritable-quantize-output",
+        (*Q[:2], "-o", "/proc/lowbit-q", *Q[4:]),
+        ("/proc", "not writable"),
+    ),
+    Case(
+        "unwritable-plan-output",
+        (*P[:4], "-o", "/proc/plan.yaml", "--avg-bits", "4"),
+        ("/proc", "not writable"),
+    ),
+    # plan files
+    Case(
+        "plan-unknown-key",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "line 17", "defualt", "did you mean 'default'"),
+        setup=_plan("p.json", _plan_doc(defualt=None)),
+    ),
+    Case(
+        "plan-unknown-format-field",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "symetric", "symmetric"),
+        setup=_plan("p.json", _with_format(bits=4, symetric=False)),
+    ),
+    Case(
+        "plan-symmetric-no",
+        (*QP, "{in}/p.yaml"),
+        ("{in}/p.yaml", "line 6", "symmetric", "true or false"),
+        setup=_plan(
+            "p.yaml",
+            "lowbit_plan_version: 1\ndefault:\n  format:\n    type: int\n    bits: 4\n"
+            "    symmetric: 'no'\n  granularity: {type: group, size: 32}\n"
+            "  algorithm: {name: rtn}\nrules: []\n",
+        ),
+    ),
+    Case(
+        "plan-group-size-text",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "size", "integer"),
+        setup=_plan(
+            "p.json",
+            _plan_doc({**RTN_W8, "granularity": {"type": "group", "size": "abc"}}),
+        ),
+    ),
+    Case(
+        "plan-bits-text",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "bits", "integer"),
+        setup=_plan("p.json", _with_format(bits="four")),
+    ),
+    Case(
+        "plan-rules-match-nothing",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "re:.*attention.*", "matches no layer"),
+        setup=_plan(
+            "p.json",
+            {
+                "lowbit_plan_version": 1,
+                "default": None,
+                "rules": [{"target": "re:.*attention.*", "spec": {**RTN_W8}}],
+            },
+        ),
+    ),
+    Case(
+        "plan-quantizes-nothing",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "quantizes no layer"),
+        setup=_plan("p.json", {"lowbit_plan_version": 1, "default": None, "rules": []}),
+    ),
+    Case(
+        "plan-unknown-exact-layer",
+        (*QP, "{in}/p.json"),
+        ("model.layers.0.self_attn.q_prj", "did you mean"),
+        setup=_plan(
+            "p.json", _plan_doc(rules=[{"target": "model.layers.0.self_attn.q_prj", "spec": None}])
+        ),
+    ),
+    Case(
+        "plan-future-version",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "99", "upgrade lowbit"),
+        setup=_plan("p.json", {**_plan_doc(), "lowbit_plan_version": 99}),
+    ),
+    Case(
+        "plan-not-yaml",
+        (*QP, "{in}/p.yaml"),
+        ("{in}/p.yaml", "not valid JSON/YAML"),
+        setup=_plan("p.yaml", "default: [1\n"),
+    ),
+    Case(
+        "plan-rule-not-mapping",
+        (*QP, "{in}/p.json"),
+        ("{in}/p.json", "rules[0]", "mapping"),
+        setup=_plan("p.json", _plan_doc(rules=["re:.*"])),
+    ),
+    Case("plan-file-missing", (*QP, "{in}/none.yaml"), ("{in}/none.yaml", "does not exist")),
+    # menus
+    Case(
+        "menu-invalid-json",
+        (*S, "{in}/menu.json"),
+        ("{in}/menu.json", "not valid JSON/YAML"),
+        setup=_write("menu.json", "[{"),
+    ),
+    Case(
+        "menu-not-a-list",
+        (*S, "{in}/menu.json"),
+        ("{in}/menu.json", "list of layer specs"),
+        setup=_write("menu.json", json.dumps(RTN_W8)),
+    ),
+    Case(
+        "menu-wrong-type",
+        (*S, "{in}/menu.yaml"),
+        ("{in}/menu.yaml", "[0].format.bits", "integer"),
+        setup=_write(
+            "menu.yaml", "- format: {type: int, bits: 4.5}\n  granularity: {type: tensor}\n"
+        ),
+    ),
+    # budgets and tables
+    Case(
+        "budget-infeasible",
+        (*P, "--avg-bits", "1.0"),
+        ("1.0000 bits per weight", "the smallest achievable is"),
+    ),
+    Case(
+        "budget-too-small-bytes",
+        (*P, "--max-bytes", "1KB"),
+        ("1,000 bytes", "the smallest achievable is"),
+    ),
+    Case(
+        "budget-both", (*P, "--avg-bits", "4", "--max-bytes", "1MB"), ("--avg-bits", "exactly one")
+    ),
+    Case("budget-not-a-size", (*P, "--max-bytes", "lots"), ("lots", "60MB")),
+    Case(
+        "table-of-another-model",
+        ("plan", "{other}", "--table", "{table}", "-o", OUT, "--avg-bits", "4"),
+        ("{other}", "measure this model with lowbit sensitivity"),
+    ),
+    Case(
+        "table-not-json",
+        ("plan", "{model}", "--table", "{in}/t.json", "-o", OUT, "--avg-bits", "4"),
+        ("{in}/t.json", "JSON"),
+        setup=_write("t.json", "garbage"),
+    ),
+    Case(
+        "eval-result-of-another-model",
+        (
+            "export",
+            "{saved}",
+            "--to",
+            "compressed-tensors",
+            "-o",
+            OUT,
+            "--eval-result",
+            "{in}/r.json",
+        ),
+        ("{in}/r.json", "another model"),
+        setup=_write("r.json", json.dumps({"model": {"fingerprint": "0" * 16}, "results": {}})),
+    ),
+    # unknown names
+    Case(
+        "unknown-hardware",
+        ("perf", "{model}", "--hw", "h100-sxn", "-o", OUT),
+        ("h100-sxn", "did you mean 'h100-sxm'"),
+    ),
+    Case(
+        "unknown-task",
+        (*E, "--tasks", "hellaswagg", "--task-source", "local"),
+        ("hellaswagg", "did you mean 'hellaswag'"),
+    ),
+    Case("unknown-format", (*Q, "--format", "int5"), ("int5", "did you mean 'int'")),
+    Case("unknown-algorithm", (*Q[:4], "--algorithm", "gptqq"), ("gptqq", "did you mean 'gptq'")),
+    Case(
+        "unknown-act-order",
+        ("quantize", "{model}", "-o", OUT, "--act-order", "desc"),
+        ("desc", "static"),
+    ),
+    Case("unknown-clipping", (*Q, "--clipping", "median"), ("median", "minmax")),
+    Case("unknown-bos", (*E, "--bos", "sometimes"), ("sometimes", "auto")),
+    Case("unknown-device", (*E, "--device", "tpu"), ("tpu", "cuda")),
+    Case("unknown-metric", (*P, "--avg-bits", "4", "--metric", "mse"), ("mse", "kl")),
+    Case(
+        "unknown-export-target", ("export", "{saved}", "--to", "onnx", "-o", OUT), ("onnx", "gguf")
+    ),
+    # non-finite weights
+    Case(
+        "nan-weight-eval",
+        ("eval", "{in}/nan", "-o", OUT, *EVAL),
+        ("model.layers.1.mlp.down_proj.weight", "NaN"),
+        setup=_model_copy("nan", _poison(float("nan"))),
+    ),
+    Case(
+        "inf-weight-quantize",
+        ("quantize", "{in}/inf", "-o", OUT, *FAST),
+        ("model.layers.1.mlp.down_proj.weight", "Inf"),
+        setup=_model_copy("inf", _poison(float("inf"))),
+    ),
+)

@@ -53,19 +53,54 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; rename it to ``path`` only on success."""
     path = Path(path)
     check_new_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    with _no_space_named(path, "directory"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        try:
+            yield tmp
+            _public(tmp, directory=True)
+            for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
+                _public(child, directory=child.is_dir())
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            os.replace(tmp, path)
+            PUBLISHED.append(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+# every output published by atomic_dir / atomic_path in this process, in order (the command
+# line names them when a run is interrupted: what is listed is complete, nothing else exists)
+PUBLISHED: list[Path] = []
+
+
+@contextlib.contextmanager
+def _no_space_named(path: Path, kind: str) -> Iterator[None]:
+    """A full disk (ENOSPC, a quota, or a writer library's own words for them) becomes an
+    error naming the output; the partial output is already removed."""
     try:
-        yield tmp
-        _public(tmp, directory=True)
-        for child in tmp.rglob("*"):  # libraries may write through mkstemp (mode 0600)
-            _public(child, directory=child.is_dir())
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield
+    except Exception as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise OutputPathError(
+            f"no space left on the device of {path} while writing this {kind}: the partial "
+            f"{kind} was removed, so nothing that looks complete is left; free space or "
+            "choose another output path"
+        ) from exc
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "StorageFull" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 @contextlib.contextmanager
@@ -107,17 +142,19 @@ def atomic_path(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     it to ``path`` only on success."""
     path = Path(path)
     check_new_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _public(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _no_space_named(path, "file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            _public(Path(tmp), directory=False)
+            os.replace(tmp, path)
+            PUBLISHED.append(path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _public(path: Path, *, directory: bool) -> None:

@@ -26,8 +26,6 @@ from lowbit.cli.options import (
     runtime_config,
 )
 
-DEFAULT_TEXT = "builtin:python-docs"
-
 
 def evaluate(
     model: Annotated[
@@ -46,7 +44,8 @@ def evaluate(
         typer.Option(
             "--eval-text",
             help="Evaluation text: a file, builtin:python-docs, or a hub dataset "
-            f"NAME:CONFIG:SPLIT. Default {DEFAULT_TEXT}, or none when --tasks is given.",
+            "NAME:CONFIG:SPLIT. Default builtin:python-docs (stated in the output and the "
+            "result), or none when --tasks is given.",
         ),
     ] = None,
     ctx: Ctx = 512,
@@ -85,10 +84,10 @@ def evaluate(
     task_cfg = None
     if tasks is not None:
         task_cfg = TaskConfig(tuple(tasks.split(",")), limit, task_source, batch_size)
-    text = eval_text if eval_text is not None or tasks is not None else DEFAULT_TEXT
+    no_text = eval_text is None and tasks is not None
     eval_job(
         model,
-        TextConfig(text, ctx, windows, bos=bos) if text is not None else None,
+        None if no_text else TextConfig(eval_text, ctx, windows, bos=bos),
         output,
         reference=reference,
         tasks=task_cfg,

@@ -19,7 +19,7 @@ from lowbit.errors import OutputExistsError
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.report.console import console, progress_bar
 from lowbit.report.pareto import pareto_report, pareto_table
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
 
 
 def plan_job(
@@ -145,8 +145,8 @@ def pareto_job(
     handle = api.load(model)
     table = api.load_table(table_path, handle)
     points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse)
-    windows = api.text_windows(handle, evalcfg, calibration=False)
-    calib_w = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, evalcfg, calibration=False)
+    calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
     store = out / "points"
     store.mkdir(parents=True, exist_ok=True)

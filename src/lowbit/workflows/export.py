@@ -11,7 +11,7 @@ from lowbit import api
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.plan import Plan
 from lowbit.report.console import console
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
 
 
 def export_job(
@@ -52,10 +52,8 @@ def export_job(
         handle = api.load(source, allow_pickle=allow_pickle)
         _check_figures_model(eval_result, figures, handle)
         api.check_runtime_plan(handle, plan)
-        cfg = calib or api.TextConfig("builtin:python-docs")
-        windows = (
-            api.text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
-        )
+        cfg = calib or api.TextConfig()
+        windows = text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
         qm = quantize_windows(handle, plan, windows, "quantize", rt, execution)
         model = api.fake_quant_model(handle, qm, rt)
     report = api.export(

@@ -14,7 +14,7 @@ from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.console import console, progress_bar
 from lowbit.report.sensitivity import sensitivity_report
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
 
 
 def sensitivity_paths(out: Path) -> dict[str, Path]:
@@ -49,7 +49,7 @@ def sensitivity_job(
     api.check_outputs(paths["json"], paths["csv"], paths["html"], overwrite=overwrite)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
-    windows = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, calib, calibration=True)
     key = _run_key(handle, menu, windows, probe)
     done = _resume(paths["partial"], key, resume)
     partial: dict[str, Any] = {"key": key, "entries": [asdict(e) for e in done.values()]}

@@ -57,9 +57,7 @@ def quantize_job(
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     api.check_runtime_plan(handle, plan)  # before the calibration text is read
-    calib_w = (
-        api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
-    )
+    calib_w = text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     with api.saving(out, overwrite=overwrite) as tmp:
         qm = quantize_windows(handle, plan, calib_w, "quantize", rt, execution, shard_dir=tmp)
         fp = api.footprint(handle, qm)
@@ -125,6 +123,7 @@ def eval_job(
     config = {
         "eval": asdict(evalcfg) if evalcfg else None,
         "reference": reference,
+        "reference_used": _reference_used(model, reference, evalcfg),
         "tasks": None if tasks is None else {**asdict(tasks), "source": tasks.source.value},
     }
     prov = api.provenance("eval", handle, config, data, {}, rt)
@@ -143,11 +142,15 @@ def _eval_text(
     execution: Execution,
     allow_pickle: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    windows = api.text_windows(handle, evalcfg, calibration=False)
+    windows = text_windows(handle, evalcfg, calibration=False)
     if reference is not None:
         ref_view, _ = api.view_of(reference, allow_pickle=allow_pickle)
     elif api.saved_origin(model) is not None:
         ref_view = api.model_view(handle)
+        console.print(
+            f"note: no --reference given: KL divergence against {handle.source}, the model "
+            f"{model} was quantized from"
+        )
     else:  # a plain model: perplexity alone, no reference to cache
         with progress_bar("evaluating", None) as update:
             results = {"model": api.perplexity(view, windows, rt, progress=update)}
@@ -182,8 +185,8 @@ def run_job(
         "GPTQ W4 g64": api.spec_from_options(4, 64, True, "gptq"),
         "GPTQ W3 g64": api.spec_from_options(3, 64, True, "gptq"),
     }
-    windows = api.text_windows(handle, evalcfg, calibration=False)  # bad input fails here
-    calib_w = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, evalcfg, calibration=False)  # bad input fails here
+    calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
     reference = api.model_view(handle)
     with progress_bar("original: reference log-probabilities", None) as update:
@@ -228,6 +231,15 @@ def run_job(
     return out
 
 
+def text_windows(handle: ModelHandle, cfg: api.TextConfig, *, calibration: bool) -> api.Windows:
+    """:func:`api.text_windows`, stating a default text that replaced a missing option (the
+    result records it too: ``source_given`` and ``default_note`` in the text's info)."""
+    windows = api.text_windows(handle, cfg, calibration=calibration)
+    if "default_note" in windows.info:
+        console.print(f"note: {windows.info['default_note']}")
+    return windows
+
+
 def quantize_windows(
     handle: ModelHandle,
     plan: Plan,
@@ -253,6 +265,18 @@ def quantize_windows(
             shard_dir=shard_dir,
         )
     return replace(qm, timings={**qm.timings, "wall_s": time.perf_counter() - t0})
+
+
+def _reference_used(model: str, reference: str | None, evalcfg: Any) -> str | None:
+    """The reference the text evaluation compared with, and whether it was a default."""
+    if evalcfg is None:
+        return None
+    if reference is not None:
+        return reference
+    origin = api.saved_origin(model)
+    if origin is None:
+        return None
+    return f"{origin.source} (default: the model {model} was quantized from)"
 
 
 def _short(rt: Runtime) -> str:

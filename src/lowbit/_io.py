@@ -7,6 +7,7 @@ the same directory and renamed; directories are built under a temporary name and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -240,3 +241,68 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# keys of a result that describe how a run went (time, memory, machine), not what it produced
+_VOLATILE = {
+    "timings_s", "created_unix", "peak_rss_bytes", "machine", "libraries", "runtime", "execution",
+}  # fmt: skip
+
+
+def figures_sha256(result: Any) -> str:
+    """sha256 of a result's figures: its canonical JSON without the keys that describe how
+    the run went (times: keys ending ``_s`` or ``seconds``; memory; machine; libraries;
+    runtime and execution; a ``content_sha256`` already there). Two runs that computed the same numbers
+    have the same hash."""
+    return hashlib.sha256(
+        json.dumps(_stable(result), sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+
+def _stable(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _stable(v)
+            for k, v in data.items()
+            if k not in _VOLATILE
+            and k != "content_sha256"
+            and not str(k).endswith(("_s", "seconds"))
+        }
+    if isinstance(data, list | tuple):
+        return [_stable(v) for v in data]
+    return data
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensors_sha256(folder: Path) -> str:
+    """sha256 of every tensor in the safetensors files of ``folder``, by name (name, dtype,
+    shape and bytes, in name order): the same codes, scales and zero points give the same
+    hash however they are split into shards."""
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        readers = {}
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            readers.update(dict.fromkeys(reader.keys(), reader))
+        for key in sorted(readers):
+            tensor = readers[key].get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def output_sha256(path: Path) -> str:
+    """A file's sha256, or a folder's :func:`tensors_sha256` (its other files, such as the
+    manifest with its timings, describe the run)."""
+    path = Path(path)
+    return tensors_sha256(path) if path.is_dir() else file_sha256(path)

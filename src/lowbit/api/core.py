@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowbit import __version__
-from lowbit._io import check_new_output, library_versions, machine_info, peak_rss_bytes, write_json
+from lowbit._io import (
+    check_new_output,
+    figures_sha256,
+    library_versions,
+    machine_info,
+    output_sha256,
+    peak_rss_bytes,
+    write_json,
+)
 from lowbit.errors import ConfigError, DataError
 from lowbit.evaluation.bos import BosChoice, BosPolicy, check_policy
 from lowbit.plan import LayerSpec, Plan, uniform_plan
@@ -171,8 +179,15 @@ def provenance_light(command: str) -> JsonDict:
     }
 
 
-def write_result(path: Path, result: JsonDict, *, overwrite: bool = False) -> None:
-    write_json(path, result, overwrite=overwrite)
+def write_result(
+    path: Path, result: JsonDict, *, outputs: dict[str, Path] | None = None, overwrite: bool = False
+) -> None:
+    """Write ``result`` with ``content_sha256``: the sha256 of its figures (what was measured,
+    without times or machine) and of each of ``outputs`` (name → a file, or a folder's
+    tensors), so that two runs can be compared by hash."""
+    hashes = {"figures": figures_sha256(result)}
+    hashes |= {name: output_sha256(Path(p)) for name, p in (outputs or {}).items()}
+    write_json(path, {**result, "content_sha256": hashes}, overwrite=overwrite)
 
 
 def spec_from_options(

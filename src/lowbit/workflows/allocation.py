@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import api
-from lowbit._io import atomic_file, check_new_output, write_json
+from lowbit._io import atomic_file, check_new_output, figures_sha256, write_json
 from lowbit.errors import OutputExistsError
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.report.console import console, progress_bar
@@ -188,7 +188,11 @@ def pareto_job(
         "additivity": additivity(rows),
     }
     pareto_report(rows, marks or {}, f"Pareto: {model}").write(out / "pareto.html", overwrite=True)
-    write_json(out / "pareto.json", result, overwrite=True)
+    write_json(
+        out / "pareto.json",
+        {**result, "content_sha256": {"figures": figures_sha256(result)}},
+        overwrite=True,
+    )
     console.print(pareto_table(rows))
     return result
 

@@ -75,7 +75,7 @@ def export_job(
         {"export_s": report.seconds},
     )
     result = {**prov, "result": report.to_dict()}
-    api.write_result(result_path, result, overwrite=overwrite)
+    api.write_result(result_path, result, outputs={"output": out}, overwrite=overwrite)
     return result
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import api
-from lowbit._io import atomic_file, write_json
+from lowbit._io import atomic_file, figures_sha256, write_json
 from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.console import console, progress_bar
@@ -66,7 +66,9 @@ def sensitivity_job(
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
         f.write(table.to_csv())
     sensitivity_report(table, f"Sensitivity of {model}").write(paths["html"], overwrite=overwrite)
-    write_json(paths["json"], table.to_dict(), overwrite=overwrite)  # last: the run is complete
+    data = table.to_dict()
+    data["content_sha256"] = {"figures": figures_sha256(data)}
+    write_json(paths["json"], data, overwrite=overwrite)  # last: the run is complete
     paths["partial"].unlink(missing_ok=True)
     console.print(
         f"sensitivity of {len(table.layers)} layers × {len(menu)} specs in "

@@ -76,7 +76,9 @@ def quantize_job(
             rt,
         )
         api.finish_save(qm, tmp, prov)
-    api.write_result(result_path, {**prov, "result": summary}, overwrite=overwrite)
+    api.write_result(
+        result_path, {**prov, "result": summary}, outputs={"tensors": out}, overwrite=overwrite
+    )
     console.print(
         f"saved {out}: {fp.bits_per_weight_linear:.3f} bits per weight in the linear layers, "
         f"{fp.bits_per_weight_model:.3f} over the whole model, {fp.size_bytes / 1e6:.1f} MB"

@@ -252,8 +252,8 @@ _VOLATILE = {
 def figures_sha256(result: Any) -> str:
     """sha256 of a result's figures: its canonical JSON without the keys that describe how
     the run went (times: keys ending ``_s`` or ``seconds``; memory; machine; libraries;
-    runtime and execution; a ``content_sha256`` already there). Two runs that computed the same numbers
-    have the same hash."""
+    runtime and execution; a ``content_sha256`` already there). Two runs that computed the
+    same numbers have the same hash."""
     return hashlib.sha256(
         json.dumps(_stable(result), sort_keys=True, default=str).encode()
     ).hexdigest()

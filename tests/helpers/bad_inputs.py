@@ -14,17 +14,26 @@ not exist afterwards.
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-Setup = Callable[[Path, Path], None]  # (inputs folder, tiny model)
+from tests.helpers.bad_input_setups import (
+    RTN_W8,
+    Setup,
+    config,
+    garble,
+    model_copy,
+    no_weights,
+    plan,
+    plan_doc,
+    poison,
+    truncate,
+    with_format,
+    write,
+)
 
 OUT = "out"
 FAST = ("--calib-windows", "2", "--ctx", "32")
 EVAL = ("--windows", "2", "--ctx", "32")
-RTN_W8 = {"format": {"type": "int", "bits": 8}, "granularity": {"type": "group", "size": 32}}
 
 
 @dataclass(frozen=True)
@@ -35,73 +44,6 @@ class Case:
     code: int = 2
     setup: Setup | None = None
     outputs: tuple[str, ...] = field(default=(OUT,))  # must not exist afterwards
-
-
-def _write(name: str, content: str | bytes) -> Setup:
-    def setup(inputs: Path, model: Path) -> None:
-        path = inputs / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-
-    return setup
-
-
-def _plan(name: str, data: dict | str) -> Setup:
-    text = data if isinstance(data, str) else json.dumps(data, indent=2)
-    return _write(name, text)
-
-
-def _model_copy(name: str, change: Callable[[Path], None]) -> Setup:
-    def setup(inputs: Path, model: Path) -> None:
-        out = inputs / name
-        shutil.copytree(model, out)
-        change(out)
-
-    return setup
-
-
-def _truncate(model: Path) -> None:
-    shard = model / "model.safetensors"
-    data = shard.read_bytes()
-    shard.write_bytes(data[: len(data) // 3])
-
-
-def _garble(model: Path) -> None:
-    shard = model / "model.safetensors"
-    shard.write_bytes(b"\xff" * 64 + shard.read_bytes()[64:])
-
-
-def _config(change: Callable[[dict], dict | str]) -> Callable[[Path], None]:
-    def apply(model: Path) -> None:
-        cfg = json.loads((model / "config.json").read_text())
-        new = change(cfg)
-        (model / "config.json").write_text(new if isinstance(new, str) else json.dumps(new))
-
-    return apply
-
-
-def _poison(value: float, key: str = "model.layers.1.mlp.down_proj.weight") -> Callable:
-    def apply(model: Path) -> None:
-        from safetensors.torch import load_file, save_file
-
-        tensors = load_file(model / "model.safetensors")
-        tensors[key][3, 5] = value
-        save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
-
-    return apply
-
-
-def _no_weights(model: Path) -> None:
-    (model / "model.safetensors").unlink()
-
-
-def _plan_doc(default: dict | None = None, rules: list | None = None, **extra) -> dict:
-    spec = {**RTN_W8, "algorithm": {"name": "rtn"}} if default is None else default
-    return {"lowbit_plan_version": 1, "default": spec, "rules": rules or [], **extra}
-
-
-def _with_format(**fmt) -> dict:
-    return _plan_doc({**RTN_W8, "format": {"type": "int", **fmt}, "algorithm": {"name": "rtn"}})
 
 
 Q = ("quantize", "{model}", "-o", OUT, "--algorithm", "rtn")
@@ -123,44 +65,44 @@ CASES: tuple[Case, ...] = (
         "truncated-weights",
         ("eval", "{in}/trunc", "-o", OUT, *EVAL),
         ("model.safetensors", "truncated"),
-        setup=_model_copy("trunc", _truncate),
+        setup=model_copy("trunc", truncate),
     ),
     Case(
         "corrupted-weights",
         ("quantize", "{in}/garbled", "-o", OUT, "--algorithm", "rtn"),
         ("model.safetensors", "safetensors"),
-        setup=_model_copy("garbled", _garble),
+        setup=model_copy("garbled", garble),
     ),
     Case(
         "no-weight-files",
         ("quantize", "{in}/noweights", "-o", OUT, "--algorithm", "rtn"),
         ("{in}/noweights", "safetensors"),
-        setup=_model_copy("noweights", _no_weights),
+        setup=model_copy("noweights", no_weights),
     ),
     Case(
         "invalid-config-json",
         ("quantize", "{in}/badcfg", "-o", OUT, "--algorithm", "rtn"),
         ("config.json", "JSON"),
-        setup=_model_copy("badcfg", _config(lambda c: "{not json")),
+        setup=model_copy("badcfg", config(lambda c: "{not json")),
     ),
     Case(
         "unsupported-architecture",
         ("quantize", "{in}/alien", "-o", OUT, "--algorithm", "rtn"),
         ("alien_lm", "lowbit ls architectures"),
-        setup=_model_copy("alien", _config(lambda c: {**c, "model_type": "alien_lm"})),
+        setup=model_copy("alien", config(lambda c: {**c, "model_type": "alien_lm"})),
     ),
     Case(
         "inspect-bad-config",
         ("inspect", "{in}/cfg.json"),
         ("{in}/cfg.json", "config.json"),
-        setup=_write("cfg.json", "[1, 2"),
+        setup=write("cfg.json", "[1, 2"),
         outputs=(),
     ),
     Case(
         "perf-bad-config",
         ("perf", "{in}/cfg.json", "-o", OUT),
         ("{in}/cfg.json", "JSON"),
-        setup=_write("cfg.json", "{oops"),
+        setup=write("cfg.json", "{oops"),
     ),
     # numbers out of range
     Case("bits-too-many", (*Q, "--bits", "9"), ("9", "from 2 to 8")),
@@ -191,25 +133,25 @@ CASES: tuple[Case, ...] = (
         "empty-text",
         (*E, "--eval-text", "{in}/empty.txt"),
         ("{in}/empty.txt", "empty"),
-        setup=_write("empty.txt", ""),
+        setup=write("empty.txt", ""),
     ),
     Case(
         "tiny-text",
         (*E, "--eval-text", "{in}/tiny.txt"),
         ("{in}/tiny.txt", "shorter than one window"),
-        setup=_write("tiny.txt", "too short"),
+        setup=write("tiny.txt", "too short"),
     ),
     Case(
         "binary-text",
         (*E, "--eval-text", "{in}/blob.bin"),
         ("{in}/blob.bin", "binary"),
-        setup=_write("blob.bin", bytes(range(256)) * 64),
+        setup=write("blob.bin", bytes(range(256)) * 64),
     ),
     Case(
         "non-utf8-text",
         (*E, "--eval-text", "{in}/latin1.txt"),
         ("{in}/latin1.txt", "not UTF-8"),
-        setup=_write("latin1.txt", "café ".encode("latin-1") * 2000),
+        setup=write("latin1.txt", "café ".encode("latin-1") * 2000),
     ),
     Case(
         "missing-text",
@@ -232,13 +174,13 @@ CASES: tuple[Case, ...] = (
         "existing-result-file",
         (*E[:2], "-o", "{in}/e.json", *EVAL),
         ("{in}/e.json", "--overwrite"),
-        setup=_write("e.json", "{}"),
+        setup=write("e.json", "{}"),
     ),
     Case(
         "output-under-a-file",
         (*Q[:2], "-o", "{in}/afile/q", *Q[4:]),
         ("{in}/afile", "not a directory"),
-        setup=_write("afile", "x"),
+        setup=write("afile", "x"),
     ),
     Case(
         "unwritable-output",
@@ -260,19 +202,19 @@ CASES: tuple[Case, ...] = (
         "plan-unknown-key",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "line 17", "defualt", "did you mean 'default'"),
-        setup=_plan("p.json", _plan_doc(defualt=None)),
+        setup=plan("p.json", plan_doc(defualt=None)),
     ),
     Case(
         "plan-unknown-format-field",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "symetric", "symmetric"),
-        setup=_plan("p.json", _with_format(bits=4, symetric=False)),
+        setup=plan("p.json", with_format(bits=4, symetric=False)),
     ),
     Case(
         "plan-symmetric-no",
         (*QP, "{in}/p.yaml"),
         ("{in}/p.yaml", "line 6", "symmetric", "true or false"),
-        setup=_plan(
+        setup=plan(
             "p.yaml",
             "lowbit_plan_version: 1\ndefault:\n  format:\n    type: int\n    bits: 4\n"
             "    symmetric: 'no'\n  granularity: {type: group, size: 32}\n"
@@ -283,22 +225,22 @@ CASES: tuple[Case, ...] = (
         "plan-group-size-text",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "size", "integer"),
-        setup=_plan(
+        setup=plan(
             "p.json",
-            _plan_doc({**RTN_W8, "granularity": {"type": "group", "size": "abc"}}),
+            plan_doc({**RTN_W8, "granularity": {"type": "group", "size": "abc"}}),
         ),
     ),
     Case(
         "plan-bits-text",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "bits", "integer"),
-        setup=_plan("p.json", _with_format(bits="four")),
+        setup=plan("p.json", with_format(bits="four")),
     ),
     Case(
         "plan-rules-match-nothing",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "re:.*attention.*", "matches no layer"),
-        setup=_plan(
+        setup=plan(
             "p.json",
             {
                 "lowbit_plan_version": 1,
@@ -311,33 +253,33 @@ CASES: tuple[Case, ...] = (
         "plan-quantizes-nothing",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "quantizes no layer"),
-        setup=_plan("p.json", {"lowbit_plan_version": 1, "default": None, "rules": []}),
+        setup=plan("p.json", {"lowbit_plan_version": 1, "default": None, "rules": []}),
     ),
     Case(
         "plan-unknown-exact-layer",
         (*QP, "{in}/p.json"),
         ("model.layers.0.self_attn.q_prj", "did you mean"),
-        setup=_plan(
-            "p.json", _plan_doc(rules=[{"target": "model.layers.0.self_attn.q_prj", "spec": None}])
+        setup=plan(
+            "p.json", plan_doc(rules=[{"target": "model.layers.0.self_attn.q_prj", "spec": None}])
         ),
     ),
     Case(
         "plan-future-version",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "99", "upgrade lowbit"),
-        setup=_plan("p.json", {**_plan_doc(), "lowbit_plan_version": 99}),
+        setup=plan("p.json", {**plan_doc(), "lowbit_plan_version": 99}),
     ),
     Case(
         "plan-not-yaml",
         (*QP, "{in}/p.yaml"),
         ("{in}/p.yaml", "not valid JSON/YAML"),
-        setup=_plan("p.yaml", "default: [1\n"),
+        setup=plan("p.yaml", "default: [1\n"),
     ),
     Case(
         "plan-rule-not-mapping",
         (*QP, "{in}/p.json"),
         ("{in}/p.json", "rules[0]", "mapping"),
-        setup=_plan("p.json", _plan_doc(rules=["re:.*"])),
+        setup=plan("p.json", plan_doc(rules=["re:.*"])),
     ),
     Case("plan-file-missing", (*QP, "{in}/none.yaml"), ("{in}/none.yaml", "does not exist")),
     # menus
@@ -345,19 +287,19 @@ CASES: tuple[Case, ...] = (
         "menu-invalid-json",
         (*S, "{in}/menu.json"),
         ("{in}/menu.json", "not valid JSON/YAML"),
-        setup=_write("menu.json", "[{"),
+        setup=write("menu.json", "[{"),
     ),
     Case(
         "menu-not-a-list",
         (*S, "{in}/menu.json"),
         ("{in}/menu.json", "list of layer specs"),
-        setup=_write("menu.json", json.dumps(RTN_W8)),
+        setup=write("menu.json", json.dumps(RTN_W8)),
     ),
     Case(
         "menu-wrong-type",
         (*S, "{in}/menu.yaml"),
         ("{in}/menu.yaml", "[0].format.bits", "integer"),
-        setup=_write(
+        setup=write(
             "menu.yaml", "- format: {type: int, bits: 4.5}\n  granularity: {type: tensor}\n"
         ),
     ),
@@ -385,7 +327,7 @@ CASES: tuple[Case, ...] = (
         "table-not-json",
         ("plan", "{model}", "--table", "{in}/t.json", "-o", OUT, "--avg-bits", "4"),
         ("{in}/t.json", "JSON"),
-        setup=_write("t.json", "garbage"),
+        setup=write("t.json", "garbage"),
     ),
     Case(
         "eval-result-of-another-model",
@@ -400,7 +342,7 @@ CASES: tuple[Case, ...] = (
             "{in}/r.json",
         ),
         ("{in}/r.json", "another model"),
-        setup=_write("r.json", json.dumps({"model": {"fingerprint": "0" * 16}, "results": {}})),
+        setup=write("r.json", json.dumps({"model": {"fingerprint": "0" * 16}, "results": {}})),
     ),
     # unknown names
     Case(
@@ -432,12 +374,12 @@ CASES: tuple[Case, ...] = (
         "nan-weight-eval",
         ("eval", "{in}/nan", "-o", OUT, *EVAL),
         ("model.layers.1.mlp.down_proj.weight", "NaN"),
-        setup=_model_copy("nan", _poison(float("nan"))),
+        setup=model_copy("nan", poison(float("nan"))),
     ),
     Case(
         "inf-weight-quantize",
         ("quantize", "{in}/inf", "-o", OUT, *FAST),
         ("model.layers.1.mlp.down_proj.weight", "Inf"),
-        setup=_model_copy("inf", _poison(float("inf"))),
+        setup=model_copy("inf", poison(float("inf"))),
     ),
 )

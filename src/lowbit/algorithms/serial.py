@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from enum import Enum
 from typing import Any
 
 from lowbit._fields import FieldError, at, check_keys, mapping, typed_kwargs
@@ -17,32 +19,14 @@ from lowbit.formats import MinMax, clipping_from_dict
 
 
 def algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
-    if isinstance(a, GPTQConfig):
-        return {
-            "name": "gptq",
-            "damp": a.damp,
-            "block_size": a.block_size,
-            "act_order": a.act_order.value,
-        }
-    if isinstance(a, SqueezeLLMConfig):
-        return {
-            "name": "squeezellm",
-            "outlier_fraction": a.outlier_fraction,
-            "iterations": a.iterations,
-            "tol": a.tol,
-            "sensitivity": a.sensitivity,
-        }
-    if isinstance(a, AWQConfig):
-        return {
-            "name": "awq",
-            "grid": a.grid,
-            "clip": a.clip,
-            "n_clip_grid": a.n_clip_grid,
-            "max_shrink": a.max_shrink,
-        }
-    if isinstance(a.clipping, MinMax):  # the default: plans written before clipping existed
-        return {"name": "rtn"}
-    return {"name": "rtn", "clipping": a.clipping.to_dict()}
+    """``{"name": ..., **fields}`` (enums by value); plain RTN as ``{"name": "rtn"}``, as plans
+    written before clipping existed have it."""
+    if isinstance(a, RTNConfig):
+        if isinstance(a.clipping, MinMax):
+            return {"name": "rtn"}
+        return {"name": "rtn", "clipping": a.clipping.to_dict()}
+    values = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}  # type: ignore[arg-type]
+    return {"name": a.name, **{k: v.value if isinstance(v, Enum) else v for k, v in values.items()}}
 
 
 def algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:

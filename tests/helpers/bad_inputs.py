@@ -369,6 +369,22 @@ CASES: tuple[Case, ...] = (
     Case(
         "unknown-export-target", ("export", "{saved}", "--to", "onnx", "-o", OUT), ("onnx", "gguf")
     ),
+    Case(
+        "compare-nothing",
+        ("compare", "{model}", "{saved}", "-o", OUT),
+        ("nothing to compare on", "--tasks, --eval-text"),
+    ),
+    Case(
+        "compare-unknown-task",
+        ("compare", "{model}", "{saved}", "--tasks", "piqaa", "--task-source", "local", "-o", OUT),
+        ("piqaa", "did you mean 'piqa'"),
+    ),
+    Case("ls-unknown", ("ls", "colours"), ("colours", "formats"), outputs=()),
+    Case(
+        "pareto-table-of-another-model",
+        ("pareto", "{other}", "--table", "{table}", "-o", OUT),
+        ("{other}", "measure this model with lowbit sensitivity"),
+    ),
     # non-finite weights
     Case(
         "nan-weight-eval",

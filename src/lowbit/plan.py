@@ -194,8 +194,9 @@ class Plan:
     def resolve(self, names: list[str]) -> dict[str, LayerSpec | None]:
         """Spec per module. A rule naming an unknown layer (with suggestions), a pattern with
         a spec matching none, and a plan that quantizes no layer at all are errors: a plan that
-        does nothing is a mistake, never a run that "succeeds" at 32 bits per weight. A keep
-        pattern (spec null) may match nothing: keeping what is absent changes nothing."""
+        does nothing is a mistake, never a run that "succeeds" at 32 bits per weight (a plan of
+        activations or KV cache alone does something). A keep pattern (spec null) may match
+        nothing: keeping what is absent changes nothing."""
         known = set(names)
         where = f"plan {self.source}" if self.source else "the plan"
         for rule in self.rules:
@@ -212,10 +213,11 @@ class Plan:
                     f"are named like {names[0]!r}); fix the pattern or remove the rule"
                 )
         specs = {name: self.spec_for(name) for name in names}
-        if all(s is None for s in specs.values()) and self.embedding is None and self.head is None:
+        if all(s is None for s in specs.values()) and not self.uses_runtime_options:
             raise ConfigError(
-                f"{where} quantizes no layer of this model ({len(names)} linear layers, every "
-                "one kept in full precision); give a default spec or rules with specs"
+                f"{where} quantizes nothing in this model ({len(names)} linear layers, every "
+                "one kept in full precision, and no activations, KV cache, embedding or head); "
+                "give a default spec or rules with specs"
             )
         return specs
 

@@ -252,7 +252,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "plan-quantizes-nothing",
         (*QP, "{in}/p.json"),
-        ("{in}/p.json", "quantizes no layer"),
+        ("{in}/p.json", "quantizes nothing", "give a default spec"),
         setup=plan("p.json", {"lowbit_plan_version": 1, "default": None, "rules": []}),
     ),
     Case(

@@ -39,10 +39,11 @@ def lowbit(*args: str, cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def determinism(runs: int, calib_windows: int, work: Path) -> dict:
+def determinism(runs: int, calib_windows: int, root: Path) -> dict:
     rows = []
-    for i in range(runs):
-        q = f"gptq-{i}"
+    for i in range(runs):  # the very same commands, each run in a folder of its own
+        q, work = "gptq", root / f"run-{i}"
+        work.mkdir()
         q_s = lowbit("quantize", "smollm2-135m", "-o", q, "--algorithm", "gptq", "--bits", "4",
                      "--group-size", "64", "--calib-windows", str(calib_windows), "--ctx", "256",
                      "--calib-text", "builtin:python-docs", cwd=work)  # fmt: skip

@@ -107,9 +107,18 @@ def test_resolve_rejects_an_unknown_exact_name_and_suggests_the_close_one():
         plan.resolve(NAMES)
 
 
-def test_resolve_ignores_patterns_that_match_nothing():
+def test_resolve_ignores_keep_patterns_that_match_nothing():
     plan = Plan(default=W4G128, rules=(Rule("re:.*gate_proj", None),))
     assert set(plan.resolve(NAMES).values()) == {W4G128}
+
+
+def test_resolve_refuses_plans_that_quantize_less_than_they_say():
+    with pytest.raises(ConfigError, match=r"'re:.\*gate_proj' matches no layer"):
+        Plan(default=None, rules=(Rule("re:.*gate_proj", W4G128),)).resolve(NAMES)
+    with pytest.raises(ConfigError, match="quantizes nothing"):
+        Plan(default=None, rules=(Rule("re:.*", None),)).resolve(NAMES)
+    smooth_only = Plan(default=None, smoothquant=0.5)  # does something: accepted
+    assert set(smooth_only.resolve(NAMES).values()) == {None}
 
 
 def test_bad_regex_is_a_config_error():
@@ -173,7 +182,11 @@ def test_missing_or_malformed_files_are_artefact_errors(tmp_path):
         ({"format": {"type": "fp", "bits": 4}}, "unknown format type 'fp'"),
         ({"format": {"bits": 9}}, "got 9"),
         ({"granularity": {"type": "group", "size": 0}}, "got 0"),
-        ({"format": {"symmetric": True}}, "missing or bad field 'bits'"),
+        ({"format": {"symmetric": True}}, "format.bits: missing"),
+        ({"format": {"bits": 4, "symmetric": "no"}}, "symmetric: must be true or false"),
+        ({"granularity": {"type": "group", "size": "64"}}, "size: must be an integer"),
+        ({"algorithm": {"name": "gptq", "damp": "0.1"}}, "damp: must be a number"),
+        ({"extra": 1}, "extra: unknown field in a layer spec"),
     ],
 )
 def test_malformed_layer_specs_are_config_errors(patch, message):
@@ -304,7 +317,7 @@ def test_squeezellm_and_group_aware_round_trip_in_a_plan():
     assert not gar.saves_permutation  # groups stay contiguous: no permutation stored
     assert gar.bits_per_weight(64, 128) == 4 + 4 * 16 / 128
     bad = {**sq.to_dict(), "algorithm": {"name": "squeezellm", "outliers": 0.1}}
-    with pytest.raises(ConfigError, match="unknown SqueezeLLM option.*outliers"):
+    with pytest.raises(ConfigError, match="outliers: unknown field in a SqueezeLLM"):
         LayerSpec.from_dict(bad)
 
 

@@ -17,15 +17,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lowbit.errors import OutputExistsError
+from lowbit.errors import ArtefactError, OutputExistsError, OutputPathError
 
 
 def check_new_output(path: Path, *, overwrite: bool = False) -> None:
-    """Refuse an existing output path unless ``overwrite``."""
+    """Refuse, before any work, an existing output path unless ``overwrite``, and a path that
+    cannot be written: its nearest existing folder must be a folder in which a file can be
+    created (tried with a temporary file, removed at once: permissions alone do not tell a
+    read-only file system or /proc)."""
+    path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"output {path} already exists; choose another path or pass --overwrite"
         )
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(
+            f"output {path} cannot be created: {folder} is a file, not a directory; "
+            "choose another output path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lowbit-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(
+            f"output {path} cannot be created: {folder} is not writable ({exc.strerror}); "
+            "choose an output path in a writable folder"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -33,14 +54,48 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; rename it to ``path`` only on success."""
     path = Path(path)
     check_new_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    with _no_space_named(path, "directory"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        try:
+            yield tmp
+            publish_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+# every output published by atomic_dir / atomic_path in this process, in order (the command
+# line names them when a run is interrupted: what is listed is complete, nothing else exists)
+PUBLISHED: list[Path] = []
+
+
+@contextlib.contextmanager
+def _no_space_named(path: Path, kind: str) -> Iterator[None]:
+    """A full disk (ENOSPC, a quota, or a writer library's own words for them) becomes an
+    error naming the output; the partial output is already removed."""
     try:
-        yield tmp
-        publish_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield
+    except Exception as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise OutputPathError(
+            f"no space left on the device of {path} while writing this {kind}: the partial "
+            f"{kind} was removed, so nothing that looks complete is left; free space or "
+            "choose another output path"
+        ) from exc
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "StorageFull" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def publish_dir(tmp: Path, path: Path) -> None:
@@ -52,6 +107,7 @@ def publish_dir(tmp: Path, path: Path) -> None:
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(tmp, path)
+    PUBLISHED.append(path)
 
 
 @contextlib.contextmanager
@@ -93,17 +149,19 @@ def atomic_path(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     it to ``path`` only on success."""
     path = Path(path)
     check_new_output(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _public(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _no_space_named(path, "file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            _public(Path(tmp), directory=False)
+            os.replace(tmp, path)
+            PUBLISHED.append(path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def _public(path: Path, *, directory: bool) -> None:
@@ -114,8 +172,11 @@ def _public(path: Path, *, directory: bool) -> None:
 
 
 def write_json(path: Path, data: Any, *, overwrite: bool = False) -> None:
+    """``data`` as JSON at ``path``, atomically. A NaN or infinity is refused, naming where it
+    is: JSON has no such numbers, and a bare ``NaN`` in a result hides a broken run."""
+    check_finite_json(data, f"the result for {path}")
     with atomic_file(path, overwrite=overwrite) as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        json.dump(data, handle, indent=2, sort_keys=False, default=str, allow_nan=False)
         handle.write("\n")
 
 
@@ -126,6 +187,24 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_finite_json(data: Any, what: str, where: str = "") -> None:
+    """Refuse a NaN or infinite float anywhere in ``data`` (dicts, lists, tuples)."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ArtefactError(
+            f"{what} holds {data} at {where or 'the top'}: a non-finite figure comes from a "
+            "non-finite model or input; nothing was written (check the model's weights and "
+            "run in float32)"
+        )
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite_json(value, what, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            check_finite_json(value, what, f"{where}[{i}]")
 
 
 def library_versions() -> dict[str, str]:
@@ -177,3 +256,60 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# keys of a result that describe how a run went (time, memory, machine), not what it produced
+_VOLATILE = {
+    "timings_s", "created_unix", "peak_rss_bytes", "machine", "libraries", "runtime", "execution",
+}  # fmt: skip
+
+
+def figures_sha256(result: Any) -> str:
+    """sha256 of a result's figures: its canonical JSON without the keys that describe how
+    the run went (times: keys ending ``_s`` or ``seconds``; memory; machine; libraries;
+    runtime and execution; a ``content_sha256`` already there). Two runs that computed the
+    same numbers have the same hash."""
+    return hashlib.sha256(
+        json.dumps(_stable(result), sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+
+def _stable(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _stable(v)
+            for k, v in data.items()
+            if k not in _VOLATILE
+            and k != "content_sha256"
+            and not str(k).endswith(("_s", "seconds"))
+        }
+    if isinstance(data, list | tuple):
+        return [_stable(v) for v in data]
+    return data
+
+
+def tensors_sha256(folder: Path) -> str:
+    """sha256 of every tensor in the safetensors files of ``folder``, by name (name, dtype,
+    shape and bytes, in name order): the same codes, scales and zero points give the same
+    hash however they are split into shards."""
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        readers = {}
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            readers.update(dict.fromkeys(reader.keys(), reader))
+        for key in sorted(readers):
+            tensor = readers[key].get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def output_sha256(path: Path) -> str:
+    """A file's sha256, or a folder's :func:`tensors_sha256` (its other files, such as the
+    manifest with its timings, describe the run)."""
+    path = Path(path)
+    return tensors_sha256(path) if path.is_dir() else file_sha256(path)

@@ -30,6 +30,10 @@ class OutputExistsError(LowbitError):
     """An output path already exists; lowbit never overwrites silently."""
 
 
+class OutputPathError(LowbitError):
+    """An output path cannot be written (its folder is a file, read-only, or not writable)."""
+
+
 class ArtefactError(LowbitError):
     """A saved artefact (quantized model, result) is malformed or from another model."""
 

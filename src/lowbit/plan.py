@@ -18,27 +18,35 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lowbit._fields import (
+    FieldError,
+    at,
+    check_keys,
+    check_type,
+    located,
+    mapping,
+    read_file,
+    require,
+)
 from lowbit.algorithms import ActOrder, AlgorithmConfig, GPTQConfig, RTNConfig, check_gptq_format
 from lowbit.algorithms.activation_specs import ActivationSpec, KVCacheSpec
-from lowbit.algorithms.config import AWQConfig, SqueezeLLMConfig
+from lowbit.algorithms.config import SqueezeLLMConfig
+from lowbit.algorithms.serial import algorithm_from_dict, algorithm_to_dict
 from lowbit.algorithms.squeezellm import check_squeezellm_format
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.formats import (
     Granularity,
-    MinMax,
-    PerChannel,
     PerGroup,
-    PerTensor,
     WeightFormat,
-    clipping_from_dict,
     describe_scheme,
     format_from_dict,
     format_to_dict,
 )
+from lowbit.formats.registry import granularity_from_dict, granularity_to_dict
 from lowbit.formats.tensor import OUTLIER_INDEX_BITS, OUTLIER_VALUE_BITS, PERM_BITS
 
 PLAN_VERSION = 1
@@ -92,20 +100,24 @@ class LayerSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": format_to_dict(self.fmt),
-            "granularity": _granularity_to_dict(self.granularity),
-            "algorithm": _algorithm_to_dict(self.algorithm),
+            "granularity": granularity_to_dict(self.granularity),
+            "algorithm": algorithm_to_dict(self.algorithm),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerSpec:
-        try:
-            return cls(
-                format_from_dict(data["format"]),
-                _granularity_from_dict(data["granularity"]),
-                _algorithm_from_dict(data.get("algorithm", {"name": "gptq"})),
+        """Strict: unknown fields and wrong types are FieldErrors naming the field's path."""
+        data = mapping(data, "a layer spec")
+        check_keys(data, ("format", "granularity", "algorithm"), "a layer spec")
+        with at("format"):
+            fmt = format_from_dict(require(data, "format", "a layer spec"))
+        with at("granularity"):
+            granularity = granularity_from_dict(require(data, "granularity", "a layer spec"))
+        with at("algorithm"):
+            algorithm = algorithm_from_dict(
+                mapping(data.get("algorithm", {"name": "gptq"}), "an algorithm")
             )
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"malformed layer spec {data!r}: missing or bad field {exc}") from exc
+        return cls(fmt, granularity, algorithm)
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,7 @@ class Plan:
     head: LayerSpec | None = None
     untie_embeddings: bool = False
     smoothquant: float | None = None
+    source: str | None = field(default=None, compare=False, repr=False)  # the file read
 
     def __post_init__(self) -> None:
         for where, spec in (("embedding", self.embedding), ("head", self.head)):
@@ -179,16 +192,34 @@ class Plan:
         return self.default
 
     def resolve(self, names: list[str]) -> dict[str, LayerSpec | None]:
-        """Spec per module; unknown exact names in rules are an error that suggests matches."""
+        """Spec per module. A rule naming an unknown layer (with suggestions), a pattern with
+        a spec matching none, and a plan that quantizes no layer at all are errors: a plan that
+        does nothing is a mistake, never a run that "succeeds" at 32 bits per weight (a plan of
+        activations or KV cache alone does something). A keep pattern (spec null) may match
+        nothing: keeping what is absent changes nothing."""
         known = set(names)
+        where = f"plan {self.source}" if self.source else "the plan"
         for rule in self.rules:
             if not rule.target.startswith("re:") and rule.target not in known:
                 import difflib
 
                 close = difflib.get_close_matches(rule.target, names, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(f"plan rule names unknown layer {rule.target!r}{hint}")
-        return {name: self.spec_for(name) for name in names}
+                raise ConfigError(f"{where}: rule names unknown layer {rule.target!r}{hint}")
+            pattern = rule.target.startswith("re:") and rule.spec is not None
+            if pattern and not any(rule.matches(n) for n in names):
+                raise ConfigError(
+                    f"{where}: rule {rule.target!r} matches no layer of this model (its layers "
+                    f"are named like {names[0]!r}); fix the pattern or remove the rule"
+                )
+        specs = {name: self.spec_for(name) for name in names}
+        if all(s is None for s in specs.values()) and not self.uses_runtime_options:
+            raise ConfigError(
+                f"{where} quantizes nothing in this model ({len(names)} linear layers, every "
+                "one kept in full precision, and no activations, KV cache, embedding or head); "
+                "give a default spec or rules with specs"
+            )
+        return specs
 
     def to_dict(self) -> dict[str, Any]:
         runtime = self.uses_runtime_options
@@ -211,30 +242,21 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        version = data.get("lowbit_plan_version")
-        if version not in (PLAN_VERSION, PLAN_VERSION_RUNTIME):
-            raise ArtefactError(
-                f"plan version {version!r} is not supported "
-                f"(this lowbit reads versions {PLAN_VERSION} and {PLAN_VERSION_RUNTIME})"
-            )
+        """Strict: unknown keys and wrong types are FieldErrors naming the field's path."""
+        data = mapping(data, "a plan")
+        check_keys(data, ("lowbit_plan_version", "default", "rules", *_RUNTIME_KEYS), "a plan")
+        _check_version(data.get("lowbit_plan_version"))
         default = data.get("default")
-        try:
-            rules = tuple(
-                Rule(
-                    str(r["target"]),
-                    None if r.get("spec") is None else LayerSpec.from_dict(r["spec"]),
-                )
-                for r in data.get("rules", [])
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(
-                f"malformed plan rule: each needs 'target' and 'spec' ({exc})"
-            ) from exc
-        return cls(
-            None if default is None else LayerSpec.from_dict(default),
-            rules,
-            **_runtime_from_dict(data),
-        )
+        with at("default"):
+            spec = None if default is None else LayerSpec.from_dict(default)
+        rules = data.get("rules", [])
+        if not isinstance(rules, list):
+            raise FieldError(("rules",), f"must be a list of rules, got {rules!r}")
+        parsed = []
+        for i, rule in enumerate(rules):
+            with at("rules", i):
+                parsed.append(_rule_from_dict(rule))
+        return cls(spec, tuple(parsed), **_runtime_from_dict(data))
 
     def dumps(self, fmt: str = "json") -> str:
         if fmt == "yaml":
@@ -245,45 +267,87 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        path = Path(path)
-        if not path.is_file():
-            raise ArtefactError(f"plan file {path} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-            raise ArtefactError(f"plan file {path} is not valid JSON/YAML: {exc}") from exc
+        """A plan file; every error names the file (and the line of a bad field)."""
+        data, text = read_file(path, "plan file")
         if not isinstance(data, dict):
             raise ArtefactError(f"plan file {path} must hold a mapping at the top level")
-        return cls.from_dict(data)
+        try:
+            plan = cls.from_dict(data)
+        except FieldError as exc:
+            raise located(path, text, exc, "plan file") from None
+        except ConfigError as exc:
+            raise ConfigError(f"plan file {path}: {exc}") from None
+        except ArtefactError as exc:
+            raise ArtefactError(f"plan file {path}: {exc}") from None
+        return replace(plan, source=str(path))
 
 
-def _rule_from_dict(r: dict[str, Any]) -> Rule:
+def load_menu(path: Path) -> tuple[LayerSpec, ...]:
+    """A menu file: a YAML/JSON list of layer specs (errors name the file, entry and line)."""
+    data, text = read_file(path, "menu file")
+    if not isinstance(data, list) or not data:
+        raise ArtefactError(f"menu file {path} must hold a non-empty list of layer specs")
+    specs = []
+    for i, entry in enumerate(data):
+        try:
+            with at(i):
+                specs.append(LayerSpec.from_dict(entry))
+        except FieldError as exc:
+            raise located(path, text, exc, "menu file") from None
+    return tuple(specs)
+
+
+def _check_version(version: Any) -> None:
+    if version in (PLAN_VERSION, PLAN_VERSION_RUNTIME) and not isinstance(version, bool):
+        return
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > 2
+    problem = (
+        "is newer than this lowbit reads; upgrade lowbit"
+        if newer
+        else "is not supported; plans start with lowbit_plan_version: 1 (or 2)"
+    )
+    raise ArtefactError(
+        f"plan version {version!r} {problem} (this lowbit reads versions {PLAN_VERSION} and "
+        f"{PLAN_VERSION_RUNTIME})"
+    )
+
+
+def _rule_from_dict(r: Any) -> Rule:
+    r = mapping(r, "a rule ({target: NAME or re:PATTERN, spec: SPEC or null})")
+    check_keys(r, ("target", "spec"), "a rule")
+    target = require(r, "target", "a rule")
+    check_type(target, str, "target")
     spec = r.get("spec")
-    return Rule(str(r["target"]), None if spec is None else LayerSpec.from_dict(spec))
+    with at("spec"):
+        return Rule(target, None if spec is None else LayerSpec.from_dict(spec))
 
 
 def _runtime_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     """The plan-level options of version 2 present in ``data`` (absent ones keep defaults)."""
     out: dict[str, Any] = {}
-    if data.get("activations") is not None:
-        out["activations"] = ActivationSpec.from_dict(data["activations"])
-    if data.get("kv_cache") is not None:
-        out["kv_cache"] = KVCacheSpec.from_dict(data["kv_cache"])
+    for key, kind in (("activations", ActivationSpec), ("kv_cache", KVCacheSpec)):
+        if data.get(key) is not None:
+            with at(key):
+                out[key] = kind.from_dict(mapping(data[key], key))
     for key in ("embedding", "head"):
         if data.get(key) is not None:
-            out[key] = LayerSpec.from_dict({"algorithm": {"name": "rtn"}, **data[key]})
+            with at(key):
+                out[key] = LayerSpec.from_dict(
+                    {"algorithm": {"name": "rtn"}, **mapping(data[key], key)}
+                )
     if "untie_embeddings" in data:
-        out["untie_embeddings"] = bool(data["untie_embeddings"])
+        check_type(data["untie_embeddings"], bool, "untie_embeddings")
+        out["untie_embeddings"] = data["untie_embeddings"]
     smooth = data.get("smoothquant")
     if smooth is not None:
-        alpha = smooth.get("alpha", 0.5) if isinstance(smooth, dict) else smooth
-        out["smoothquant"] = float(alpha)
+        with at("smoothquant"):
+            if isinstance(smooth, dict):
+                check_keys(smooth, ("alpha",), "smoothquant")
+                smooth = smooth.get("alpha", 0.5)
+                check_type(smooth, float, "alpha")
+            else:
+                check_type(smooth, float, "smoothquant")
+        out["smoothquant"] = float(smooth)
     return out
 
 
@@ -312,80 +376,3 @@ def _changed(obj: Any, skip: tuple[str, ...] = ()) -> list[str]:
 def uniform_plan(spec: LayerSpec | None, keep: tuple[str, ...] = ()) -> Plan:
     """Every linear layer gets ``spec``, except the exact names or patterns in ``keep``."""
     return Plan(default=spec, rules=tuple(Rule(t, None) for t in keep))
-
-
-def _granularity_to_dict(g: Granularity) -> dict[str, Any]:
-    if isinstance(g, PerGroup):
-        return {"type": "group", "size": g.size}
-    return {"type": "channel" if isinstance(g, PerChannel) else "tensor"}
-
-
-def _granularity_from_dict(d: dict[str, Any]) -> Granularity:
-    kind = d.get("type")
-    if kind == "group":
-        return PerGroup(int(d["size"]))
-    if kind == "channel":
-        return PerChannel()
-    if kind == "tensor":
-        return PerTensor()
-    raise ConfigError(f"unknown granularity {kind!r}; use 'group', 'channel' or 'tensor'")
-
-
-def _algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
-    if isinstance(a, GPTQConfig):
-        return {
-            "name": "gptq",
-            "damp": a.damp,
-            "block_size": a.block_size,
-            "act_order": a.act_order.value,
-        }
-    if isinstance(a, SqueezeLLMConfig):
-        return {
-            "name": "squeezellm",
-            "outlier_fraction": a.outlier_fraction,
-            "iterations": a.iterations,
-            "tol": a.tol,
-            "sensitivity": a.sensitivity,
-        }
-    if isinstance(a, AWQConfig):
-        return {
-            "name": "awq",
-            "grid": a.grid,
-            "clip": a.clip,
-            "n_clip_grid": a.n_clip_grid,
-            "max_shrink": a.max_shrink,
-        }
-    if isinstance(a.clipping, MinMax):  # the default: plans written before clipping existed
-        return {"name": "rtn"}
-    return {"name": "rtn", "clipping": a.clipping.to_dict()}
-
-
-def _algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:
-    name = d.get("name")
-    if name == "rtn":
-        return RTNConfig(clipping_from_dict(d.get("clipping", {"type": "minmax"})))
-    if name == "gptq":
-        return GPTQConfig(
-            float(d.get("damp", 0.01)), int(d.get("block_size", 128)), d.get("act_order", "static")
-        )
-    if name == "awq":
-        return _awq_from_dict(d)
-    if name == "squeezellm":
-        return _squeezellm_from_dict(d)
-    raise ConfigError(f"unknown algorithm {name!r}; known: 'awq', 'gptq', 'rtn', 'squeezellm'")
-
-
-def _squeezellm_from_dict(d: dict[str, Any]) -> SqueezeLLMConfig:
-    known = ("outlier_fraction", "iterations", "tol", "sensitivity")
-    unknown = sorted(set(d) - {"name", *known})
-    if unknown:
-        raise ConfigError(f"unknown SqueezeLLM option(s) {unknown}; known: {', '.join(known)}")
-    return SqueezeLLMConfig(**{k: d[k] for k in known if k in d})
-
-
-def _awq_from_dict(d: dict[str, Any]) -> AWQConfig:
-    known = ("grid", "clip", "n_clip_grid", "max_shrink")
-    unknown = sorted(set(d) - {"name", *known})
-    if unknown:
-        raise ConfigError(f"unknown AWQ option(s) {unknown}; known: {', '.join(known)}")
-    return AWQConfig(**{k: d[k] for k in known if k in d})

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowbit import __version__
-from lowbit._io import check_new_output, library_versions, machine_info, peak_rss_bytes, write_json
+from lowbit._io import (
+    check_new_output,
+    figures_sha256,
+    library_versions,
+    machine_info,
+    output_sha256,
+    peak_rss_bytes,
+    write_json,
+)
 from lowbit.errors import ConfigError, DataError
 from lowbit.evaluation.bos import BosChoice, BosPolicy, check_policy
 from lowbit.plan import LayerSpec, Plan, uniform_plan
@@ -21,6 +29,7 @@ if TYPE_CHECKING:
     from lowbit.runtime import Runtime
 
 JsonDict = dict[str, Any]
+DEFAULT_TEXT = "builtin:python-docs"
 
 
 @dataclass(frozen=True)
@@ -29,13 +38,17 @@ class TextConfig:
     ``bos``: whether each window starts with the tokenizer's BOS token (auto: when the
     tokenizer adds one by default; always; never; see :mod:`lowbit.evaluation.bos`)."""
 
-    source: str = "builtin:python-docs"
+    source: str | None = None  # None: the default text, stated in the output and the result
     ctx: int = 512
     windows: int | None = 40
     seed: int = 0
     bos: BosPolicy = "auto"
+    defaulted: bool = False  # set when ``source`` was not given
 
     def __post_init__(self) -> None:
+        if self.source is None:
+            object.__setattr__(self, "source", DEFAULT_TEXT)
+            object.__setattr__(self, "defaulted", True)
         check_policy(self.bos)
         if self.ctx < 2:
             raise ConfigError(f"ctx must be at least 2 tokens, got {self.ctx}")
@@ -81,6 +94,7 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
             f"ctx {cfg.ctx} is longer than {handle.source} supports ({limit} positions); "
             f"use --ctx {limit} or less"
         )
+    assert cfg.source is not None  # set by TextConfig
     source = T.parse_text_source(cfg.source, part="calib" if calibration else "eval")
     raw = T.load_text(source)
     tokenizer = handle.load_tokenizer()
@@ -102,7 +116,16 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
         if calibration
         else "consecutive non-overlapping windows from the start",
         "bos": bos.to_dict(),
+        "source_given": not cfg.defaulted,
     }
+    if cfg.defaulted:
+        option, use = (
+            ("--calib-text", "calibrated") if calibration else ("--eval-text", "evaluated")
+        )
+        info["default_note"] = (
+            f"no {option} given: {use} on the default text {source.describe()} (lowbit's "
+            f"built-in Python documentation); give {option} to choose the text"
+        )
     return Windows(windows, info, bos)
 
 
@@ -156,8 +179,15 @@ def provenance_light(command: str) -> JsonDict:
     }
 
 
-def write_result(path: Path, result: JsonDict, *, overwrite: bool = False) -> None:
-    write_json(path, result, overwrite=overwrite)
+def write_result(
+    path: Path, result: JsonDict, *, outputs: dict[str, Path] | None = None, overwrite: bool = False
+) -> None:
+    """Write ``result`` with ``content_sha256``: the sha256 of its figures (what was measured,
+    without times or machine) and of each of ``outputs`` (name → a file, or a folder's
+    tensors), so that two runs can be compared by hash."""
+    hashes = {"figures": figures_sha256(result)}
+    hashes |= {name: output_sha256(Path(p)) for name, p in (outputs or {}).items()}
+    write_json(path, {**result, "content_sha256": hashes}, overwrite=overwrite)
 
 
 def spec_from_options(

@@ -29,8 +29,6 @@ from lowbit.cli.options import (
     task_config,
 )
 
-DEFAULT_TEXT = "builtin:python-docs"
-
 
 def evaluate(
     model: Annotated[
@@ -49,7 +47,8 @@ def evaluate(
         typer.Option(
             "--eval-text",
             help="Evaluation text: a file, builtin:python-docs, or a hub dataset "
-            f"NAME:CONFIG:SPLIT. Default {DEFAULT_TEXT}, or none when --tasks is given.",
+            "NAME:CONFIG:SPLIT. Default builtin:python-docs (stated in the output and the "
+            "result), or none when --tasks is given.",
         ),
     ] = None,
     ctx: Ctx = 512,
@@ -88,10 +87,10 @@ def evaluate(
             "answers with `lowbit compare REFERENCE MODEL --tasks ...`"
         )
     task_cfg = task_config(tasks, limit, task_source, batch_size, include_path, max_gen_toks)
-    text = eval_text if eval_text is not None or tasks is not None else DEFAULT_TEXT
+    no_text = eval_text is None and tasks is not None
     eval_job(
         model,
-        TextConfig(text, ctx, windows, bos=bos) if text is not None else None,
+        None if no_text else TextConfig(eval_text, ctx, windows, bos=bos),
         output,
         reference=reference,
         tasks=task_cfg,

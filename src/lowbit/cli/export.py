@@ -64,7 +64,7 @@ def export(
         Path | None,
         typer.Option(help="A `lowbit eval` result whose figures go into the model card."),
     ] = None,
-    calib_text: CalibText = "builtin:python-docs",
+    calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,

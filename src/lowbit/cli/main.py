@@ -3,7 +3,9 @@ transformers; each command imports what it needs when it runs."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 
@@ -42,10 +44,41 @@ app.command("ls")(ls_cmd.ls)
 app.command("report")(report_cmd.report)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like an error (every atomic output removes its partial
+    files), but no ``except Exception`` on the way can swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
-    """Entry point that turns lowbit's own errors into one clear line and exit code 2."""
+    """Entry point that turns lowbit's own errors into one clear line and exit code 2, and
+    SIGINT / SIGTERM into one line saying what was kept and exit code 130 / 143."""
+    previous = _catch_signals()
+    try:
+        _main()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _catch_signals() -> dict[int, object]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _main() -> None:
+    from lowbit import _io
     from lowbit.errors import LowbitError
 
+    start = len(_io.PUBLISHED)
     try:
         app(standalone_mode=False)
     except LowbitError as exc:
@@ -54,8 +87,10 @@ def main() -> None:
     except OSError as exc:  # unwritable output, full disk, ...: the message names the file
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt, typer.Abort) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _say_interrupted(signum, _io.PUBLISHED[start:])
+        sys.exit(128 + signum)
     except Exception as exc:  # usage errors (click's, or typer's own copy of click's classes)
         if callable(getattr(exc, "show", None)) and isinstance(
             getattr(exc, "exit_code", None), int
@@ -63,6 +98,17 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _say_interrupted(signum: int, kept: list) -> None:
+    command = " ".join(a for a in sys.argv[1:2])
+    done = (
+        f"kept (complete): {', '.join(map(str, kept))}; nothing else was written"
+        if kept
+        else "nothing was written (partial outputs were removed)"
+    )
+    name = signal.Signals(signum).name
+    typer.secho(f"interrupted by {name} during `lowbit {command}`: {done}", err=True, fg="red")
 
 
 if __name__ == "__main__":

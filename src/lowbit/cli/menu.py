@@ -63,20 +63,9 @@ def menu_specs(
 
 
 def load_menu(path: Path) -> tuple[Any, ...]:
-    import json
+    from lowbit.plan import load_menu as _load_menu
 
-    import yaml
-
-    from lowbit.api import LayerSpec
-    from lowbit.errors import ArtefactError
-
-    if not path.is_file():
-        raise ArtefactError(f"menu file {path} does not exist")
-    text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    if not isinstance(data, list):
-        raise ArtefactError(f"menu file {path} must hold a list of layer specs")
-    return tuple(LayerSpec.from_dict(d) for d in data)
+    return _load_menu(path)
 
 
 def parse_pins(pins: list[str]) -> dict[str, str]:

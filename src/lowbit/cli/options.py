@@ -18,18 +18,21 @@ Model = Annotated[
     ),
 ]
 EvalText = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--eval-text",
         help="Evaluation text: a file, "
         "builtin:python-docs, or a hub dataset NAME:CONFIG:SPLIT "
-        "(e.g. wikitext:wikitext-2-raw-v1:test).",
+        "(e.g. wikitext:wikitext-2-raw-v1:test). Default: builtin:python-docs, stated in the "
+        "output and the result.",
     ),
 ]
 CalibText = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--calib-text", help="Calibration text (same forms); must differ from the evaluation text."
+        "--calib-text",
+        help="Calibration text (same forms); must differ from the evaluation text. Default: "
+        "builtin:python-docs, stated in the output and the result.",
     ),
 ]
 Ctx = Annotated[int, typer.Option("--ctx", help="Tokens per window.")]

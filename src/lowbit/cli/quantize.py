@@ -72,7 +72,7 @@ def quantize(
         Propagation,
         typer.Option(help="true-sequential: one pass, fastest; two-pass: least memory."),
     ] = Propagation.TRUE_SEQUENTIAL,
-    calib_text: CalibText = "builtin:python-docs",
+    calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
     seed: Seed = 0,

@@ -30,8 +30,8 @@ def run(
     model: Annotated[
         str, typer.Argument(help="A model source (default: the built-in smollm2-135m).")
     ] = "smollm2-135m",
-    eval_text: EvalText = "builtin:python-docs",
-    calib_text: CalibText = "builtin:python-docs",
+    eval_text: EvalText = None,
+    calib_text: CalibText = None,
     ctx: Ctx = 512,
     windows: EvalWindows = 40,
     calib_windows: CalibWindows = 32,

@@ -38,7 +38,7 @@ def sensitivity(
     algorithm: Algorithm = "gptq",
     symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
     menu: MenuFile = None,
-    calib_text: CalibText = "builtin:python-docs",
+    calib_text: CalibText = None,
     calib_windows: Annotated[int, typer.Option(help="Windows for the Hessians.")] = 32,
     ctx: Ctx = 512,
     seed: Seed = 0,

@@ -86,8 +86,16 @@ def load_text(source: TextSource) -> str:
     if isinstance(source, FileText):
         if not source.path.is_file():
             raise DataError(f"text file {source.path} does not exist")
+        raw = source.path.read_bytes()
+        if not raw.strip():
+            raise DataError(f"text file {source.path} is empty; give a text of a few pages")
+        if b"\x00" in raw[:65536]:
+            raise DataError(
+                f"text file {source.path} looks binary (it holds NUL bytes), not a text; "
+                "give a UTF-8 text file"
+            )
         try:
-            return source.path.read_text(encoding="utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DataError(
                 f"text file {source.path} is not UTF-8 ({exc.reason} at byte {exc.start}); "

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from lowbit.errors import DataError
 from lowbit.models.budget import check_fits
 from lowbit.models.capture import capture, chunk_logits
 from lowbit.models.lazy import LazyModel, block_list
@@ -46,6 +47,11 @@ def window_logprobs(
 
     acts = for_each_block(lazy, acts, _forward, block_progress)
     for w, logits in chunk_logits(lazy, acts, ids):
+        if not bool(torch.isfinite(logits).all()):
+            raise DataError(
+                f"{view.name}: window {w} gives non-finite logits (NaN or Inf) although its "
+                "stored weights are finite; run in float32 (--dtype float32)"
+            )
         yield w, torch.log_softmax(logits[0, :-1].float(), dim=-1)
         if progress:
             progress(n_blocks + w + 1, total)

@@ -23,7 +23,7 @@ from lowbit.models.experts import linearize_experts
 from lowbit.models.files import copy_model_files, fingerprint_files, safetensors_header
 from lowbit.models.foreign import Foreign, dense_model, detect_foreign, strip_quantization
 from lowbit.models.lazy import LazyModel
-from lowbit.models.weights import SafetensorsWeights, WeightSource
+from lowbit.models.weights import SafetensorsWeights, WeightSource, check_finite
 from lowbit.runtime import Runtime
 
 
@@ -68,6 +68,8 @@ class ModelHandle:
         model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=runtime.dtype, device_map={"": runtime.device}
         )
+        for name, tensor in model.state_dict().items():
+            check_finite(tensor, name, self.source)
         linearize_experts(model)  # every stage sees each expert's linears (models/experts.py)
         return model.eval()
 
@@ -124,6 +126,7 @@ def _from_dir(source: str, path: Path) -> ModelHandle:
     for file in files:
         safetensors_header(file)
     foreign = detect_foreign(path, files)  # refuses what it cannot read, before any work
+    _config_model_type_is_supported(path)
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -177,7 +180,8 @@ def _config_model_type_is_supported(path: Path) -> None:
     if model_type not in CONFIG_MAPPING:
         raise ModelSourceError(
             f"{path}/config.json: model type {model_type!r} is unknown to this transformers; "
-            "upgrade transformers (lowbit runs every causal LM transformers builds)"
+            "check model_type, or upgrade transformers (lowbit runs every causal LM "
+            "transformers builds; `lowbit ls architectures` lists the families proven)"
         )
 
 

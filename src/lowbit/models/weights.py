@@ -58,8 +58,23 @@ class SafetensorsWeights:
                     safe_open(str(file), framework="pt", device=str(device))
                 )
                 for key in members:
-                    out[key] = reader.get_tensor(key)
+                    out[key] = check_finite(reader.get_tensor(key), key, file)
         return out
+
+
+def check_finite(tensor: torch.Tensor, key: str, where: object) -> torch.Tensor:
+    """``tensor``, refused (naming it) if it holds a NaN or an infinity: a model with one gives
+    NaN perplexities and NaN codes, never an error of its own."""
+    if not tensor.is_floating_point():
+        return tensor
+    values = tensor.float() if tensor.element_size() == 1 else tensor  # FP8: no isfinite kernel
+    if bool(torch.isfinite(values).all()):
+        return tensor
+    nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+    raise ModelSourceError(
+        f"{where}: tensor {key} holds {nan} NaN and {inf} Inf value(s); the checkpoint is "
+        "damaged or was saved from a diverged run: re-download or re-export it"
+    )
 
 
 class OverlayWeights:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import api
-from lowbit._io import atomic_file, check_new_output, write_json
+from lowbit._io import atomic_file, check_new_output, figures_sha256, write_json
 from lowbit.errors import OutputExistsError
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.report.console import console, progress_bar
 from lowbit.report.pareto import pareto_report, pareto_table
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
 
 
 def plan_job(
@@ -145,8 +145,8 @@ def pareto_job(
     handle = api.load(model)
     table = api.load_table(table_path, handle)
     points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse)
-    windows = api.text_windows(handle, evalcfg, calibration=False)
-    calib_w = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, evalcfg, calibration=False)
+    calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
     store = out / "points"
     store.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,11 @@ def pareto_job(
         "additivity": additivity(rows),
     }
     pareto_report(rows, marks or {}, f"Pareto: {model}").write(out / "pareto.html", overwrite=True)
-    write_json(out / "pareto.json", result, overwrite=True)
+    write_json(
+        out / "pareto.json",
+        {**result, "content_sha256": {"figures": figures_sha256(result)}},
+        overwrite=True,
+    )
     console.print(pareto_table(rows))
     return result
 

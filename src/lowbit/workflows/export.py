@@ -11,7 +11,7 @@ from lowbit import api
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.plan import Plan
 from lowbit.report.console import console
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
 
 
 def export_job(
@@ -42,6 +42,7 @@ def export_job(
         if plan is not None:
             raise ConfigError(f"{source} is already quantized with its own plan; drop --plan")
         qm, model = api.load_saved(Path(source), rt)
+        _check_figures_model(eval_result, figures, qm.handle)
     else:
         if plan is None:
             raise ConfigError(
@@ -49,10 +50,10 @@ def export_job(
                 "quantize it first, or export a saved quantized model"
             )
         handle = api.load(source, allow_pickle=allow_pickle)
-        cfg = calib or api.TextConfig("builtin:python-docs")
-        windows = (
-            api.text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
-        )
+        _check_figures_model(eval_result, figures, handle)
+        api.check_runtime_plan(handle, plan)
+        cfg = calib or api.TextConfig()
+        windows = text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
         qm = quantize_windows(handle, plan, windows, "quantize", rt, execution)
         model = api.fake_quant_model(handle, qm, rt)
     report = api.export(
@@ -74,7 +75,7 @@ def export_job(
         {"export_s": report.seconds},
     )
     result = {**prov, "result": report.to_dict()}
-    api.write_result(result_path, result, overwrite=overwrite)
+    api.write_result(result_path, result, outputs={"output": out}, overwrite=overwrite)
     return result
 
 
@@ -90,10 +91,21 @@ def _figures(path: Path) -> dict[str, Any]:
         ) from exc
     res = results.get("model") or next(iter(results.values()), {})
     kl = res.get("kl") or {}
-    figures = {"eval text": data.get("data", {}).get("eval", {}).get("source", "?")}
+    figures = {"model fingerprint": (data.get("model") or {}).get("fingerprint")}
+    figures |= {"eval text": data.get("data", {}).get("eval", {}).get("source", "?")}
     figures |= {k: v for k, v in res.items() if isinstance(v, int | float)}
     figures |= {f"kl_{k}": v for k, v in kl.items() if isinstance(v, int | float)}
     return figures
+
+
+def _check_figures_model(path: Path | None, figures: dict[str, Any] | None, handle: Any) -> None:
+    """The figures for a model card must be of the model exported (or the one it came from)."""
+    made_from = None if figures is None else figures.pop("model fingerprint", None)
+    if made_from is not None and made_from != handle.fingerprint:
+        raise ArtefactError(
+            f"{path} is a result of another model (fingerprint {made_from}), not of "
+            f"{handle.source} ({handle.fingerprint}); give the `lowbit eval` result of this model"
+        )
 
 
 def _print(report: Any) -> None:

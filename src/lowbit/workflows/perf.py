@@ -208,10 +208,10 @@ def profile_job(
 def _dense_model(handle: Any, plan: Plan | None, calib: api.TextConfig | None, runtime: Any) -> Any:
     if plan is None:
         return handle.load_model(runtime)
-    from lowbit.workflows.spine import quantize_windows
+    from lowbit.workflows.spine import quantize_windows, text_windows
 
     cfg = calib or api.TextConfig()
-    windows = api.text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
+    windows = text_windows(handle, cfg, calibration=True) if plan.needs_calibration() else None
     qm = quantize_windows(handle, plan, windows, "quantize", runtime)
     return api.fake_quant_model(handle, qm, runtime)
 

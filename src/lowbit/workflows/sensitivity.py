@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from lowbit import api
-from lowbit._io import atomic_file, write_json
+from lowbit._io import atomic_file, figures_sha256, write_json
 from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.combined import combined_report
 from lowbit.report.console import console, progress_bar
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
 
 
 def sensitivity_paths(out: Path) -> dict[str, Path]:
@@ -49,7 +49,7 @@ def sensitivity_job(
     api.check_outputs(paths["json"], paths["csv"], paths["html"], overwrite=overwrite)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
-    windows = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, calib, calibration=True)
     key = _run_key(handle, menu, windows, probe)
     done = _resume(paths["partial"], key, resume)
     partial: dict[str, Any] = {"key": key, "entries": [asdict(e) for e in done.values()]}
@@ -65,9 +65,11 @@ def sensitivity_job(
     table.probe["calibration"] = windows.info
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
         f.write(table.to_csv())
-    page = combined_report([(str(paths["json"]), table.to_dict())], f"Sensitivity of {model}")
+    data = table.to_dict()
+    data["content_sha256"] = {"figures": figures_sha256(data)}
+    page = combined_report([(str(paths["json"]), data)], f"Sensitivity of {model}")
     page.write(paths["html"], overwrite=overwrite)
-    write_json(paths["json"], table.to_dict(), overwrite=overwrite)  # last: the run is complete
+    write_json(paths["json"], data, overwrite=overwrite)  # last: the run is complete
     paths["partial"].unlink(missing_ok=True)
     console.print(
         f"sensitivity of {len(table.layers)} layers × {len(menu)} specs in "

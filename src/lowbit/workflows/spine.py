@@ -60,9 +60,8 @@ def quantize_job(
     api.check_resumable(out, overwrite=overwrite, resume=resume)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
-    calib_w = (
-        api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
-    )
+    api.check_runtime_plan(handle, plan)  # before the calibration text is read
+    calib_w = text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     key = _quantize_key(handle, plan, calib_w, execution, rt)
     try:
         with api.resumable(out, key, overwrite=overwrite, resume=resume) as ckpt:
@@ -91,7 +90,9 @@ def quantize_job(
     except BaseException:
         _say_partial(out)
         raise
-    api.write_result(result_path, {**prov, "result": summary}, overwrite=overwrite)
+    api.write_result(
+        result_path, {**prov, "result": summary}, outputs={"tensors": out}, overwrite=overwrite
+    )
     console.print(
         f"saved {out}: {fp.bits_per_weight_linear:.3f} bits per weight in the linear layers, "
         f"{fp.bits_per_weight_model:.3f} over the whole model, {fp.size_bytes / 1e6:.1f} MB"
@@ -167,6 +168,7 @@ def eval_job(
     config = {
         "eval": asdict(evalcfg) if evalcfg else None,
         "reference": reference,
+        "reference_used": _reference_used(model, reference, evalcfg),
         "tasks": None if tasks is None else {**asdict(tasks), "source": tasks.source.value},
     }
     prov = api.provenance("eval", handle, config, data, {}, rt)
@@ -185,11 +187,15 @@ def _eval_text(
     execution: Execution,
     allow_pickle: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    windows = api.text_windows(handle, evalcfg, calibration=False)
+    windows = text_windows(handle, evalcfg, calibration=False)
     if reference is not None:
         ref_view, _ = api.view_of(reference, allow_pickle=allow_pickle)
     elif api.saved_origin(model) is not None:
         ref_view = api.model_view(handle)
+        console.print(
+            f"note: no --reference given: KL divergence against {handle.source}, the model "
+            f"{model} was quantized from"
+        )
     else:  # a plain model: perplexity alone, no reference to cache
         with progress_bar("evaluating", None) as update:
             results = {"model": api.perplexity(view, windows, rt, progress=update)}
@@ -224,8 +230,8 @@ def run_job(
         "GPTQ W4 g64": api.spec_from_options(4, 64, True, "gptq"),
         "GPTQ W3 g64": api.spec_from_options(3, 64, True, "gptq"),
     }
-    windows = api.text_windows(handle, evalcfg, calibration=False)  # bad input fails here
-    calib_w = api.text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, evalcfg, calibration=False)  # bad input fails here
+    calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
     reference = api.model_view(handle)
     with progress_bar("original: reference log-probabilities", None) as update:
@@ -270,6 +276,15 @@ def run_job(
     return out
 
 
+def text_windows(handle: ModelHandle, cfg: api.TextConfig, *, calibration: bool) -> api.Windows:
+    """:func:`api.text_windows`, stating a default text that replaced a missing option (the
+    result records it too: ``source_given`` and ``default_note`` in the text's info)."""
+    windows = api.text_windows(handle, cfg, calibration=calibration)
+    if "default_note" in windows.info:
+        console.print(f"note: {windows.info['default_note']}")
+    return windows
+
+
 def quantize_windows(
     handle: ModelHandle,
     plan: Plan,
@@ -296,6 +311,18 @@ def quantize_windows(
             checkpoint=ckpt,
         )
     return replace(qm, timings={**qm.timings, "wall_s": time.perf_counter() - t0})
+
+
+def _reference_used(model: str, reference: str | None, evalcfg: Any) -> str | None:
+    """The reference the text evaluation compared with, and whether it was a default."""
+    if evalcfg is None:
+        return None
+    if reference is not None:
+        return reference
+    origin = api.saved_origin(model)
+    if origin is None:
+        return None
+    return f"{origin.source} (default: the model {model} was quantized from)"
 
 
 def _short(rt: Runtime) -> str:

@@ -1,0 +1,46 @@
+"""The output checks of ``lowbit._io``: JSON never holds NaN or Inf, outputs that cannot be
+written are refused before any work, and figure hashes see figures, not times."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lowbit._io import check_new_output, figures_sha256, write_json
+from lowbit.errors import ArtefactError, OutputExistsError, OutputPathError
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_json_never_holds_a_non_finite_number(tmp_path, bad):
+    path = tmp_path / "r.json"
+    data = {"results": {"model": {"perplexity": bad}}, "rows": [1.0]}
+    with pytest.raises(ArtefactError, match=r"at results\.model\.perplexity"):
+        write_json(path, data)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ArtefactError, match=r"at rows\[1\]"):
+        write_json(path, {"rows": [1.0, bad]})
+    write_json(path, {"rows": [1.0, None]})
+    assert json.loads(path.read_text()) == {"rows": [1.0, None]}
+
+
+def test_outputs_that_cannot_be_written_are_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputPathError, match="is a file, not a directory"):
+        check_new_output(tmp_path / "file" / "deeper" / "out.json")
+    with pytest.raises(OutputPathError, match="/proc is not writable"):
+        check_new_output(Path("/proc/lowbit.json"))
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_new_output(tmp_path / "file")
+    check_new_output(tmp_path / "new" / "deeper" / "out.json")  # folders to be made: fine
+    check_new_output(tmp_path / "file", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe is gone
+
+
+def test_figure_hashes_see_figures_not_times():
+    a = {"perplexity": 12.5, "seconds": 1.0, "timings_s": {"q": 3.0}, "machine": {"cpus": 2}}
+    b = {"perplexity": 12.5, "seconds": 9.0, "timings_s": {"q": 1.0}, "machine": {"cpus": 16}}
+    assert figures_sha256(a) == figures_sha256(b)
+    assert figures_sha256(a) != figures_sha256({**a, "perplexity": 12.500001})

@@ -77,7 +77,7 @@ def _no_space_named(path: Path, kind: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not _is_disk_full(exc):
+        if not is_disk_full(exc):
             raise
         raise OutputPathError(
             f"no space left on the device of {path} while writing this {kind}: the partial "
@@ -86,7 +86,8 @@ def _no_space_named(path: Path, kind: str) -> Iterator[None]:
         ) from exc
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota."""
     import errno
 
     while exc is not None:

@@ -100,12 +100,15 @@ def _main() -> None:
         raise
 
 
-def _say_interrupted(signum: int, kept: list) -> None:
+def _say_interrupted(signum: int, published: list) -> None:
     command = " ".join(a for a in sys.argv[1:2])
+    # files inside an OUT.partial directory (a checkpoint) are not outputs: `quantize` says
+    # itself what it kept for --resume
+    kept = [p for p in published if not any(x.endswith(".partial") for x in p.parts)]
     done = (
-        f"kept (complete): {', '.join(map(str, kept))}; nothing else was written"
+        f"kept (complete): {', '.join(map(str, kept))}; nothing else complete was written"
         if kept
-        else "nothing was written (partial outputs were removed)"
+        else "nothing complete was written (partial outputs were removed or kept as .partial)"
     )
     name = signal.Signals(signum).name
     typer.secho(f"interrupted by {name} during `lowbit {command}`: {done}", err=True, fg="red")

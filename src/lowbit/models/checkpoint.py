@@ -28,8 +28,14 @@ from typing import Any
 
 import torch
 
-from lowbit._io import check_new_output, file_sha256, publish_dir, write_json
-from lowbit.errors import ArtefactError, ConfigError, LowbitError, OutputExistsError
+from lowbit._io import check_new_output, file_sha256, is_disk_full, publish_dir, write_json
+from lowbit.errors import (
+    ArtefactError,
+    ConfigError,
+    LowbitError,
+    OutputExistsError,
+    OutputPathError,
+)
 
 MANIFEST = "checkpoint.json"
 SIDE = ".checkpoint"
@@ -188,19 +194,29 @@ def resumable_dir(out: Path, *, overwrite: bool, resume: bool) -> Iterator[Path]
     part.mkdir(parents=True, exist_ok=True)
     try:
         yield part
-    except LowbitError:
-        if fresh:
+    except BaseException as exc:
+        full = is_disk_full(exc)
+        if fresh and (full or isinstance(exc, LowbitError) or not blocks_done(part)):
             shutil.rmtree(part, ignore_errors=True)
-        raise
-    except BaseException:
-        if fresh and not blocks_done(part):
-            shutil.rmtree(part, ignore_errors=True)
+        if full:
+            raise OutputPathError(_disk_full(out, part, kept=part.exists())) from exc
         raise
     (part / MANIFEST).unlink(missing_ok=True)
     shutil.rmtree(part / SIDE, ignore_errors=True)
     for stray in part.glob(".*.partial"):  # a temporary file a killed run left half-written
         stray.unlink()
     publish_dir(part, out)
+
+
+def _disk_full(out: Path, part: Path, *, kept: bool) -> str:
+    where = (
+        f"the finished blocks are kept in {part}: free space, then run the same command with "
+        "--resume"
+        if kept
+        else "the partial directory was removed, so nothing that looks complete is left; free "
+        "space or choose another output path"
+    )
+    return f"no space left on the device of {out} while writing this directory: {where}"
 
 
 def blocks_done(part: Path) -> int:

@@ -115,10 +115,11 @@ def test_resolve_ignores_keep_patterns_that_match_nothing():
 def test_resolve_refuses_plans_that_quantize_less_than_they_say():
     with pytest.raises(ConfigError, match=r"'re:.\*gate_proj' matches no layer"):
         Plan(default=None, rules=(Rule("re:.*gate_proj", W4G128),)).resolve(NAMES)
+    keep_all = Plan(default=None, rules=(Rule("re:.*", None),))
+    assert set(keep_all.resolve(NAMES).values()) == {None}  # lowbit's own identity checks
     with pytest.raises(ConfigError, match="quantizes nothing"):
-        Plan(default=None, rules=(Rule("re:.*", None),)).resolve(NAMES)
-    smooth_only = Plan(default=None, smoothquant=0.5)  # does something: accepted
-    assert set(smooth_only.resolve(NAMES).values()) == {None}
+        keep_all.check_does_something(NAMES)  # a user's plan: refused before any work
+    Plan(default=None, smoothquant=0.5).check_does_something(NAMES)  # does something
 
 
 def test_bad_regex_is_a_config_error():

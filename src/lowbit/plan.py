@@ -192,11 +192,9 @@ class Plan:
         return self.default
 
     def resolve(self, names: list[str]) -> dict[str, LayerSpec | None]:
-        """Spec per module. A rule naming an unknown layer (with suggestions), a pattern with
-        a spec matching none, and a plan that quantizes no layer at all are errors: a plan that
-        does nothing is a mistake, never a run that "succeeds" at 32 bits per weight (a plan of
-        activations or KV cache alone does something). A keep pattern (spec null) may match
-        nothing: keeping what is absent changes nothing."""
+        """Spec per module. A rule naming an unknown layer (with suggestions) and a pattern
+        with a spec matching none are errors. A keep pattern (spec null) may match nothing:
+        keeping what is absent changes nothing."""
         known = set(names)
         where = f"plan {self.source}" if self.source else "the plan"
         for rule in self.rules:
@@ -212,14 +210,19 @@ class Plan:
                     f"{where}: rule {rule.target!r} matches no layer of this model (its layers "
                     f"are named like {names[0]!r}); fix the pattern or remove the rule"
                 )
-        specs = {name: self.spec_for(name) for name in names}
-        if all(s is None for s in specs.values()) and not self.uses_runtime_options:
+        return {name: self.spec_for(name) for name in names}
+
+    def check_does_something(self, names: list[str]) -> None:
+        """A plan the user gave must change the model: one that keeps every layer in full
+        precision and sets no plan-level option is a mistake, never a run that "succeeds" at 32
+        bits per weight (lowbit's own identity checks build such plans on purpose)."""
+        if all(self.spec_for(n) is None for n in names) and not self.uses_runtime_options:
+            where = f"plan {self.source}" if self.source else "the plan"
             raise ConfigError(
                 f"{where} quantizes nothing in this model ({len(names)} linear layers, every "
-                "one kept in full precision, and no activations, KV cache, embedding or head); "
-                "give a default spec or rules with specs"
+                "one kept in full precision, and no activations, KV cache, embedding, head or "
+                "SmoothQuant); give a default spec or rules with specs"
             )
-        return specs
 
     def to_dict(self) -> dict[str, Any]:
         runtime = self.uses_runtime_options

@@ -14,7 +14,7 @@ from gguf.quants import dequantize
 
 from lowbit import api
 from lowbit.algorithms import ActOrder, GPTQConfig
-from lowbit.errors import ExportError, OutputExistsError
+from lowbit.errors import ExportError, OutputExistsError, OutputPathError
 from lowbit.export.gguf_blocks import permute_rows
 from lowbit.plan import uniform_plan
 from tests.export.shared import IDS, logits_of, mixed_plan, quantized, spec
@@ -180,7 +180,7 @@ def test_full_disk_leaves_nothing_behind(tiny_llama, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OutputPathError, match=r"no space left on the device of .*m\.gguf"):
         _export(qm, model, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
 

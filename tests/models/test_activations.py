@@ -84,10 +84,12 @@ def test_static_plan_needs_every_threshold(tiny_llama):
 
 
 def test_nan_activations_named_by_layer(tiny_llama, tmp_path):
+    """Finite weights (a NaN weight is refused on load, naming the tensor) whose activations
+    overflow: a norm weight of 3e38 sends its channel to infinity in the MLP's inputs."""
     handle = api.load(str(tiny_llama))
     model = handle.load_model()
     with torch.no_grad():
-        model.get_submodule("model.layers.1.post_attention_layernorm").weight[3] = float("nan")
+        model.get_submodule("model.layers.1.post_attention_layernorm").weight[3] = 3e38
     model.save_pretrained(tmp_path / "nan")
     handle.load_tokenizer().save_pretrained(tmp_path / "nan")
     bad = api.load(str(tmp_path / "nan"))

@@ -86,7 +86,9 @@ def quantize(
 def check_runtime_plan(handle: ModelHandle, plan: Plan) -> None:
     """Refuse, before any work, a plan that does not fit this model (rules naming or matching
     no layer, no layer quantized) and plan-level options this model or build cannot honour."""
-    plan.resolve(list(handle.arch.layer_names()))
+    names = list(handle.arch.layer_names())
+    plan.resolve(names)
+    plan.check_does_something(names)
     if plan.kv_cache is not None:
         from lowbit.models.kvcache import KV_MODEL_TYPES
 

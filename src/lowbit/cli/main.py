@@ -18,6 +18,7 @@ from lowbit.cli import plan as plan_cmd
 from lowbit.cli import quantize as quantize_cmd
 from lowbit.cli import run as run_cmd
 from lowbit.cli import sensitivity as sensitivity_cmd
+from lowbit.cli import sweep as sweep_cmd
 
 app = typer.Typer(
     name="lowbit",
@@ -38,6 +39,8 @@ app.command("perf")(perf_cmd.perf)
 app.command("profile")(perf_cmd.profile)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("ls")(ls_cmd.ls)
+app.command("sweep")(sweep_cmd.sweep)
+app.command("results")(sweep_cmd.results)
 
 
 def main() -> None:

@@ -53,12 +53,16 @@ def quantize_job(
 ) -> dict[str, Any]:
     """Quantize ``model`` under ``plan``, writing each block to ``out`` as it is done."""
     result_path = result_path or Path(f"{out}.result.json")
-    api.check_outputs(out, result_path, overwrite=overwrite)
-    rt = api.runtime(execution.runtime)
+    rt = api.runtime(execution.runtime)  # under torchrun: joins the ranks
+    if rt.world.writes:
+        api.check_outputs(out, result_path, overwrite=overwrite)
     handle = api.load(model, allow_pickle=allow_pickle)
     calib_w = (
         api.text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
     )
+    if not rt.world.writes:  # another rank: its share of the work; rank 0 writes
+        qm = quantize_windows(handle, plan, calib_w, f"rank {rt.world.rank}", rt, execution)
+        return {"rank": rt.world.rank, "timings": dict(qm.timings)}
     with api.saving(out, overwrite=overwrite) as tmp:
         qm = quantize_windows(handle, plan, calib_w, "quantize", rt, execution, shard_dir=tmp)
         fp = api.footprint(handle, qm)

@@ -28,13 +28,13 @@ from torch import nn
 
 from lowbit._tensor import all_finite
 from lowbit.algorithms import HessianAccumulator, SmoothQuantConfig
-from lowbit.algorithms.handlers import LayerJob, quantize_layer
-from lowbit.errors import ConfigError, DataError, LowbitError, ModelSourceError
+from lowbit.errors import ConfigError, LowbitError, ModelSourceError
 from lowbit.models.arch import BlockSpec, check_plan_routers, check_quantizable
 from lowbit.models.budget import block_needs, check_fits
 from lowbit.models.capture import capture
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.experts import routed_counts, set_calibration
+from lowbit.models.layer_quant import LayerReport, dtype_name, quantize_weight
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
@@ -64,17 +64,6 @@ class Strategy(str, Enum):
 
 _RUNNERS = {Strategy.STAGED: run_staged, Strategy.RECOMPUTE: run_recompute}
 _RUNNERS[Strategy.TWO_PASS] = run_two_pass
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    name: str
-    spec: str
-    shape: tuple[int, int]
-    bits_per_weight: float
-    seconds: float
-    gptq_loss: float | None = None
-    damp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -388,7 +377,7 @@ def _quantize_layer(
     if spec is None:
         shape = (int(W.shape[0]), int(W.shape[1]))
         bits = float(W.element_size() * 8)
-        result.reports.append(LayerReport(name, f"kept ({_dtype_name(W)})", shape, bits, 0.0))
+        result.reports.append(LayerReport(name, f"kept ({dtype_name(W)})", shape, bits, 0.0))
         return
     out = quantize_weight(name, W, spec, H, clip=clip, shared=shared)
     _apply(name, module, spec, out, time.perf_counter() - t0, result)
@@ -409,27 +398,3 @@ def _apply(
             name, spec.describe(), shape, out.weight.bits_per_weight(), seconds, out.loss, out.damp
         )
     )
-
-
-def _dtype_name(W: torch.Tensor) -> str:
-    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return short.get(W.dtype, str(W.dtype).removeprefix("torch."))
-
-
-def quantize_weight(
-    name: str,
-    W: torch.Tensor,
-    spec: LayerSpec,
-    H: torch.Tensor | None,
-    *,
-    clip: bool = True,
-    shared: dict[tuple[object, ...], object] | None = None,
-) -> Any:
-    """Quantize ``W`` (out, in) as ``spec`` says with the handler registered for its algorithm
-    (``H`` (in, in): the fp32 second moment of its inputs); returns the handler's Outcome."""
-    try:
-        return quantize_layer(
-            LayerJob(name, W, spec.fmt, spec.granularity, H, clip), spec.algorithm
-        )
-    except DataError as exc:
-        raise DataError(f"layer {name}: {exc}") from None

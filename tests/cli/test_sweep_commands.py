@@ -52,3 +52,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert run.returncode == 2 and "does not exist" in run.stderr
     run = lowbit("results", str(_store(tmp_path / "x.sqlite")), "--export", "a.txt", cwd=tmp_path)
     assert run.returncode == 2 and ".csv or .json" in run.stderr
+
+
+def test_sweep_without_ray_is_a_clear_error(tmp_path, monkeypatch, tiny_llama):
+    import sys
+
+    from tests.sweep.conftest import write_sweep
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [sweep] extra were not installed
+    sweep = write_sweep(tmp_path / "s.yaml", tiny_llama, ["int4"], [32])
+    run = lowbit("sweep", str(sweep), cwd=tmp_path)
+    assert run.returncode == 2 and "pip install 'lowbit[sweep]'" in run.stderr
+    assert not list(tmp_path.glob("*.sqlite"))  # nothing written

@@ -20,6 +20,7 @@ from lowbit.sweep.store import open_store
 
 
 class Executor(Protocol):
+    def prepare(self) -> None: ...
     def run(self, jobs: list[Job], artefacts: Path) -> Any: ...
 
 
@@ -47,6 +48,7 @@ def run_sweep(
 ) -> SweepSummary:
     """Run every trial of ``spec`` not yet done in the store at ``store_path``."""
     trials = expand(spec)  # bad input fails here, before the store is touched
+    executor.prepare()  # so do a missing Ray and an unreachable cluster
     store = open_store(store_path)
     try:
         if store.trials() and not resume:

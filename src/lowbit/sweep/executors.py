@@ -28,6 +28,9 @@ class LocalExecutor:
 
     trial: TrialFn
 
+    def prepare(self) -> None:
+        """Nothing to start."""
+
     def run(self, jobs: Sequence[Job], artefacts: Path) -> Iterator[Finished]:
         for digest, config in jobs:
             try:
@@ -63,6 +66,11 @@ class RayExecutor:
     trial: TrialFn
     address: str | None = None
     workers: int = 1
+
+    def prepare(self) -> None:
+        """Start (or join) Ray: a missing Ray or an unreachable address fails here, before
+        the driver touches the store."""
+        self._init()
 
     def _init(self) -> Any:
         try:

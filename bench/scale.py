@@ -45,7 +45,7 @@ def _run(cmd: list[str], **kw: Any) -> float:
     return time.perf_counter() - t0
 
 
-def ranks(work: Path, calib_windows: int = 32, eval_windows: int = 20) -> dict[str, Any]:
+def ranks(work: Path, calib_windows: int = 16, eval_windows: int = 10) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     q = ["quantize", MODEL, "--bits", "4", "--group-size", "64", "--algorithm", "gptq",
@@ -99,7 +99,7 @@ def _find(d: Any, key: str) -> dict[str, Any]:
 SWEEP = """models: [smollm2-135m]
 formats: [int4, int3, int8, nf4]
 group_sizes: [32, 64, 128]
-texts: [{source: builtin:python-docs, ctx: 512, windows: 8}]
+texts: [{source: builtin:python-docs, ctx: 512, windows: 4}]
 runtime: {device: cpu, dtype: float32}
 """
 

@@ -10,6 +10,7 @@
   uninterrupted one, trial by trial.
 
     nice python bench/scale.py ranks|ray|crash      # writes bench/results/scale_PART.json
+    nice python bench/scale.py ray|crash --tiny     # the tiny test model: scale_PART_tiny.json
 """
 
 from __future__ import annotations
@@ -96,21 +97,30 @@ def _find(d: Any, key: str) -> dict[str, Any]:
     return {}
 
 
-SWEEP = """models: [smollm2-135m]
-formats: [int4, int3, int8, nf4]
-group_sizes: [32, 64, 128]
-texts: [{source: builtin:python-docs, ctx: 512, windows: 4}]
-runtime: {device: cpu, dtype: float32}
+SWEEP = """models: [{model}]
+formats: {formats}
+group_sizes: {groups}
+texts: [{{source: builtin:python-docs, ctx: {ctx}, windows: 4}}]
+runtime: {{device: cpu, dtype: float32}}
 """
 
 
-def _sweep(work: Path) -> Path:
+def _sweep(work: Path, big: bool = False) -> Path:
+    """The 12-trial sweep (4 formats × 3 group sizes) of the built-in model (ctx 512), or with
+    ``--tiny`` of the tests' tiny Llama (ctx 32; groups of 8, 16, 32); ``big``: 24 trials."""
+    if TINY:
+        from tests.helpers.tiny import make_tiny_model
+
+        model, ctx, groups = str(make_tiny_model(work / "tiny", "llama")), 32, [8, 16, 32]
+    else:
+        model, ctx, groups = MODEL, 512, [32, 64, 128]
+    formats = "[int4, int3, int8, nf4]"
+    if big:  # the crash test on the tiny model: 24 trials, so that kills land mid-sweep
+        formats, groups = "[int2, int3, int4, int5, int6, int8]", [4, *groups]
     path = work / "s.yaml"
-    path.write_text(SWEEP)
+    path.write_text(SWEEP.format(model=model, ctx=ctx, formats=formats, groups=groups))
     warm = work / "warm.yaml"  # computes the reference cache once, before any timed run
-    warm.write_text(
-        SWEEP.replace("[int4, int3, int8, nf4]", "[int2]").replace("[32, 64, 128]", "[32]")
-    )
+    warm.write_text(SWEEP.format(model=model, ctx=ctx, formats="[int2]", groups=groups[:1]))
     _run([PY, "-m", "lowbit", "sweep", str(warm), "--local"])
     return path
 
@@ -173,7 +183,7 @@ def _kill_all(pids: list[int]) -> None:
 
 
 def crash(work: Path, kills: int = 10, seed: int = 0) -> dict[str, Any]:
-    path = _sweep(work)
+    path = _sweep(work, big=TINY)
     clean, store = work / "clean.sqlite", work / "crashed.sqlite"
     base = [PY, "-m", "lowbit", "sweep", str(path), "--workers", "2"]
     clean_s = _run([*base, "--store", str(clean)])
@@ -182,14 +192,14 @@ def crash(work: Path, kills: int = 10, seed: int = 0) -> dict[str, Any]:
     while len(log) < kills:
         cmd = [*base, "--store", str(store)] + (["--resume"] if store.exists() else [])
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(5, 40))
+        time.sleep(rng.uniform(5, 35))
         family = _descendants(proc.pid)
         workers = _workers(proc.pid)
         if workers and rng.random() < 0.5:
             victim = rng.choice(workers)
             os.kill(victim, signal.SIGKILL)
             log.append({"killed": "worker", "at_s": time.perf_counter() - t0})
-            time.sleep(rng.uniform(3, 15))
+            time.sleep(rng.uniform(2, 10))
             family = _descendants(proc.pid) + family
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -198,7 +208,10 @@ def crash(work: Path, kills: int = 10, seed: int = 0) -> dict[str, Any]:
         time.sleep(3)
         _kill_all(family)  # what Ray's local cluster leaves behind without its driver
         done = len([r for r in _rows(store).values() if r[2] == "done"]) if store.exists() else 0
-        log[-1]["done_after"] = done
+        if log:
+            log[-1]["done_after"] = done
+        if store.exists() and _rows(store) and done == len(_rows(store)):
+            break  # the sweep completed between two kills
     final_s = _run([*base, "--store", str(store), "--resume"])
     a, b = _rows(clean), _rows(store)
     return {
@@ -208,6 +221,9 @@ def crash(work: Path, kills: int = 10, seed: int = 0) -> dict[str, Any]:
     }  # fmt: skip
 
 
+TINY = "--tiny" in sys.argv
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "ranks"
     parts = {"ranks": ranks, "ray": ray, "crash": crash}
@@ -215,7 +231,8 @@ def main() -> None:
         t0 = time.perf_counter()
         record = parts[part](Path(tmp))
         record["bench_wall_s"] = time.perf_counter() - t0
-    out = write_result(RESULTS / f"scale_{part}.json", record)
+    record["model"] = "the tests' tiny random Llama (tests/helpers/tiny.py)" if TINY else MODEL
+    out = write_result(RESULTS / f"scale_{part}{'_tiny' if TINY else ''}.json", record)
     print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=1))
 
 

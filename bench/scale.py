@@ -29,6 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's lowbit, as the subprocesses use
 
 from bench.common import RESULTS, write_result  # noqa: E402
 
@@ -115,8 +116,9 @@ def _sweep(work: Path, big: bool = False) -> Path:
     else:
         model, ctx, groups = MODEL, 512, [32, 64, 128]
     formats = "[int4, int3, int8, nf4]"
-    if big:  # the crash test on the tiny model: 24 trials, so that kills land mid-sweep
-        formats, groups = "[int2, int3, int4, int5, int6, int8]", [4, *groups]
+    if big:  # the crash test on the tiny model: 48 trials, so that kills land mid-sweep
+        bits = [f"int{b}{a}" for b in (2, 3, 4, 5, 6, 8) for a in ("", "-asym")]
+        formats, groups = f"[{', '.join(bits)}]", [4, *groups]
     path = work / "s.yaml"
     path.write_text(SWEEP.format(model=model, ctx=ctx, formats=formats, groups=groups))
     warm = work / "warm.yaml"  # computes the reference cache once, before any timed run
@@ -192,7 +194,7 @@ def crash(work: Path, kills: int = 10, seed: int = 0) -> dict[str, Any]:
     while len(log) < kills:
         cmd = [*base, "--store", str(store)] + (["--resume"] if store.exists() else [])
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(5, 35))
+        time.sleep(rng.uniform(5, 25))
         family = _descendants(proc.pid)
         workers = _workers(proc.pid)
         if workers and rng.random() < 0.5:

@@ -1,5 +1,6 @@
-"""``python -m lowbit``: the command line (see :mod:`lowbit.cli.main`)."""
+"""``python -m lowbit`` (and ``torchrun -m lowbit``): the command line."""
 
 from lowbit.cli.main import main
 
-main()
+if __name__ == "__main__":
+    main()

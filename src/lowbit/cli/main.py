@@ -21,6 +21,7 @@ from lowbit.cli import quantize as quantize_cmd
 from lowbit.cli import report as report_cmd
 from lowbit.cli import run as run_cmd
 from lowbit.cli import sensitivity as sensitivity_cmd
+from lowbit.cli import sweep as sweep_cmd
 
 app = typer.Typer(
     name="lowbit",
@@ -55,6 +56,10 @@ class Interrupted(BaseException):
 
 def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
+
+
+app.command("sweep")(sweep_cmd.sweep)
+app.command("results")(sweep_cmd.results)
 
 
 def main() -> None:

@@ -28,22 +28,24 @@ from torch import nn
 
 from lowbit._tensor import all_finite
 from lowbit.algorithms import HessianAccumulator, SmoothQuantConfig
-from lowbit.algorithms.handlers import LayerJob, quantize_layer
-from lowbit.errors import ConfigError, DataError, LowbitError, ModelSourceError
+from lowbit.errors import ConfigError, LowbitError, ModelSourceError
 from lowbit.models.arch import BlockSpec, check_plan_routers, check_quantizable
 from lowbit.models.budget import block_needs, check_fits
 from lowbit.models.capture import capture
 from lowbit.models.checkpoint import Checkpoint
 from lowbit.models.embeddings import check_embedding_plan, is_tied, quantize_embeddings, unties
 from lowbit.models.experts import routed_counts, set_calibration
+from lowbit.models.layer_quant import LayerReport, dtype_name, quantize_weight
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
 from lowbit.models.resume import Quant, mark, record_block, replay_block, resume_info
+from lowbit.models.ranks import check_job, reduce_statistics, solve_group
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec, Plan
 from lowbit.runtime import Runtime
+from lowbit.runtime.distributed import World
 from lowbit.runtime.runner import (
     Activations,
     for_each_block,
@@ -64,17 +66,6 @@ class Strategy(str, Enum):
 
 _RUNNERS = {Strategy.STAGED: run_staged, Strategy.RECOMPUTE: run_recompute}
 _RUNNERS[Strategy.TWO_PASS] = run_two_pass
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    name: str
-    spec: str
-    shape: tuple[int, int]
-    bits_per_weight: float
-    seconds: float
-    gptq_loss: float | None = None
-    damp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +101,7 @@ class _Result:
     smoothing: list[PairRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
+    keep: bool = True  # False on the ranks other than 0: they apply results, rank 0 keeps them
 
 
 def linear_names(model: nn.Module, handle: ModelHandle) -> list[str]:
@@ -157,7 +149,14 @@ def quantize_model(
         raise ConfigError(
             f"the plan uses {', '.join(needs)}, which needs calibration windows; give --calib text"
         )
-    result = _Result(QuantizedLayers(checkpoint.directory if checkpoint else shard_dir))
+    if needs and runtime.world.distributed:
+        assert calibration is not None
+        check_job(runtime.world, handle.fingerprint, plan, calibration)
+        calibration = calibration[runtime.world.shard(int(calibration.shape[0]))]
+    result = _Result(
+        QuantizedLayers(checkpoint.directory if checkpoint else shard_dir),
+        keep=runtime.world.writes,
+    )
     result.execution.update(runtime=runtime.describe(), **resume_info(checkpoint))
     start = time.perf_counter()
     with torch.no_grad():
@@ -237,6 +236,7 @@ def _calibrated(
     acts = capture(lazy, calibration, pipeline.chunk_size, home)
     result.timings["capture_s"] = time.perf_counter() - t0
     run = _RUNNERS[strategy]
+    world, loads = runtime.world, [0.0] * runtime.world.size
 
     def stage(i: int, block: nn.Module, inputs: Activations) -> Activations:
         path = f"{arch.blocks_path}.{i}"
@@ -258,6 +258,8 @@ def _calibrated(
             stats[g].add_batch(x)
 
         def on_group(g: int) -> None:
+            if world.distributed:
+                return _on_ranks(world, stats.pop(g), groups[g], specs, no_clip, result, loads)
             H = stats.pop(g).hessian()
             shared: dict[tuple[object, ...], object] = {}  # e.g. GPTQ's factor of H
             for name, module in groups[g]:
@@ -279,6 +281,34 @@ def _calibrated(
         set_calibration(lazy.model, None)
     if "experts" in result.execution:
         result.execution["expert_calibration"] = pipeline.experts.to_dict()
+
+
+def _on_ranks(
+    world: World,
+    acc: HessianAccumulator,
+    group: list[tuple[str, nn.Module]],
+    specs: dict[str, LayerSpec | None],
+    no_clip: set[str],
+    result: _Result,
+    loads: list[float],
+) -> None:
+    """One group under torch.distributed: statistics summed over the ranks, each layer solved
+    on its owner rank and applied on all (:mod:`lowbit.models.ranks`)."""
+    t = result.timings
+    t["all_reduce_s"] = t.get("all_reduce_s", 0.0) + reduce_statistics(world, acc)
+    H = acc.hessian()
+    for name, module in group:
+        if specs[name] is None:
+            _quantize_layer(name, module, None, H, result)
+
+    def solve(name: str, W: torch.Tensor, spec: LayerSpec, clip: bool, shared: dict) -> Any:
+        return quantize_weight(name, W, spec, H, clip=clip, shared=shared)
+
+    def apply(name: str, module: nn.Module, spec: LayerSpec, out: Any, seconds: float) -> None:
+        _apply(name, module, spec, out, seconds, result)
+
+    waited = solve_group(world, group, specs, no_clip, loads, solve, apply)
+    t["broadcast_s"] = t.get("broadcast_s", 0.0) + waited
 
 
 def _plan_execution(
@@ -358,46 +388,27 @@ def _quantize_layer(
     W = module.weight.data
     if not all_finite(W):
         raise LowbitError(f"layer {name} has NaN or infinite weights; the checkpoint is corrupt")
-    shape = (int(W.shape[0]), int(W.shape[1]))
     if spec is None:
+        shape = (int(W.shape[0]), int(W.shape[1]))
         bits = float(W.element_size() * 8)
-        result.reports.append(LayerReport(name, f"kept ({_dtype_name(W)})", shape, bits, 0.0))
+        result.reports.append(LayerReport(name, f"kept ({dtype_name(W)})", shape, bits, 0.0))
         return
     out = quantize_weight(name, W, spec, H, clip=clip, shared=shared)
-    module.weight.data = out.weight.dequantize().to(W.dtype)
+    _apply(name, module, spec, out, time.perf_counter() - t0, result)
+
+
+def _apply(
+    name: str, module: nn.Module, spec: LayerSpec, out: Any, seconds: float, result: _Result
+) -> None:
+    """Put a solved layer's dequantized weight in the block; keep its codes (rank 0)."""
+    W = module.weight.data
+    module.weight.data = out.weight.dequantize().to(W.device, W.dtype)
+    if not result.keep:
+        return
     result.layers.add(name, out.weight)
+    shape = (int(W.shape[0]), int(W.shape[1]))
     result.reports.append(
         LayerReport(
-            name,
-            spec.describe(),
-            shape,
-            out.weight.bits_per_weight(),
-            time.perf_counter() - t0,
-            out.loss,
-            out.damp,
+            name, spec.describe(), shape, out.weight.bits_per_weight(), seconds, out.loss, out.damp
         )
     )
-
-
-def _dtype_name(W: torch.Tensor) -> str:
-    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return short.get(W.dtype, str(W.dtype).removeprefix("torch."))
-
-
-def quantize_weight(
-    name: str,
-    W: torch.Tensor,
-    spec: LayerSpec,
-    H: torch.Tensor | None,
-    *,
-    clip: bool = True,
-    shared: dict[tuple[object, ...], object] | None = None,
-) -> Any:
-    """Quantize ``W`` (out, in) as ``spec`` says with the handler registered for its algorithm
-    (``H`` (in, in): the fp32 second moment of its inputs); returns the handler's Outcome."""
-    try:
-        return quantize_layer(
-            LayerJob(name, W, spec.fmt, spec.granularity, H, clip), spec.algorithm
-        )
-    except DataError as exc:
-        raise DataError(f"layer {name}: {exc}") from None

@@ -30,6 +30,7 @@ import torch
 
 from lowbit.errors import ConfigError
 from lowbit.runtime.config import Offload, RuntimeConfig
+from lowbit.runtime.distributed import SINGLE, World, join_world
 from lowbit.runtime.memory import fix_mmap_threshold
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,6 +49,7 @@ class Runtime:
     memory: int
     memory_source: str
     max_memory: int | None = None
+    world: World = SINGLE  # this process's rank under torchrun
 
     @property
     def on_cpu(self) -> bool:
@@ -80,6 +82,7 @@ class Runtime:
             "offload": self.offload.value,
             "memory_bytes": self.memory,
             "memory_source": self.memory_source,
+            **({"world": self.world.describe()} if self.world.distributed else {}),
         }
 
 
@@ -88,12 +91,15 @@ def resolve_runtime(cfg: RuntimeConfig | None = None) -> Runtime:
     cfg = cfg or RuntimeConfig()
     fix_mmap_threshold()  # freed activations and weights go back to the OS (runtime/memory.py)
     device = _device(cfg.device)
+    world = join_world(device.type == "cuda")
+    if world.distributed and device.type == "cuda" and cfg.device in ("auto", "cuda"):
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank of this node
     dtype = _DTYPES[cfg.dtype] if cfg.dtype != "auto" else _auto_dtype(device)
     _check_dtype(device, dtype)
     memory, source = _free_memory(device)
     if cfg.max_memory is not None and cfg.max_memory < memory:
         memory, source = cfg.max_memory, "--max-memory"
-    return Runtime(device, dtype, cfg.offload, memory, source, cfg.max_memory)
+    return Runtime(device, dtype, cfg.offload, memory, source, cfg.max_memory, world)
 
 
 def _device(name: str) -> torch.device:

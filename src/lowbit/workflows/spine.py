@@ -56,12 +56,21 @@ def quantize_job(
     """Quantize ``model`` under ``plan``, writing each block to ``OUT.partial`` as it is done
     (checkpointed: ``resume`` continues an interrupted run) and renaming it to ``out``."""
     result_path = result_path or Path(f"{out}.result.json")
-    api.check_outputs(out, result_path, overwrite=overwrite)
-    api.check_resumable(out, overwrite=overwrite, resume=resume)
-    rt = api.runtime(execution.runtime)
+    rt = api.runtime(execution.runtime)  # under torchrun: joins the ranks
+    if resume and rt.world.distributed:
+        raise ConfigError(
+            "--resume is not supported under torchrun: resume the run in one process (same "
+            "command without torchrun) or start again with --overwrite"
+        )
+    if rt.world.writes:
+        api.check_outputs(out, result_path, overwrite=overwrite)
+        api.check_resumable(out, overwrite=overwrite, resume=resume)
     handle = api.load(model, allow_pickle=allow_pickle)
     api.check_runtime_plan(handle, plan)  # before the calibration text is read
     calib_w = text_windows(handle, calib, calibration=True) if plan.needs_calibration() else None
+    if not rt.world.writes:  # another rank: its share of the work; rank 0 writes
+        qm = quantize_windows(handle, plan, calib_w, f"rank {rt.world.rank}", rt, execution)
+        return {"rank": rt.world.rank, "timings": dict(qm.timings)}
     key = _quantize_key(handle, plan, calib_w, execution, rt)
     try:
         with api.resumable(out, key, overwrite=overwrite, resume=resume) as ckpt:

@@ -1,0 +1,84 @@
+"""The sweep driver: expand the grid, record every trial in the store, run those not done.
+
+Each trial is marked ``running`` when it is handed out and ``done`` (with its results) or
+``failed`` (with its error) the moment it returns, each change one transaction. After a crash
+of the driver or a worker, ``--resume`` runs exactly the trials that are not ``done``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from lowbit.errors import ConfigError
+from lowbit.sweep.executors import Finished, Job
+from lowbit.sweep.grid import expand
+from lowbit.sweep.spec import SweepSpec
+from lowbit.sweep.store import open_store
+
+
+class Executor(Protocol):
+    def prepare(self) -> None: ...
+    def run(self, jobs: list[Job], artefacts: Path) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    store: Path
+    trials: int
+    skipped: int  # already done
+    done: int
+    failed: dict[str, str]  # hash -> error
+
+
+def default_store(sweep_file: Path) -> Path:
+    """The store beside the sweep file: ``NAME.results.sqlite``."""
+    return sweep_file.with_name(f"{sweep_file.stem}.results.sqlite")
+
+
+def run_sweep(
+    spec: SweepSpec,
+    store_path: Path,
+    executor: Executor,
+    *,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepSummary:
+    """Run every trial of ``spec`` not yet done in the store at ``store_path``."""
+    trials = expand(spec)  # bad input fails here, before the store is touched
+    executor.prepare()  # so do a missing Ray and an unreachable cluster
+    store = open_store(store_path)
+    try:
+        if store.trials() and not resume:
+            raise ConfigError(
+                f"results store {store_path} already holds trials; pass --resume to continue "
+                "the sweep (done trials are kept), or choose another store"
+            )
+        configs = {store.add(name, cfg): cfg for name, cfg in trials}
+        todo = store.todo(list(configs))
+        artefacts = store_path.with_name(f"{store_path.stem}.trials")
+        artefacts.mkdir(parents=True, exist_ok=True)
+        for digest in todo:
+            store.start(digest)
+        failed: dict[str, str] = {}
+        jobs = [(d, configs[d]) for d in todo]
+        for finished, (digest, result) in enumerate(executor.run(jobs, artefacts), 1):
+            _record(store, (digest, result), failed)
+            if progress:
+                progress(finished, len(todo))
+        return SweepSummary(store_path, len(configs), len(configs) - len(todo),
+                            len(todo) - len(failed), failed)  # fmt: skip
+    finally:
+        store.close()
+
+
+def _record(store: Any, finished: Finished, failed: dict[str, str]) -> None:
+    digest, result = finished
+    if isinstance(result, BaseException):
+        failed[digest] = f"{type(result).__name__}: {result}"
+        store.fail(digest, failed[digest])
+    else:
+        store.finish(digest, result["metrics"], result["artefacts"], result["provenance"],
+                     result["seconds"])  # fmt: skip

@@ -1,0 +1,64 @@
+"""From a sweep file to its trials: every cell of the grid as a plain-JSON configuration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lowbit import api
+from lowbit.errors import ConfigError, LowbitError
+from lowbit.plan import Plan
+from lowbit.sweep.spec import SweepSpec, text_dict
+
+TrialConfig = dict[str, Any]
+
+
+def _resolve(spec: SweepSpec, name: str) -> str:
+    """A path relative to the sweep file's folder when it exists there; else as given (a
+    built-in model name, an absolute path)."""
+    if spec.path is not None:
+        candidate = spec.path.parent / name
+        if candidate.exists():
+            return str(candidate.resolve())
+    return name
+
+
+def _plans(spec: SweepSpec, model: str) -> list[tuple[str, Plan]]:
+    out: list[tuple[str, Plan]] = []
+    for algo in spec.algorithms:
+        for fc in spec.formats:
+            for g in spec.group_sizes:
+                try:
+                    layer = api.spec_from_options(fc.bits, g, fc.symmetric, algo, fmt=fc.format)
+                except LowbitError as exc:
+                    raise ConfigError(f"sweep cell {algo} {fc.label} g{g}: {exc}") from None
+                out.append((f"{algo} {fc.label} g{g}", api.plan_from_options(layer)))
+    for p in spec.plans:
+        out.append((Path(p).stem, Plan.load(Path(_resolve(spec, p)))))
+    if spec.budgets:
+        assert spec.table is not None
+        table = api.load_table(Path(_resolve(spec, spec.table)))
+        for b in spec.budgets:
+            _, plan = api.allocate(table, api.AvgBits(b))
+            out.append((f"budget {b:g}", plan))
+    return out
+
+
+def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
+    """(name, configuration) of every trial, in grid order: models × plans × texts."""
+    trials = []
+    for model in spec.models:
+        source = _resolve(spec, model)
+        for label, plan in _plans(spec, source):
+            calib = text_dict(spec.calibration) if plan.needs_calibration() else None
+            for text in spec.texts:
+                config = {
+                    "model": source,
+                    "plan": plan.to_dict(),
+                    "calibration": calib,
+                    "eval": text_dict(text),
+                    "runtime": asdict(spec.runtime),
+                }
+                trials.append((f"{model} | {label} | {text.source}", config))
+    return trials

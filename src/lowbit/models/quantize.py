@@ -39,8 +39,8 @@ from lowbit.models.layer_quant import LayerReport, dtype_name, quantize_weight
 from lowbit.models.lazy import LazyModel, block_list
 from lowbit.models.pipeline import DEFAULT_PIPELINE, PipelineConfig, Propagation
 from lowbit.models.qstore import QuantizedLayers, block_shard
-from lowbit.models.resume import Quant, mark, record_block, replay_block, resume_info
 from lowbit.models.ranks import check_job, reduce_statistics, solve_group
+from lowbit.models.resume import Quant, mark, record_block, replay_block, resume_info
 from lowbit.models.smoothing import PairRecord, check_smoothing, smooth_block
 from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec, Plan

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lowbit import api
+from lowbit.errors import ConfigError
 from lowbit.models.pipeline import ExpertCalibration
 from lowbit.plan import Plan
 from lowbit.report.console import console, progress_bar, results_table

@@ -23,7 +23,8 @@ def test_grid_is_models_by_plans_by_texts(tiny_llama):
     assert all(c["calibration"] is not None for c in gptq)
     assert all(c["calibration"] is None for n, c in trials if "rtn" in n)
     assert trials[0][1]["plan"]["default"]["format"] == {
-        "type": "int", "bits": 4, "symmetric": True, "scale_dtype": "float16"
+        "type": "int", "bits": 4, "symmetric": True, "scale_dtype": "float16",
+        "scale_rule": "extreme",
     }  # fmt: skip
     assert expand(spec) == trials  # deterministic
 

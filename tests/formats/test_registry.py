@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from lowbit._fields import FieldError
 from lowbit.errors import ConfigError, UnknownNameError
 from lowbit.formats import (
     FORMATS,
@@ -96,10 +97,10 @@ def test_int_dict_is_unchanged():
 @pytest.mark.parametrize(
     ("data", "error", "message"),
     [
-        ({"type": "fp", "bits": 4}, UnknownNameError, "unknown format type 'fp'"),
+        ({"type": "fp", "bits": 4}, FieldError, "type: unknown format type 'fp'"),
         ({"type": "mx", "element": "fp9"}, ConfigError, "no MX element 'fp9'"),
-        ({"type": "float", "exponent_bits": 4}, KeyError, "mantissa_bits"),
-        ({"type": "nf4", "bits": 4}, ConfigError, r"unknown field\(s\) \['bits'\]"),
+        ({"type": "float", "exponent_bits": 4}, FieldError, "mantissa_bits: missing"),
+        ({"type": "nf4", "bits": 4}, FieldError, "bits: unknown field in a nf4 format"),
     ],
 )
 def test_bad_dicts(data, error, message):

@@ -204,5 +204,5 @@ def test_plans_round_trip_awq(cfg):
     assert again.default.describe().startswith("AWQ NVFP4 g16")
     assert ("grid=8" in again.default.describe()) == (cfg.grid == 8)  # options show in labels
     bad = {**plan.default.to_dict(), "algorithm": {"name": "awq", "alpha": 0.5}}
-    with pytest.raises(ConfigError, match="unknown AWQ option"):
+    with pytest.raises(ConfigError, match="algorithm.alpha: unknown field in an AWQ algorithm"):
         LayerSpec.from_dict(bad)

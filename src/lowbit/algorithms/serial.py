@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -19,14 +20,24 @@ from lowbit.formats import MinMax, clipping_from_dict
 
 
 def algorithm_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
-    """``{"name": ..., **fields}`` (enums by value); plain RTN as ``{"name": "rtn"}``, as plans
-    written before clipping existed have it."""
-    if isinstance(a, RTNConfig):
-        if isinstance(a.clipping, MinMax):
-            return {"name": "rtn"}
-        return {"name": "rtn", "clipping": a.clipping.to_dict()}
+    """``{"name": ..., **fields}`` (enums by value) through the writer registered for the
+    config's type, the generic one by default."""
+    return _WRITERS.get(type(a), _fields_to_dict)(a)
+
+
+def _fields_to_dict(a: AlgorithmConfig) -> dict[str, Any]:
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}  # type: ignore[arg-type]
     return {"name": a.name, **{k: v.value if isinstance(v, Enum) else v for k, v in values.items()}}
+
+
+def _rtn_to_dict(a: RTNConfig) -> dict[str, Any]:
+    """Plain RTN as ``{"name": "rtn"}``, as plans written before clipping existed have it."""
+    if a.clipping == MinMax():
+        return {"name": "rtn"}
+    return {"name": "rtn", "clipping": a.clipping.to_dict()}
+
+
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {RTNConfig: _rtn_to_dict}
 
 
 def algorithm_from_dict(d: dict[str, Any]) -> AlgorithmConfig:

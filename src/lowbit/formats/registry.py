@@ -83,10 +83,12 @@ def format_from_dict(data: dict[str, Any]) -> WeightFormat:
     return cls(**typed_kwargs(cls, data, f"a {data.get('type', 'int')} format", skip=("type",)))
 
 
+_GRANULARITY_TAGS: dict[type, str] = {PerGroup: "group", PerChannel: "channel", PerTensor: "tensor"}
+
+
 def granularity_to_dict(g: Granularity) -> dict[str, Any]:
-    if isinstance(g, PerGroup):
-        return {"type": "group", "size": g.size}
-    return {"type": "channel" if isinstance(g, PerChannel) else "tensor"}
+    """``{"type": tag, **fields}``: a group's size, nothing more for a channel or a tensor."""
+    return {"type": _GRANULARITY_TAGS[type(g)], **dataclasses.asdict(g)}  # type: ignore[call-overload]
 
 
 def granularity_from_dict(d: Any) -> Granularity:

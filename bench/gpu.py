@@ -29,6 +29,7 @@ import importlib.util
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ if importlib.util.find_spec("lowbit") is None:
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # bench.gpu_steps, tests.helpers (the tiny model)
 
-from bench.gpu_steps import builtin, llama, moe, speed  # noqa: E402
+from bench.gpu_steps import builtin, llama, moe, ranks, speed, tasks  # noqa: E402
 from bench.gpu_steps.data import MANIFEST, stash_parts  # noqa: E402
 from bench.gpu_steps.record import (  # noqa: E402
     Deadline,
@@ -48,13 +49,16 @@ from bench.gpu_steps.record import (  # noqa: E402
     summary,
 )
 
-STEPS = ("builtin", "llama8b", "profile", "moe")
+STEPS = ("builtin", "llama8b", "ranks", "tasks", "profile", "moe")
 NEEDS_S = {
     "builtin": 60.0,
     "llama8b": 120.0,
+    "ranks": 45.0,
+    "tasks": 60.0,
     "profile": 30.0,
     "moe": 90.0,
 }  # skipped with less budget left
+TASK_PHASE_S = {"loglikelihood": 40.0, "gsm8k": 60.0, "mmlu": 40.0}  # each skipped below this
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,6 +102,8 @@ class Context:
         self.args, self.work = args, work
         self.rt_cfg = RuntimeConfig(args.device, args.dtype)
         self._model: str | None = None
+        self.quantized: str | None = None  # the ranks step's plain GPTQ directory
+        self.save: Callable[[], None] = lambda: None
         if args.tiny:
             from bench.gpu_steps.data import tiny_data
 
@@ -157,6 +163,38 @@ def step_llama(ctx: Context, figures: dict, deadline: Deadline) -> None:
     llama.run_llama(figures, protocol, ctx.rt_cfg, ctx.work, deadline, config=config)
 
 
+def step_ranks(ctx: Context, figures: dict) -> None:
+    """torchrun with one rank against the plain process (issue 17)."""
+    from bench.gpu_steps.data import PACKAGE
+
+    protocol = ranks.TINY_PROTOCOL if ctx.args.tiny else ranks.RanksProtocol()
+    device = str(api_runtime(ctx).device)
+    model = ctx.builtin_model()
+    extra = [str(ctx.args.stash / "pkg")] if (ctx.args.stash / "pkg" / PACKAGE).is_dir() else []
+    ranks.run_ranks(figures, model, ctx.data, device, protocol, ctx.work / "ranks",
+                    extra_paths=extra)  # fmt: skip
+    ctx.quantized = figures["plain_dir"]
+
+
+def step_tasks(ctx: Context, figures: dict, deadline: Deadline) -> None:
+    """The task suite, reference against GPTQ W4 g64 (issue 19)."""
+    protocol = tasks.TINY_PROTOCOL if ctx.args.tiny else tasks.TasksProtocol()
+    model = ctx.builtin_model()
+    if ctx.quantized is None:  # the ranks step did not run: quantize here
+        step_ranks(ctx, {})
+    from lowbit.evaluation.text import data_dir
+
+    figures["data_dir"] = str(data_dir())  # the task files ($LOWBIT_DATA_DIR)
+    tasks.run_tasks(figures, model, ctx.quantized, ctx.rt_cfg, protocol, deadline,
+                    needs_s={} if ctx.args.tiny else TASK_PHASE_S, save=ctx.save)  # fmt: skip
+
+
+def api_runtime(ctx: Context):
+    from lowbit import api
+
+    return api.runtime(ctx.rt_cfg)
+
+
 def step_profile(ctx: Context, figures: dict) -> None:
     from lowbit import api
 
@@ -193,6 +231,8 @@ def step_moe(ctx: Context, figures: dict, deadline: Deadline) -> None:
 LINES = {
     "builtin": builtin.lines,
     "llama8b": llama.lines,
+    "ranks": ranks.lines,
+    "tasks": tasks.lines,
     "profile": speed.lines,
     "moe": moe.lines,
 }
@@ -220,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             "gguf_parts_stashed": parts,
         }
         rec = Recorder(args.out / "gpu-result.json", header, deadline)
+        ctx.save = rec.write  # a long step's figures so far (kept if the call is cut short)
         steps = {
             "builtin": lambda f: step_builtin(ctx, f),
             "llama8b": lambda f: step_llama(ctx, f, deadline),
+            "ranks": lambda f: step_ranks(ctx, f),
+            "tasks": lambda f: step_tasks(ctx, f, deadline),
             "profile": lambda f: step_profile(ctx, f),
             "moe": lambda f: step_moe(ctx, f, deadline),
         }

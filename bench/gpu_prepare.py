@@ -1,13 +1,16 @@
 """Prepare, on this machine, what the GPU check (bench/gpu.py) needs on the device machine,
 which reaches nothing outside itself and receives at most 64 MiB per call:
 
-- ``bench/gpu_data/common/``: the two WikiText-2 files of the protocol, the GGUF manifest and
-  the commit (the device's copy of the tree has no .git);
+- ``bench/gpu_data/common/``: ``data.tar.xz`` (the two WikiText-2 files of the protocol and
+  every local task's files), the GGUF manifest and the commit (the device's copy of the tree
+  has no .git);
 - ``bench/gpu_data/gguf-0/part``, ``gguf-1/part``: the built-in model's GGUF file (98.4 MB, more
-  than one call carries) in two halves, one per call (bench/gpu_steps/data.py);
+  than one call carries) in two parts, one per call (bench/gpu_steps/data.py);
 - with ``--wheels``: ``.whl/``, the Python packages missing on the device (KINDS.md's list) for
-  CPython 3.12 on manylinux x86_64: greenlet (the block runner), gguf (the GGUF conversion), and
-  compressed-tensors with its missing dependencies (export; imported by nothing the check runs).
+  CPython 3.12 on manylinux x86_64: greenlet (the block runner), gguf (the GGUF conversion),
+  lm-eval with datasets, dill and multiprocess (the task step), and compressed-tensors with its
+  missing dependencies (export; imported by nothing the check runs). Call a carries them and
+  installs them under /tmp/site, where call b finds them while the machine stays warm.
 
 Both folders are ignored by git (.gitignore). Then it prints what each of the two device calls
 carries, the working tree included, against the 64 MiB limit. Run it in the checkout the GPU
@@ -30,7 +33,7 @@ if importlib.util.find_spec("lowbit") is None:
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from bench.gpu_steps.data import copy_texts, split_gguf  # noqa: E402
+from bench.gpu_steps.data import pack_data, split_gguf  # noqa: E402
 from bench.gpu_steps.record import commit  # noqa: E402
 
 LIMIT = 64 * 2**20
@@ -44,12 +47,17 @@ WHEELS = (  # pinned to the versions lowbit is tested with here; none of them is
     "typing-inspection==0.4.5",
     "typing_extensions==4.16.0",  # pydantic_core needs >= 4.16; the device's may be older
     "loguru==0.7.3",
+    "lm_eval==0.4.13",  # the task step (issue 19) → datasets, dill, multiprocess
+    "datasets==4.8.5",  # not 5.x: it needs pyarrow >= 24, the device's may be older
+    "dill==0.4.1",
+    "multiprocess==0.70.19",
 )
+FIRST_PART = 44 * 2**20  # call a carries the wheels (14 MiB) and this much of the model
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
-CALLS = {  # the carry list of each device call (bench/gpu_run.sh)
-    "a": (".whl", "bench/gpu_data/common", "bench/gpu_data/gguf-0"),
-    "b": (".whl", "bench/gpu_data/common", "bench/gpu_data/gguf-1"),
+CALLS = {  # the carry list of each device call (bench/gpu_run.sh); b uses a's installed wheels
+    "a": (".whl", "bench/gpu_data/gguf-0"),
+    "b": ("bench/gpu_data/common", "bench/gpu_data/gguf-1"),
 }
 
 
@@ -90,8 +98,8 @@ def main() -> int:
     from lowbit.models.builtin import builtin_gguf
 
     root = ROOT / "bench" / "gpu_data"
-    copy_texts(args.data or data_dir(), root)
-    manifest = split_gguf(builtin_gguf("smollm2-135m"), root)
+    pack_data(args.data or data_dir(), root)
+    manifest = split_gguf(builtin_gguf("smollm2-135m"), root, first=FIRST_PART)
     (root / "common" / "commit.txt").write_text(f"{commit(ROOT)}\n")
     print(f"{manifest['name']}: {manifest['size'] / 1e6:.1f} MB in {len(manifest['parts'])} parts")
     if args.wheels:

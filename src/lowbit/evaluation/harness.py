@@ -197,6 +197,17 @@ class Prepared:
     include: list[Path]
 
 
+def _local_dirs(tasks: list[ResolvedTask], data_root: Path, cache: Path) -> list[Path]:
+    local = [t.name for t in tasks if t.local]
+    return task_defs.write_task_dirs(data_root, cache, local) if local else []
+
+
+def task_dirs(cfg: TaskConfig, data_root: Path, cache: Path) -> list[Path]:
+    """The local task directories ``cfg`` runs on (written once; their names carry the
+    fingerprint of their data, code and harness version)."""
+    return _local_dirs(resolve(cfg, data_root), data_root, cache)
+
+
 def prepare(cfg: TaskConfig, data_root: Path, cache: Path) -> Prepared:
     """Resolve the tasks, write the local ones' YAML, and load and check every task (sources,
     templates on the evaluated documents, stop sequences, one verdict per sample): everything
@@ -204,8 +215,7 @@ def prepare(cfg: TaskConfig, data_root: Path, cache: Path) -> Prepared:
     from lm_eval.tasks import TaskManager
 
     tasks = resolve(cfg, data_root)
-    local = [t.name for t in tasks if t.local]
-    include = task_defs.write_task_dirs(data_root, cache, local) if local else []
+    include = _local_dirs(tasks, data_root, cache)
     paths = [*map(str, include), *cfg.include_paths]
     manager = TaskManager(
         include_path=paths or None, include_defaults=any(t.kind == "hub" for t in tasks)

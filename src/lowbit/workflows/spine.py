@@ -168,11 +168,9 @@ def eval_job(
         out["results"] = {k: v.to_dict() for k, v in results.items()}
     if tasks is not None:
         from lowbit.evaluation.compare import category_rows
-        from lowbit.workflows.tasks import run_tasks_for
+        from lowbit.workflows.tasks import tasks_of
 
-        dense, _ = api.load_for_tasks(model, rt, allow_pickle=allow_pickle)
-        run = run_tasks_for(model, dense, handle, tasks)
-        del dense
+        run = tasks_of(model, model, handle, tasks, rt, allow_pickle)
         out["tasks"] = run.to_dict()
         out["categories"] = category_rows(run.samples)
     config = {

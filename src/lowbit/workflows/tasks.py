@@ -26,6 +26,23 @@ def run_tasks_for(label: str, model: Any, handle: Any, cfg: Any) -> Any:
     return run
 
 
+def tasks_of(label: str, source: str, handle: Any, cfg: Any, rt: Any, allow: bool) -> Any:
+    """``source``'s TaskRun on ``cfg``: from the task cache when this original model ran these
+    tasks before in this dtype (the reference of every comparison runs once), else run with
+    the whole model loaded for the time of the run, and cached."""
+    run, key = api.cached_task_run(source, handle, cfg, rt)
+    if run is not None:
+        console.print(f"[bold]{label}[/]: task results from the cache ({run.info['cache']})")
+        console.print(task_table(run.metrics, f"{label}: task accuracy (cached)"))
+        return run
+    model, _ = api.load_for_tasks(source, rt, allow_pickle=allow)
+    run = run_tasks_for(label, model, handle, cfg)
+    del model
+    if key is not None:
+        api.store_task_run(key, run)
+    return run
+
+
 def _limit_note(cfg: Any) -> str:
     return f" (first {cfg.limit} items each)" if cfg.limit else ""
 
@@ -107,14 +124,13 @@ def _compare_models(
         }
         out["text"] |= {k: v.to_dict() for k, v in res.items()}
     if tasks is not None:
-        runs = {}
-        for label, source, handle in (
-            ("reference", reference, ref_handle),
-            ("quantized", quantized, q_handle),
-        ):
-            model, _ = api.load_for_tasks(source, rt, allow_pickle=allow)
-            runs[label] = run_tasks_for(label, model, handle, tasks)
-            del model
+        runs = {
+            label: tasks_of(label, source, handle, tasks, rt, allow)
+            for label, source, handle in (
+                ("reference", reference, ref_handle),
+                ("quantized", quantized, q_handle),
+            )
+        }
         out["runs"] = {k: r.to_dict() for k, r in runs.items()}
         out["comparison"] = api.compare_task_runs(runs["reference"], runs["quantized"])
     prov = api.provenance("compare", ref_handle, {"tasks": _cfg(tasks)}, {}, {}, rt)

@@ -57,14 +57,18 @@ def ranks(work: Path, calib_windows: int = 16, eval_windows: int = 10) -> dict[s
     ranks_s = _run([torchrun, "--nproc-per-node", "2", "-m", "lowbit", *q, "-o", str(work / "two")])
     same = total = 0
     scale_diff = 0.0
+    by_block = {}
     for shard in sorted((work / "one").glob("blocks-*.safetensors")):
         a, b = load_file(str(shard)), load_file(str(work / "two" / shard.name))
+        block_same = block_total = 0
         for k in a:
             if a[k].dtype.is_floating_point:
                 scale_diff = max(scale_diff, float((a[k].float() - b[k].float()).abs().max()))
             else:
-                same += int((a[k] == b[k]).sum())
-                total += a[k].numel()
+                block_same += int((a[k] == b[k]).sum())
+                block_total += a[k].numel()
+        by_block[shard.stem] = block_same / block_total
+        same, total = same + block_same, total + block_total
     kl = {}
     for name in ("one", "two"):
         out = work / f"{name}.eval.json"
@@ -78,6 +82,7 @@ def ranks(work: Path, calib_windows: int = 16, eval_windows: int = 10) -> dict[s
         "OMP_NUM_THREADS=1 per process; KL on the first "
         f"{eval_windows} evaluation windows of builtin:python-docs",
         "packed_code_bytes_equal": same / total, "packed_code_bytes": total,
+        "packed_code_bytes_equal_by_block": by_block,
         "max_abs_scale_difference": scale_diff,
         "kl_one_process": kl["one"], "kl_two_ranks": kl["two"],
         "kl_relative_difference": abs(kl["two"] - kl["one"]) / kl["one"],

@@ -6,8 +6,8 @@ the process group, NCCL when the device is a GPU and gloo on CPUs; otherwise the
 rank and every collective is the identity.
 
 What the ranks do with it (:mod:`lowbit.models.ranks`): each takes its share of the calibration
-windows (:meth:`World.shard`), statistics are summed over the ranks in fp32
-(:meth:`World.all_reduce_`), each layer's solve runs on one owner rank (:func:`owners`: the
+windows (:meth:`World.shard`), statistics are summed over the ranks in their own dtype (the
+Hessians' fp64 sums: :meth:`World.all_reduce_`), each layer's solve runs on one owner rank (:func:`owners`: the
 least loaded so far) and is sent to every rank (:meth:`World.broadcast`), and rank 0 writes.
 Ranks first check that they agree on the job (:meth:`World.check_agree`).
 """
@@ -56,7 +56,7 @@ class World:
         return slice(start, start + base + (self.rank < extra))
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` (fp32) over the ranks, in place."""
+        """Sum ``t`` over the ranks, in place, in its own dtype (fp64 for the Hessian sums)."""
         if self.distributed:
             import torch.distributed as dist
 

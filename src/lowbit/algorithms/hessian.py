@@ -3,12 +3,13 @@
 ``HessianAccumulator.add_batch(X)`` takes inputs X (..., in) and keeps Σ xᵀx over all tokens;
 ``hessian()`` returns the mean H = Σ xᵀx / n (in, in). Only the upper block triangle is
 computed (the matrix is symmetric), which saves about a third of the arithmetic for wide inputs.
-Each batch's product XᵀX is computed in fp32 (inputs of any float dtype are upcast) and added
-to a running sum kept in fp64 on ``device`` (or, when none is given, on the device of the first
-batch); ``hessian()`` divides in fp64 and rounds once to fp32. Sums of the same batches in any
-order or grouping therefore agree up to fp64 rounding, which the final fp32 rounding hides: one
-process adding batch after batch and torch.distributed ranks adding their partial sums (reduced
-in fp64) give the same fp32 Hessian as long as they see the same batches.
+Each sequence's product XᵀX (per row of the leading dimension) is computed in fp32 (inputs of
+any float dtype are upcast) and added to a running sum kept in fp64 on ``device`` (or, when
+none is given, on the device of the first batch); ``hessian()`` divides in fp64 and rounds once
+to fp32. Sums of the same sequences in any order or grouping therefore agree up to fp64
+rounding, which the final fp32 rounding hides: one process adding chunk after chunk of windows
+and torch.distributed ranks adding their partial sums (reduced in fp64) give the same fp32
+Hessian from the same windows, however the windows are chunked.
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ class HessianAccumulator:
         return self._sum
 
     def add_batch(self, X: torch.Tensor) -> None:
+        """Add the inputs ``X`` (..., in): one fp32 product per sequence (each row of the
+        leading dimension when ``X`` has three or more dimensions, else the whole batch), so
+        the sum does not depend on how sequences are grouped into batches."""
         if X.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs with {self.in_features} features, got {X.shape[-1]}")
         if self.device is None:
             self.device = X.device
-        X = X.detach().reshape(-1, X.shape[-1]).to(self.device, torch.float32)
+        X = X.detach().to(self.device, torch.float32)
+        rows = X.reshape(X.shape[0], -1, X.shape[-1]) if X.dim() >= 3 else X[None]
+        for seq in rows:
+            self._add(seq)
+
+    def _add(self, X: torch.Tensor) -> None:
         S = self.sum
         self.count += X.shape[0]
         if len(self._blocks) < 2:
@@ -57,8 +66,9 @@ class HessianAccumulator:
 
     def hessian(self) -> torch.Tensor:
         """The mean second moment (in, in), symmetric, fp32 on the accumulator's device (the
-        fp64 mean rounded once): one new in² matrix, its lower block triangle mirrored from the upper one block by block
-        (the same values as ``triu(H) + triu(H, 1).T``, without their temporaries)."""
+        fp64 mean rounded once): one new in² matrix, its lower block triangle mirrored from the
+        upper one block by block (the same values as ``triu(H) + triu(H, 1).T``, without their
+        temporaries)."""
         if self.count == 0:
             raise ValueError("no inputs were accumulated")
         H = (self.sum / self.count).to(torch.float32)

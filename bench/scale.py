@@ -3,13 +3,16 @@
 - ``ranks``: GPTQ W4 g64 of the built-in model by 2 gloo ranks (torchrun) against one process:
   the share of identical codes, the largest scale difference, KL of each to the original, the
   wall time of both and the all-reduce / broadcast share of the 2-rank run;
-- ``ray``: 12 RTN trials (4 formats × 3 group sizes) of the built-in model: one process
-  (``--local``), a local Ray with one worker and with two; wall time of each, results equal;
+- ``ray``: 12 RTN trials (4 formats × 3 group sizes) of the built-in model (2 evaluation
+  windows × 256 tokens): one process (``--local``) and a local Ray with one worker (with two:
+  ``--two-workers``, always with ``--tiny``); wall time of each, the time outside the trials,
+  Ray's fixed costs, results equal;
 - ``crash``: the same sweep on Ray (2 workers) killed with SIGKILL at random moments (the driver,
   or a worker then the driver), each followed by ``--resume``; the final store against the
   uninterrupted one, trial by trial.
 
     nice python bench/scale.py ranks|ray|crash      # writes bench/results/scale_PART.json
+    nice python bench/scale.py ray --two-workers    # the built-in sweep on 2 workers too
     nice python bench/scale.py ray|crash --tiny     # the tiny test model: scale_PART_tiny.json
 """
 
@@ -57,14 +60,18 @@ def ranks(work: Path, calib_windows: int = 16, eval_windows: int = 10) -> dict[s
     ranks_s = _run([torchrun, "--nproc-per-node", "2", "-m", "lowbit", *q, "-o", str(work / "two")])
     same = total = 0
     scale_diff = 0.0
+    by_block = {}
     for shard in sorted((work / "one").glob("blocks-*.safetensors")):
         a, b = load_file(str(shard)), load_file(str(work / "two" / shard.name))
+        block_same = block_total = 0
         for k in a:
             if a[k].dtype.is_floating_point:
                 scale_diff = max(scale_diff, float((a[k].float() - b[k].float()).abs().max()))
             else:
-                same += int((a[k] == b[k]).sum())
-                total += a[k].numel()
+                block_same += int((a[k] == b[k]).sum())
+                block_total += a[k].numel()
+        by_block[shard.stem] = block_same / block_total
+        same, total = same + block_same, total + block_total
     kl = {}
     for name in ("one", "two"):
         out = work / f"{name}.eval.json"
@@ -78,6 +85,7 @@ def ranks(work: Path, calib_windows: int = 16, eval_windows: int = 10) -> dict[s
         "OMP_NUM_THREADS=1 per process; KL on the first "
         f"{eval_windows} evaluation windows of builtin:python-docs",
         "packed_code_bytes_equal": same / total, "packed_code_bytes": total,
+        "packed_code_bytes_equal_by_block": by_block,
         "max_abs_scale_difference": scale_diff,
         "kl_one_process": kl["one"], "kl_two_ranks": kl["two"],
         "kl_relative_difference": abs(kl["two"] - kl["one"]) / kl["one"],
@@ -101,7 +109,7 @@ def _find(d: Any, key: str) -> dict[str, Any]:
 SWEEP = """models: [{model}]
 formats: {formats}
 group_sizes: {groups}
-texts: [{{source: builtin:python-docs, ctx: {ctx}, windows: 4}}]
+texts: [{{source: builtin:python-docs, ctx: {ctx}, windows: {windows}}}]
 runtime: {{device: cpu, dtype: float32}}
 """
 
@@ -114,15 +122,18 @@ def _sweep(work: Path, big: bool = False) -> Path:
 
         model, ctx, groups = str(make_tiny_model(work / "tiny", "llama")), 32, [8, 16, 32]
     else:
-        model, ctx, groups = MODEL, 512, [32, 64, 128]
+        model, ctx, groups = MODEL, 256, [32, 64, 128]
     formats = "[int4, int3, int8, nf4]"
     if big:  # the crash test on the tiny model: 48 trials, so that kills land mid-sweep
         bits = [f"int{b}{a}" for b in (2, 3, 4, 5, 6, 8) for a in ("", "-asym")]
         formats, groups = f"[{', '.join(bits)}]", [4, *groups]
     path = work / "s.yaml"
-    path.write_text(SWEEP.format(model=model, ctx=ctx, formats=formats, groups=groups))
+    windows = 4 if TINY else 2
+    path.write_text(SWEEP.format(model=model, ctx=ctx, formats=formats, groups=groups,
+                                 windows=windows))  # fmt: skip
     warm = work / "warm.yaml"  # computes the reference cache once, before any timed run
-    warm.write_text(SWEEP.format(model=model, ctx=ctx, formats="[int2]", groups=groups[:1]))
+    warm.write_text(SWEEP.format(model=model, ctx=ctx, formats="[int2]", groups=groups[:1],
+                                 windows=windows))  # fmt: skip
     _run([PY, "-m", "lowbit", "sweep", str(warm), "--local"])
     return path
 
@@ -136,22 +147,64 @@ def _rows(store: Path) -> dict[str, Any]:
 def ray(work: Path) -> dict[str, Any]:
     path = _sweep(work)
     base = [PY, "-m", "lowbit", "sweep", str(path)]
-    walls = {
-        "one_process": _run([*base, "--local", "--store", str(work / "local.sqlite")]),
-        "ray_1_worker": _run([*base, "--workers", "1", "--store", str(work / "ray1.sqlite")]),
-        "ray_2_workers": _run([*base, "--workers", "2", "--store", str(work / "ray2.sqlite")]),
-    }
-    local = _rows(work / "local.sqlite")
+    runs = {"one_process": ["--local"], "ray_1_worker": ["--workers", "1"]}
+    if TINY or "--two-workers" in sys.argv:
+        runs["ray_2_workers"] = ["--workers", "2"]
+    walls = {n: _run([*base, *a, "--store", str(work / f"{n}.sqlite")]) for n, a in runs.items()}
+    local = _rows(work / "one_process.sqlite")
+    trial_s = {n: _trial_seconds(work / f"{n}.sqlite") for n in runs}
     return {
         "trials": len(local),
         "wall_s": walls,
         "ray_1_worker_over_one_process": walls["ray_1_worker"] / walls["one_process"],
-        "stores_equal_trial_by_trial": {
-            n: _rows(work / f"{n}.sqlite") == local for n in ("ray1", "ray2")
-        },
+        "sum_of_trial_seconds": trial_s,
+        "outside_trials_s": {n: walls[n] - trial_s[n] for n in runs},
+        "ray_fixed_costs_s": _ray_profile(),
+        "stores_equal_trial_by_trial": {n: _rows(work / f"{n}.sqlite") == local for n in runs},
         "note": "each wall time is the whole `lowbit sweep` command (Python start, Ray start "
         "and shutdown included); 2 CPU cores shared with other jobs",
     }
+
+
+def _trial_seconds(store: Path) -> float:
+    with sqlite3.connect(store) as db:
+        return float(db.execute("SELECT SUM(seconds) FROM trials").fetchone()[0])
+
+
+RAY_PROFILE = """
+import json, time
+t0 = time.perf_counter()
+import ray
+t1 = time.perf_counter()
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+t2 = time.perf_counter()
+
+@ray.remote(num_cpus=1)
+def trial_module():
+    t = time.perf_counter()
+    import lowbit.sweep.trial  # noqa: F401  (torch, transformers, lowbit)
+    return time.perf_counter() - t
+
+imports = ray.get(trial_module.remote())
+t3 = time.perf_counter()
+ray.get(trial_module.remote())
+t4 = time.perf_counter()
+ray.shutdown()
+t5 = time.perf_counter()
+print(json.dumps({"import_ray": t1 - t0, "ray_init": t2 - t1, "first_task": t3 - t2,
+                  "of_which_worker_imports": imports, "next_task": t4 - t3,
+                  "ray_shutdown": t5 - t4}))
+"""
+
+
+def _ray_profile() -> dict[str, float]:
+    """Ray's fixed costs in a fresh process: import, ``ray.init()`` of a local Ray with one
+    CPU, the first task (a worker started, lowbit's trial module imported in it), the next
+    task on the same worker, shutdown."""
+    run = subprocess.run([PY, "-c", RAY_PROFILE], env=ENV, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"Ray profile failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def _descendants(pid: int) -> list[int]:

@@ -3,8 +3,10 @@
 ``tests/golden/cpu_fp32.json`` was written by commit c3dc85e (the last one before the block
 runner, the device policy and the cached reference) with ``python -m tests.golden.observe``,
 and rewritten once, on purpose, when the symmetric integer grid took the extreme scale rule
-(issue 18: every symmetric code and scale changed; asymmetric ones did not); this test runs the
-same observation on the current code. Quantization must match exactly
+(issue 18: every symmetric code and scale changed; asymmetric ones did not), and once more when
+the Hessian statistics came to be summed in fp64 (issue 17: the sensitivity table's Hessian
+proxies moved by at most 3.4e-8 relative; every code, scale and evaluation figure stayed the
+same); this test runs the same observation on the current code. Quantization must match exactly
 (every packed code, scale and zero point, and the norms AWQ rescaled), and so must every figure
 computed from exact quantities (perplexity, top-1 agreement, Δp, sensitivity bits, Hessian and
 Fisher proxies). The KL divergence now comes from the reference's cached log-probabilities

@@ -64,3 +64,25 @@ def test_wrong_width_is_rejected():
 def test_empty_accumulator_has_no_hessian():
     with pytest.raises(ValueError, match="no inputs"):
         HessianAccumulator(8).hessian()
+
+
+@pytest.mark.parametrize("in_features", [64, 800], ids=["plain", "blocked"])
+def test_the_sum_does_not_depend_on_how_windows_are_chunked_or_split(in_features):
+    """One process's chunks of 4 windows, two ranks' shares of 3 (their fp64 partial sums
+    added), and the windows in reverse order all give the same fp32 Hessian to the bit."""
+    g = torch.Generator().manual_seed(3)
+    windows = torch.randn(6, 128, in_features, generator=g) * torch.rand(in_features, generator=g)
+
+    def accumulated(*chunks: torch.Tensor) -> HessianAccumulator:
+        acc = HessianAccumulator(in_features)
+        for chunk in chunks:
+            acc.add_batch(chunk)
+        return acc
+
+    single = accumulated(windows[:4], windows[4:]).hessian()
+    first, second = accumulated(windows[:3]), accumulated(windows[3:])
+    first.sum.add_(second.sum)  # what the all-reduce of two ranks does
+    first.count += second.count
+    assert first.sum.dtype == torch.float64
+    assert torch.equal(first.hessian(), single)
+    assert torch.equal(accumulated(windows.flip(0)).hessian(), single)

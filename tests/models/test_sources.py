@@ -74,6 +74,20 @@ def test_truncated_gguf(tmp_path):
         resolve_model(str(bad))
 
 
+def test_a_cached_gguf_conversion_is_not_parsed_again(tmp_path, tiny_llama):
+    """Once converted, a GGUF file's metadata is not read again (the built-in model's took
+    tens of seconds per load): a conversion in the cache under the file's fingerprint serves it,
+    even when the file itself could no longer be parsed."""
+    from lowbit.models.files import fingerprint_files
+    from lowbit.models.sources import cache_root
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 5)  # unreadable as GGUF
+    shutil.copytree(tiny_llama, cache_root() / "models" / f"m-{fingerprint_files([gguf])}")
+    handle = resolve_model(str(gguf))
+    assert handle.fingerprint == resolve_model(str(tiny_llama)).fingerprint
+
+
 def test_a_family_without_quantizable_linears_is_evaluated_but_not_quantized(tmp_path, tiny_llama):
     """GPT-2 (Conv1D projections), which has no spec: evaluated exactly (against its plain
     forward), quantization refused by name."""

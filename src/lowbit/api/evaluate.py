@@ -4,12 +4,18 @@ A reference's per-token log-probabilities are computed once per (model, text, ct
 resolved BOS choice, compute dtype) and cached under ``$LOWBIT_CACHE/references`` (or a file
 the user names); candidates are then evaluated one after another against it, each layer-wise on the
 block runner, so no two models, and no whole model, are ever in memory at once.
+
+Under torchrun (``Runtime.world``) the windows are split over the ranks like calibration windows
+(contiguous shares, :meth:`~lowbit.runtime.distributed.World.shard`); each rank scores its
+share and the per-token figures are gathered in window order, so every figure (means,
+quantiles, stderr) is computed from the same tokens as in one process. A missing reference
+cache is computed by rank 0 alone while the others wait.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +24,9 @@ from lowbit.api.core import Windows, load, runtime
 from lowbit.api.quantize import check_origin, origin
 
 if TYPE_CHECKING:
-    from lowbit.evaluation.metrics import EvalResult
+    import torch
+
+    from lowbit.evaluation.metrics import Accumulator, EvalResult
     from lowbit.evaluation.refcache import ReferenceKey
     from lowbit.models.quantize import QuantizedModel
     from lowbit.models.sources import ModelHandle
@@ -128,23 +136,61 @@ def evaluate(
     from lowbit.errors import DataError
     from lowbit.evaluation.metrics import reference_result, score_candidate
     from lowbit.evaluation.refcache import open_reference
-    from lowbit.models.layerwise import window_logprobs
 
     if "reference" in candidates:
         raise DataError("a candidate model may not be named 'reference'; rename it")
     rt = rt or runtime()
     _check_ctx([reference, *candidates.values()], windows)
-    path, seconds = reference_cache(reference, windows, rt, path=cache, progress=progress)
+    path, seconds = _reference_on_ranks(reference, windows, rt, cache, progress)
     key = reference_key(reference, windows, rt)
+    share = rt.world.shard(int(windows.ids.shape[0]), "evaluation windows")
     results: dict[str, EvalResult] = {}
     with open_reference(path, key) as ref:
         results["reference"] = reference_result(ref, seconds)
         for name, view in candidates.items():
             t0 = time.perf_counter()
-            logps = window_logprobs(view, windows.ids, rt, progress=progress)
-            result = score_candidate(logps, ref)
+            logps = _share_logprobs(view, windows, share, rt, progress)
+            result = score_candidate(logps, ref, count=_len(share), gather=_gather(rt))
             results[name] = replace(result, wall_seconds=time.perf_counter() - t0)
     return results
+
+
+def _reference_on_ranks(
+    reference: ModelView,
+    windows: Windows,
+    rt: Runtime,
+    cache: Path | None,
+    progress: Progress | None,
+) -> tuple[Path, float]:
+    """:func:`reference_cache` under torch.distributed: rank 0 computes a missing cache while
+    the others wait, then they open it (a rank that cannot see rank 0's file computes its own)."""
+
+    def compute() -> tuple[Path, float]:
+        return reference_cache(reference, windows, rt, path=cache, progress=progress)
+
+    found = compute() if rt.world.rank == 0 else None
+    rt.world.barrier()  # one process: no wait
+    return found if found is not None else compute()
+
+
+def _share_logprobs(
+    view: ModelView, windows: Windows, share: slice, rt: Runtime, progress: Progress | None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Log-probabilities of this rank's ``share`` of the windows, by window index."""
+    from lowbit.models.layerwise import window_logprobs
+
+    ids = windows.ids[share]
+    for w, logp in window_logprobs(view, ids, rt, progress=progress):
+        yield share.start + w, logp
+
+
+def _len(share: slice) -> int:
+    return share.stop - share.start
+
+
+def _gather(rt: Runtime) -> Callable[[Accumulator], list[Accumulator]] | None:
+    """The ranks' accumulators joined (under torch.distributed), or None for one process."""
+    return rt.world.all_gather if rt.world.distributed else None
 
 
 def perplexity(
@@ -156,12 +202,13 @@ def perplexity(
 ) -> EvalResult:
     """Perplexity of one model on ``windows``, layer-wise, with no reference."""
     from lowbit.evaluation.metrics import score_alone
-    from lowbit.models.layerwise import window_logprobs
 
     rt = rt or runtime()
     _check_ctx([view], windows)
     t0 = time.perf_counter()
-    result = score_alone(window_logprobs(view, windows.ids, rt, progress=progress), windows.ids)
+    share = rt.world.shard(int(windows.ids.shape[0]), "evaluation windows")
+    logps = _share_logprobs(view, windows, share, rt, progress)
+    result = score_alone(logps, windows.ids, count=_len(share), gather=_gather(rt))
     return replace(result, wall_seconds=time.perf_counter() - t0)
 
 

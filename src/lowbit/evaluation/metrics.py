@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from lowbit.evaluation.refcache import (
     score_reference,
     write_reference,
 )
+from lowbit.runtime import HOST
 
 
 @dataclass
@@ -63,37 +64,54 @@ class EvalResult:
         return {k: v for k, v in self.__dict__.items()}
 
 
+Gather = Callable[[Accumulator], list[Accumulator]]  # every rank's accumulator, in rank order
+
+
 def score_candidate(
-    logps: Iterable[tuple[int, torch.Tensor]], reference: ReferenceCache
+    logps: Iterable[tuple[int, torch.Tensor]],
+    reference: ReferenceCache,
+    *,
+    count: int | None = None,
+    gather: Gather | None = None,
 ) -> EvalResult:
     """Figures of a candidate from its per-window log-probabilities ``logps`` ((window,
     (ctx−1, vocab)) in window order, e.g. computed layer-wise) against the cached reference:
-    perplexity, KL divergence to the reference per token, top-1 agreement and Δp."""
+    perplexity, KL divergence to the reference per token, top-1 agreement and Δp. ``count``:
+    how many windows ``logps`` holds (default all of the reference's); ``gather``: the
+    per-token figures of every rank's share of the windows, joined before the figures are
+    computed (shares in window order)."""
     acc = Accumulator()
     ref_nll = _reference_nll(reference)
     stream = iter(logps)
-    n = len(reference)
+    n = len(reference) if count is None else count
     for _ in range(n):
         t0 = time.perf_counter()
         w, logp = next(stream)
         acc.seconds += time.perf_counter() - t0
         ref = reference.window(w)
         score_cached(logp, ref, ref.target.to(logp.device), acc)
-    result = _finish(acc)
+    result = _finish(_joined(acc, gather))
     return replace(result, ln_ppl_ratio=result.nll - ref_nll)
 
 
-def score_alone(logps: Iterable[tuple[int, torch.Tensor]], windows: torch.Tensor) -> EvalResult:
-    """Perplexity of a model from its per-window log-probabilities, no reference."""
+def score_alone(
+    logps: Iterable[tuple[int, torch.Tensor]],
+    windows: torch.Tensor,
+    *,
+    count: int | None = None,
+    gather: Gather | None = None,
+) -> EvalResult:
+    """Perplexity of a model from its per-window log-probabilities, no reference (``count``,
+    ``gather``: as for :func:`score_candidate`)."""
     acc = Accumulator()
     stream = iter(logps)
-    for _ in range(windows.shape[0]):
+    for _ in range(windows.shape[0] if count is None else count):
         t0 = time.perf_counter()
         w, logp = next(stream)
         acc.seconds += time.perf_counter() - t0
         target = windows[w, 1:].to(logp.device)
         acc.nll.append(-logp.gather(1, target[:, None])[:, 0])
-    return _finish(acc)
+    return _finish(_joined(acc, gather))
 
 
 def reference_result(reference: ReferenceCache, seconds: float = 0.0) -> EvalResult:
@@ -126,6 +144,24 @@ def write_reference_windows(
             seconds += time.perf_counter() - t0
             writer.add(logp, windows[w])
     return seconds
+
+
+def _joined(acc: Accumulator, gather: Gather | None) -> Accumulator:
+    """``acc`` joined with the other ranks' (their per-token figures in rank order, on the
+    host; the slowest rank's seconds), or ``acc`` alone."""
+    if gather is None:
+        return acc
+    mine = Accumulator(
+        *([t.to(HOST) for t in getattr(acc, k)] for k in _PER_TOKEN), seconds=acc.seconds
+    )
+    every = gather(mine)
+    return Accumulator(
+        *([t for a in every for t in getattr(a, k)] for k in _PER_TOKEN),
+        seconds=max(a.seconds for a in every),
+    )
+
+
+_PER_TOKEN = ("nll", "kl", "agree", "dp")  # Accumulator's fields, in order
 
 
 def _finish(acc: Accumulator) -> EvalResult:

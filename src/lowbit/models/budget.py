@@ -2,8 +2,8 @@
 
 Estimates, from the model's shapes (no weights are read):
 - ``weights``: the largest block's parameters in the compute dtype;
-- ``statistics``: the fp32 second moment of the widest linear input while it is accumulated
-  and averaged (2·in²);
+- ``statistics``: the second moment of the widest linear input while it is accumulated and
+  averaged: its fp64 sum, one batch's fp32 product and the fp32 mean (16 bytes per in²);
 - ``solver``: GPTQ's fp32 working set, the largest over the linears: H, its copy in sweep order
   and the factorisation's two temporaries (4·in²), the weight's copies, codes and errors
   (4·out·in);
@@ -56,7 +56,7 @@ def block_needs(
     per_token = _per_token_values(blocks[0], shapes) * elt
     return BlockNeeds(
         weights=weights,
-        statistics=2 * widest * widest * 4,
+        statistics=16 * widest * widest,
         solver=max((4 * i * i + 4 * o * i for o, i in shapes), default=0) * 4,
         chunk=per_token * chunk_tokens,
         in_flight=per_token * total_tokens,

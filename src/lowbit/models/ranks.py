@@ -1,9 +1,11 @@
 """Calibration across torch.distributed ranks: the parts of block-by-block quantization that
 change when the calibration windows are split over several processes.
 
-- statistics: each rank accumulates Σ xᵀx over its own windows; the sums and token counts are
-  all-reduced (fp32) before a group is solved, so every rank holds the Hessian of all windows
-  (the same as one process up to the order of the additions);
+- statistics: each rank accumulates Σ xᵀx over its own windows (fp32 products per chunk of
+  windows, summed in fp64); the sums and token counts are all-reduced in fp64 before a group is
+  solved, so every rank holds the Hessian of all windows, the same fp32 matrix as one process
+  whenever the ranks' chunks are the single process's chunks (each rank's share a multiple of
+  the chunk size): the sums then differ only by the order of fp64 additions;
 - solves: each linear of a group is solved on one owner rank, the least loaded so far by the
   solve's cost (out × in² multiply-adds for GPTQ), and its result broadcast, so every rank
   continues with the same quantized weights and the next group and block see them;

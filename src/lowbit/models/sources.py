@@ -186,8 +186,12 @@ def _config_model_type_is_supported(path: Path) -> None:
 
 
 def _cached_gguf_conversion(gguf_path: Path, name: str) -> Path:
-    _check_gguf(gguf_path)
+    """The GGUF file's cached safetensors conversion, checked and converted on first use (its
+    metadata, a 49k-token vocabulary for the built-in model, is parsed only then: tens of
+    seconds on a loaded CPU, which every later load of a cached conversion is spared)."""
     key = fingerprint_files([gguf_path])
+    if not _converted(cache_root() / "models" / f"{name}-{key}"):
+        _check_gguf(gguf_path)
     return _cached_conversion(
         gguf_path.parent, key=f"{name}-{key}", load_kwargs={"gguf_file": gguf_path.name}
     )
@@ -228,10 +232,15 @@ def _cached_compressed(path: Path) -> Path:
     return target
 
 
+def _converted(target: Path) -> bool:
+    """Whether ``target`` holds a finished conversion (published atomically, so complete)."""
+    return (target / "config.json").is_file() and bool(_weight_files(target))
+
+
 def _cached_conversion(src_dir: Path, key: str, load_kwargs: dict[str, Any]) -> Path:
     """Load with transformers (dequantizing GGUF), save once as safetensors under the cache."""
     target = cache_root() / "models" / key
-    if (target / "config.json").is_file() and _weight_files(target):
+    if _converted(target):
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

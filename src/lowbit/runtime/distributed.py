@@ -6,10 +6,12 @@ the process group, NCCL when the device is a GPU and gloo on CPUs; otherwise the
 rank and every collective is the identity.
 
 What the ranks do with it (:mod:`lowbit.models.ranks`): each takes its share of the calibration
-windows (:meth:`World.shard`), statistics are summed over the ranks in fp32
-(:meth:`World.all_reduce_`), each layer's solve runs on one owner rank (:func:`owners`: the
-least loaded so far) and is sent to every rank (:meth:`World.broadcast`), and rank 0 writes.
-Ranks first check that they agree on the job (:meth:`World.check_agree`).
+windows (:meth:`World.shard`), statistics are summed over the ranks in their own dtype (the
+Hessians' fp64 sums: :meth:`World.all_reduce_`), each layer's solve runs on one owner rank
+(:func:`owners`: the least loaded so far) and is sent to every rank (:meth:`World.broadcast`),
+and rank 0 writes. Ranks first check that they agree on the job (:meth:`World.check_agree`).
+Evaluation splits its windows the same way and gathers the per-token figures
+(:meth:`World.all_gather`; :mod:`lowbit.api.evaluate`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class World:
         return slice(start, start + base + (self.rank < extra))
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` (fp32) over the ranks, in place."""
+        """Sum ``t`` over the ranks, in place, in its own dtype (fp64 for the Hessian sums)."""
         if self.distributed:
             import torch.distributed as dist
 
@@ -78,15 +80,29 @@ class World:
         dist.broadcast_object_list(box, src=src, device=self._device())
         return box[0]
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (an object of this job's own ranks)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        every: list[Any] = [None] * self.size
+        dist.all_gather_object(every, obj)  # NCCL: the current GPU
+        return every
+
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def check_agree(self, facts: Mapping[str, Any]) -> None:
         """Refuse a job whose ranks disagree on any of ``facts`` (model, plan, windows …),
         naming the fact and the ranks' values."""
         if not self.distributed:
             return
-        import torch.distributed as dist
-
-        every: list[Any] = [None] * self.size
-        dist.all_gather_object(every, dict(facts))  # NCCL: the current GPU
+        every = self.all_gather(dict(facts))
         for key in facts:
             values = [f.get(key) for f in every]
             if any(v != values[0] for v in values):

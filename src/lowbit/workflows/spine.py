@@ -156,7 +156,12 @@ def eval_job(
     """Perplexity of ``model``; with a reference (``reference``, or the model a saved quantized
     model came from), KL divergence to it too. With ``tasks``, accuracy on tasks too."""
     api.check_outputs(result_path, overwrite=overwrite)
-    rt = api.runtime(execution.runtime)
+    rt = api.runtime(execution.runtime)  # under torchrun: joins the ranks
+    if tasks is not None and rt.world.distributed:
+        raise ConfigError(
+            "--tasks is not split across torchrun ranks; run the task evaluation in one "
+            "process (without torchrun)"
+        )
     if tasks is not None:
         api.check_tasks(tasks)  # bad tasks are refused before any model is loaded
     view, handle = api.view_of(model, allow_pickle=allow_pickle)
@@ -181,7 +186,8 @@ def eval_job(
     }
     prov = api.provenance("eval", handle, config, data, {}, rt)
     result = {**prov, **out}
-    api.write_result(result_path, result, overwrite=overwrite)
+    if rt.world.writes:  # under torchrun: rank 0 (every rank holds the same figures)
+        api.write_result(result_path, result, overwrite=overwrite)
     return result
 
 

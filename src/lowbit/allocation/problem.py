@@ -86,6 +86,13 @@ class Problem:
         extra = self.unit_extra.get((u.layers[0], s), 0.0)
         return sum(self.loss[(name, s)] for name in u.layers) + extra
 
+    def admits(self, choice: Mapping[str, int]) -> bool:
+        """Whether ``choice`` gives each unit's layers one spec among the unit's options."""
+        return all(
+            len({choice[n] for n in u.layers}) == 1 and choice[u.layers[0]] in u.options
+            for u in self.units
+        )
+
     def unit_of(self) -> dict[str, int]:
         return {n: i for i, u in enumerate(self.units) for n in u.layers}
 

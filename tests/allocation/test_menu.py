@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lowbit import api
+from lowbit.algorithms import RTNConfig
 from lowbit.allocation.menu import FULL, MenuConfig, build_menu
 from lowbit.errors import ConfigError, UnknownNameError
 from lowbit.formats import FloatFormat, IntFormat, MXFormat, NF4Format, NVFP4Format
@@ -67,3 +68,20 @@ def test_bad_menus_are_refused_with_the_name():
         MenuConfig(("int",), (4,), (0,))
     with pytest.raises(UnknownNameError, match="algorithm"):
         build_menu(MenuConfig(("int",), (4,), (64,), "gtpq"))
+
+
+def test_command_line_menus(tmp_path):
+    from lowbit.cli.menu import menu_specs
+
+    full = menu_specs([4], [64], "rtn", True, None, ["full"])
+    assert len(full) == 16 and all(s.algorithm == RTNConfig() for s in full)
+    assert menu_specs([2, 4], [32], "gptq", True, None, None) == build_menu(
+        MenuConfig(("int",), (2, 4), (32,))
+    )
+    menu = tmp_path / "menu.yaml"
+    menu.write_text("- format: {type: nf4}\n  granularity: {type: group, size: 64}\n")
+    assert [s.describe() for s in menu_specs([4], [64], "gptq", True, menu, None)] == [
+        "GPTQ NF4 g64"
+    ]
+    with pytest.raises(ConfigError, match="not both"):
+        menu_specs([4], [64], "gptq", True, menu, ["nf4"])

@@ -116,3 +116,15 @@ def test_vllm_ties_a_layer_s_experts(tiny_root):
         alloc, _ = api.allocate(table, budget, metric="hessian", constraints=limits)
         for tie in limits.ties:
             assert len({alloc.choice[n] for n in tie}) == 1
+
+
+def test_pareto_points_obey_the_target(llama):
+    from lowbit.workflows.allocation import sweep_points
+
+    handle, table = llama
+    limits = constraints(table, "vllm", handle)
+    points = sweep_points(table, [5.0, 6.0, 7.0], [], metric="hessian", limits=limits)
+    assert len(points) >= 3
+    for p in points:
+        specs = {r.spec.describe() for r in p.plan.rules} | {p.plan.default.describe()}
+        assert not specs & set(limits.dropped), (p.name, specs)

@@ -35,7 +35,8 @@ def llamacpp_mix(table: SensitivityTable, problem: Problem, base: int, boost: in
 def llamacpp_for_budget(table: SensitivityTable, problem: Problem, budget: Budget) -> Allocation:
     """Of the llama.cpp-style mixes (any base, any costlier boost) and the uniform plans, the
     one that stores the most bits within the budget: the rule knows no sensitivities, so it
-    spends what it is given."""
+    spends what it is given. Mixes ``problem`` does not admit (its ties and allowed specs,
+    e.g. a deployment target's) are left out."""
     limit = check_feasible(problem, budget)
     n = len(table.menu)
     candidates = [uniform(problem, s) for s in range(n)]
@@ -44,7 +45,7 @@ def llamacpp_for_budget(table: SensitivityTable, problem: Problem, budget: Budge
             mix = llamacpp_mix(table, problem, base, boost)
             if mix.bits > uniform(problem, base).bits:
                 candidates.append(mix)
-    fitting = [c for c in candidates if c.bits <= limit]
+    fitting = [c for c in candidates if c.bits <= limit and problem.admits(c.choice)]
     if not fitting:
         raise ConfigError(
             f"no uniform or llama.cpp-style mix of the menu fits {budget.describe(limit, problem)}"

@@ -11,8 +11,10 @@ from lowbit.plan import LayerSpec, Plan
 
 if TYPE_CHECKING:
     from lowbit.allocation import Budget
+    from lowbit.allocation.problem import PairKey
     from lowbit.allocation.solve import Allocation
     from lowbit.api.core import Windows
+    from lowbit.export.targets import Constraints
     from lowbit.models.sources import ModelHandle
     from lowbit.runtime import Runtime
     from lowbit.sensitivity import Entry, SensitivityTable
@@ -66,18 +68,29 @@ def allocate(
     metric: str = "kl",
     fuse: bool = True,
     pins: dict[str, int] | None = None,
+    constraints: Constraints | None = None,
+    pairs: dict[PairKey, float] | None = None,
 ) -> tuple[Allocation, Plan]:
-    """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``)
-    or ``llamacpp`` (the llama.cpp-style mix that spends the most within the budget)."""
+    """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``,
+    with measured ``pairs`` terms when given) or ``llamacpp`` (the llama.cpp-style mix that
+    spends the most within the budget); ``constraints``: a deployment target's (ties and
+    allowed specs, :func:`lowbit.export.targets.constraints`)."""
     from lowbit.allocation import build_problem, solve_exact
     from lowbit.allocation.heuristic import llamacpp_for_budget
     from lowbit.allocation.to_plan import to_plan
+    from lowbit.export.targets import Constraints
 
-    problem = build_problem(table, metric, fuse=fuse, pins=pins)
+    c = constraints or Constraints("any")
+    fused = fuse or c.fuse
+    ties = [*c.ties, *(table.fused if c.fuse else ())]
     if method == "exact":
+        problem = build_problem(
+            table, metric, fuse=fused, pins=pins, ties=c.ties, allowed=c.allowed, pairs=pairs
+        )
         alloc = solve_exact(problem, budget)
     elif method == "llamacpp":
-        alloc = llamacpp_for_budget(table, build_problem(table, metric, fuse=False), budget)
+        loose = build_problem(table, metric, fuse=False, ties=ties, allowed=c.allowed)
+        alloc = llamacpp_for_budget(table, loose, budget)
     else:
         raise ConfigError(f"unknown allocation method {method!r}; use exact or llamacpp")
     return alloc, to_plan(table, alloc)

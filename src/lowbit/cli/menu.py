@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,15 @@ Groups = Annotated[
     list[int], typer.Option("--group-size", help="Group size of the menu specs (repeat).")
 ]
 Algorithm = Annotated[str, typer.Option(help="Algorithm of the menu specs: gptq or rtn.")]
+Formats = Annotated[
+    list[str],
+    typer.Option(
+        "--format",
+        help="Formats of the menu (repeat): int (at every --bits and --group-size), nf4 (every "
+        "--group-size), nvfp4, mxfp4, mxfp8, fp8_e4m3 (per channel); 'full' is issue 16's menu "
+        "(INT2/3/4/8 at groups 32/64/128, NF4, NVFP4, MXFP4, FP8).",
+    ),
+]
 MenuFile = Annotated[
     Path | None,
     typer.Option("--menu", help="A YAML/JSON list of layer specs; replaces --bits/--group-size."),
@@ -21,6 +31,14 @@ TablePath = Annotated[
     Path, typer.Option("--table", help="A sensitivity table (JSON) of the same model.")
 ]
 Metric = Annotated[str, typer.Option(help="Loss to minimise: kl (measured), hessian or fisher.")]
+DeployTarget = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        help="Where the plan deploys: vllm (compressed-tensors; fused q/k/v, gate/up and a "
+        "layer's experts share one spec), gguf (the types the GGUF exporter writes) or any.",
+    ),
+]
 Fuse = Annotated[
     bool,
     typer.Option(
@@ -53,13 +71,25 @@ def parse_size(text: str, option: str = "--max-bytes") -> int:
 
 
 def menu_specs(
-    bits: list[int], groups: list[int], algorithm: str, symmetric: bool, menu: Path | None
+    bits: list[int],
+    groups: list[int],
+    algorithm: str,
+    symmetric: bool,
+    menu: Path | None,
+    formats: list[str] | None = None,
 ) -> tuple[Any, ...]:
-    from lowbit import api
+    from lowbit.allocation.menu import FULL, MenuConfig, build_menu
+    from lowbit.errors import ConfigError
 
+    names = tuple(formats or ("int",))
     if menu is not None:
+        if names != ("int",):
+            raise ConfigError("give the menu as --menu FILE or as --format options, not both")
         return load_menu(menu)
-    return tuple(api.spec_from_options(b, g, symmetric, algorithm) for b in bits for g in groups)
+    if names == ("full",):
+        return build_menu(*(replace(c, algorithm=algorithm) for c in FULL))
+    cfg = MenuConfig(names, tuple(bits), tuple(groups), algorithm, symmetric)
+    return build_menu(cfg)
 
 
 def load_menu(path: Path) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.menu import Algorithm, Fuse, Metric, TablePath
+from lowbit.cli.menu import Algorithm, DeployTarget, Fuse, Metric, TablePath
 from lowbit.cli.options import (
     Bos,
     CalibText,
@@ -41,6 +41,7 @@ def pareto(
     algorithm: Algorithm = "gptq",
     metric: Metric = "kl",
     fuse: Fuse = True,
+    target: DeployTarget = "any",
     eval_text: EvalText = None,
     windows: Annotated[int, typer.Option("--windows", help="Evaluation windows.")] = 40,
     calib_text: CalibText = None,
@@ -80,4 +81,5 @@ def pareto(
         resume=resume,
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
+        target=target,
     )

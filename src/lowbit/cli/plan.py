@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.menu import Fuse, Metric, TablePath
+from lowbit.cli.menu import DeployTarget, Fuse, Metric, TablePath
 from lowbit.cli.options import Model, Overwrite
 
 
@@ -32,6 +32,7 @@ def plan(
     ] = Method.exact,
     metric: Metric = "kl",
     fuse: Fuse = True,
+    target: DeployTarget = "any",
     pin: Annotated[
         list[str], typer.Option(help="LAYER=SPEC: fix a layer (or re:pattern) to a menu spec.")
     ] = [],
@@ -59,4 +60,5 @@ def plan(
         fuse=fuse,
         pins=parse_pins(pin),
         overwrite=overwrite,
+        target=target,
     )

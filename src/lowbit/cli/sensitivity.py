@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lowbit.cli.menu import Algorithm, Bits, Groups, MenuFile
+from lowbit.cli.menu import Algorithm, Bits, Formats, Groups, MenuFile
 from lowbit.cli.options import (
     AllowPickle,
     Bos,
@@ -38,6 +38,7 @@ def sensitivity(
     algorithm: Algorithm = "gptq",
     symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric")] = True,
     menu: MenuFile = None,
+    fmt: Formats = ["int"],
     calib_text: CalibText = None,
     calib_windows: Annotated[int, typer.Option(help="Windows for the Hessians.")] = 32,
     ctx: Ctx = 512,
@@ -77,7 +78,7 @@ def sensitivity(
     from lowbit.workflows import sensitivity_job
     from lowbit.workflows.spine import Execution
 
-    specs = menu_specs(bits, group_size, algorithm, symmetric, menu)
+    specs = menu_specs(bits, group_size, algorithm, symmetric, menu, fmt)
     probe = ProbeConfig(
         probe_windows=probe_windows,
         probe_ctx=probe_ctx,

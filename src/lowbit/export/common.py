@@ -3,11 +3,13 @@ error that lists the layers a target cannot represent."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lowbit._registry import Registry
 from lowbit.errors import ConfigError, ExportError
 from lowbit.formats import QuantizedWeight, describe_scheme
 from lowbit.models.quantize import QuantizedModel
@@ -19,6 +21,11 @@ DTYPES = ("float32", "float16", "bfloat16")
 class Target(str, Enum):
     COMPRESSED_TENSORS = "compressed-tensors"
     GGUF = "gguf"
+
+
+# each exporter's check of one quantized layer before writing it: why it cannot (None: it can);
+# planning for a deployment target asks these (lowbit.export.targets)
+WRITABLE: Registry[Callable[[QuantizedWeight], str | None]] = Registry("export target")
 
 
 @dataclass

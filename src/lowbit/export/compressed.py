@@ -22,6 +22,7 @@ from lowbit._io import atomic_dir
 from lowbit.errors import ExportError
 from lowbit.export.card import write_card
 from lowbit.export.common import (
+    WRITABLE,
     ExportInput,
     ExportOptions,
     ExportReport,
@@ -219,3 +220,6 @@ def _quiet(fn: Any, *args: Any) -> Any:
             os.environ.pop("TQDM_DISABLE")
         else:
             os.environ["TQDM_DISABLE"] = old
+
+
+WRITABLE.register(Target.COMPRESSED_TENSORS.value, _unsupported)

@@ -24,6 +24,7 @@ from lowbit._io import atomic_path
 from lowbit.errors import ExportError
 from lowbit.export import gguf_blocks, gguf_meta
 from lowbit.export.common import (
+    WRITABLE,
     ExportInput,
     ExportOptions,
     ExportReport,
@@ -203,3 +204,10 @@ def _file_type(layers: dict[str, str], dtype: str) -> int:
         return int(LlamaFileType[f"MOSTLY_{most}"])
     dense = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
     return int(LlamaFileType[dense[dtype]])
+
+
+def _writable(qw: QuantizedWeight) -> str | None:
+    return None if gguf_type_name(qw) is not None else _why_not(qw)
+
+
+WRITABLE.register(Target.GGUF.value, _writable)

@@ -33,15 +33,20 @@ def plan_job(
     fuse: bool = True,
     pins: dict[str, str] | None = None,
     overwrite: bool = False,
+    target: str = "any",
 ) -> dict[str, Any]:
-    """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan)."""
+    """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan) that
+    deployment ``target`` (vllm, gguf, any) can export and serve unchanged."""
     from lowbit.allocation import spec_index
 
     check_new_output(Path(out), overwrite=overwrite)
     handle = api.load(model)
     table = api.load_table(table_path, handle)
+    limits = target_constraints(table, target, handle)
     pin_idx = {k: spec_index(v, table.labels) for k, v in (pins or {}).items()}
-    alloc, plan = api.allocate(table, budget, method=method, metric=metric, fuse=fuse, pins=pin_idx)
+    alloc, plan = api.allocate(
+        table, budget, method=method, metric=metric, fuse=fuse, pins=pin_idx, constraints=limits
+    )
     n_weights = sum(x.numel for x in table.layers)
     with atomic_file(Path(out), overwrite=overwrite) as f:
         f.write(plan.dumps("yaml" if Path(out).suffix in (".yaml", ".yml") else "json"))
@@ -52,6 +57,7 @@ def plan_job(
         "model_bytes": alloc.bits // 8 + table.other_bytes,
         "predicted_loss": alloc.loss,
         "metric": metric,
+        "target": target,
         "layers_per_spec": dict(counts),
     }
     console.print(
@@ -61,6 +67,17 @@ def plan_job(
     )
     console.print(f"plan written to {out}")
     return summary
+
+
+def target_constraints(table: Any, target: str, handle: Any) -> Any:
+    """The deployment target's constraints on plans from ``table``; prints the menu specs it
+    drops."""
+    from lowbit.export.targets import constraints
+
+    limits = constraints(table, target, handle)
+    for note in limits.notes():
+        console.print(note)
+    return limits
 
 
 @dataclass(frozen=True)
@@ -80,9 +97,11 @@ def sweep_points(
     *,
     metric: str = "kl",
     fuse: bool = True,
+    limits: Any = None,
 ) -> list[Point]:
     """Uniform plans, then the exact and the llama.cpp-style plan for each budget (a heuristic
-    plan equal to one already listed is not repeated)."""
+    plan equal to one already listed is not repeated); ``limits``: a deployment target's
+    constraints on the allocated plans."""
     from lowbit.allocation import AvgBits, build_problem
     from lowbit.allocation.heuristic import uniform as uniform_alloc
 
@@ -105,7 +124,9 @@ def sweep_points(
     seen: set[tuple] = set()
     for b in budgets:
         for method in ("exact", "llamacpp"):
-            alloc, plan = api.allocate(table, AvgBits(b), method=method, metric=metric, fuse=fuse)
+            alloc, plan = api.allocate(
+                table, AvgBits(b), method=method, metric=metric, fuse=fuse, constraints=limits
+            )
             key = tuple(sorted(alloc.choice.items()))
             if method == "llamacpp" and key in seen:
                 continue
@@ -138,13 +159,15 @@ def pareto_job(
     overwrite: bool = False,
     marks: dict[str, tuple[float, float]] | None = None,
     execution: Execution = DEFAULT_EXECUTION,
+    target: str = "any",
 ) -> dict[str, Any]:
     """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html."""
     out = Path(out)
     _check_sweep_dir(out, resume=resume, overwrite=overwrite)
     handle = api.load(model)
     table = api.load_table(table_path, handle)
-    points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse)
+    limits = target_constraints(table, target, handle)
+    points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse, limits=limits)
     windows = text_windows(handle, evalcfg, calibration=False)
     calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
@@ -159,6 +182,7 @@ def pareto_job(
             "eval": windows.info,
             "metric": metric,
             "fuse": fuse,
+            "target": target,
         },
     )
     todo = [p for p in points if not (store / f"{_slug(p.name)}.json").exists()]
@@ -178,6 +202,7 @@ def pareto_job(
                 "budgets": budgets,
                 "metric": metric,
                 "fuse": fuse,
+                "target": target,
                 "table": str(table_path),
                 "uniform": [s.to_dict() for s in uniform_specs],
             },

@@ -89,21 +89,28 @@ def scheme_of(qw: QuantizedWeight | None) -> str:
     return KEPT if qw is None else describe_scheme(qw.fmt, qw.granularity)
 
 
-def fused_mismatches(qm: QuantizedModel) -> list[str]:
-    """One line per block whose fused layers (from the architecture spec) differ in scheme."""
+def fused_groups(qm: QuantizedModel) -> list[list[str]]:
+    """The full names of every fused group (q/k/v, gate/up …) of the blocks in ``qm``."""
     arch = qm.handle.arch
     start = arch.blocks_path + "."
     names = [*qm.weights, *qm.kept]
     blocks = sorted({int(n[len(start) :].split(".", 1)[0]) for n in names if n.startswith(start)})
+    return [
+        [f"{arch.blocks_path}.{i}.{m}" for m in group]
+        for i in blocks
+        for group in arch.block(i).fused_groups
+    ]
+
+
+def fused_mismatches(qm: QuantizedModel) -> list[str]:
+    """One line per block whose fused layers (from the architecture spec) differ in scheme."""
     lines = []
-    for i in blocks:
-        prefix = f"{arch.blocks_path}.{i}"
-        for group in arch.block(i).fused_groups:
-            members = [f"{prefix}.{m}" for m in group]
-            schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
-            if len(set(schemes.values())) > 1:
-                parts = ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in schemes.items())
-                lines.append(f"{prefix}: {parts}")
+    for members in fused_groups(qm):
+        schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
+        if len(set(schemes.values())) > 1:
+            prefix = members[0].rsplit(".", 1)[0]
+            parts = ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in schemes.items())
+            lines.append(f"{prefix}: {parts}")
     return lines
 
 
@@ -124,9 +131,11 @@ def check_fused(qm: QuantizedModel, opts: ExportOptions, engine: str) -> list[st
 
 
 def check_weight_only(qm: QuantizedModel, target: Target) -> None:
-    """The exporters write quantized linear weights; plan parts they cannot carry (activation and
-    KV-cache quantization, a quantized embedding or head) are refused, never dropped silently."""
+    """The exporters write quantized linear weights (compressed-tensors also their input
+    activations); plan parts they cannot carry (activation and KV-cache quantization, a
+    quantized embedding or head) are refused, never dropped silently."""
     plan = qm.plan
+    carried = ("activations",) if target is Target.COMPRESSED_TENSORS else ()
     parts = [
         name
         for name, value in (
@@ -135,13 +144,15 @@ def check_weight_only(qm: QuantizedModel, target: Target) -> None:
             ("embedding", plan.embedding),
             ("head", plan.head),
         )
-        if value is not None
+        if value is not None and name not in carried
     ]
     if parts:
         raise ExportError(
-            f"{target.value} export writes weight-only schemes; this plan also sets "
-            f"{', '.join(parts)}, which the export would drop. Export a model quantized with a "
-            "plan without them (the serving engine applies its own activation and KV settings)"
+            f"{target.value} export writes weight-only schemes"
+            + (" and input activations" if carried else "")
+            + f"; this plan also sets {', '.join(parts)}, which the export would drop. Export a "
+            "model quantized with a plan without them (the serving engine applies its own "
+            "KV settings)"
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from lowbit.errors import ConfigError, ExportError
 from lowbit.formats import QuantizedWeight, describe_scheme
+from lowbit.models.nvfp4_fused import fused_groups
 from lowbit.models.quantize import QuantizedModel
 
 KEPT = "kept in full precision"
@@ -89,26 +90,14 @@ def scheme_of(qw: QuantizedWeight | None) -> str:
     return KEPT if qw is None else describe_scheme(qw.fmt, qw.granularity)
 
 
-def fused_groups(qm: QuantizedModel) -> list[list[str]]:
-    """The full names of every fused group (q/k/v, gate/up …) of the blocks in ``qm``."""
-    arch = qm.handle.arch
-    start = arch.blocks_path + "."
-    names = [*qm.weights, *qm.kept]
-    blocks = sorted({int(n[len(start) :].split(".", 1)[0]) for n in names if n.startswith(start)})
-    return [
-        [f"{arch.blocks_path}.{i}.{m}" for m in group]
-        for i in blocks
-        for group in arch.block(i).fused_groups
-    ]
-
-
 def fused_mismatches(qm: QuantizedModel) -> list[str]:
     """One line per block whose fused layers (from the architecture spec) differ in scheme."""
+    path = qm.handle.arch.blocks_path
     lines = []
     for members in fused_groups(qm):
         schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
         if len(set(schemes.values())) > 1:
-            prefix = members[0].rsplit(".", 1)[0]
+            prefix = f"{path}.{members[0][len(path) + 1 :].split('.', 1)[0]}"
             parts = ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in schemes.items())
             lines.append(f"{prefix}: {parts}")
     return lines

@@ -66,9 +66,9 @@ def check_shared_global_scales(qm: Any) -> None:
             f"NVFP4 layers of {len(lines)} fused group(s) have different global (tensor) "
             "scales, but vLLM serves each fused group with one:\n  "
             + "\n  ".join(lines[:8])
-            + "\nlowbit's quantizer chooses one global scale per layer; encode the members of "
-            "each fused group with one (NVFP4Format.encode_with_tensor_scale) or keep them in "
-            "another format, so the export holds exactly what was evaluated"
+            + "\nQuantize those groups with round to nearest and share their scale "
+            "(lowbit.models.nvfp4_fused.share_fused_nvfp4_scales), then evaluate and export "
+            "that model"
         )
 
 

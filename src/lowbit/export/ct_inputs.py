@@ -50,9 +50,7 @@ def input_scale(spec: ActivationSpec, threshold: float) -> torch.Tensor:
     return symmetric_scale(torch.tensor(threshold, dtype=torch.float32), spec.fmt).reshape(1)
 
 
-def unequal_fused_thresholds(
-    groups: list[list[str]], thresholds: dict[str, float]
-) -> list[str]:
+def unequal_fused_thresholds(groups: list[list[str]], thresholds: dict[str, float]) -> list[str]:
     """One line per fused group whose members' static thresholds differ."""
     lines = []
     for members in groups:

@@ -19,7 +19,8 @@ check decompresses: scales are widened to fp32 first); 0 for MXFP4 (FP4 × 2^k i
 bfloat16, the dtype the library unpacks to); for NVFP4 the library unpacks to bfloat16 and
 divides the block scale by the fp32 global scale (a reciprocal of lowbit's multiplier), so each
 element is within 2^-8 of its own magnitude (one bfloat16 rounding, 2^-9, plus the reciprocal's
-2^-24), while the codes and block scales are compared bit for bit.
+2^-24): far below the step between FP4 values (≥ 1/3 of the smaller) or FP8 scales (≥ 1/16), so
+any different code or block scale fails the check.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _nvfp4_params(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     if qw.tensor_scale is None:
         raise ValueError("an NVFP4 weight needs its fp32 tensor_scale")
     return {
-        "weight_scale": qw.scale.to(torch.float8_e4m3fn),
+        "weight_scale": qw.scale.float(),  # FP8 values; the compressor stores them as FP8
         "weight_global_scale": (1.0 / qw.tensor_scale.float()).reshape(1),
     }
 
@@ -204,14 +205,10 @@ def problem(qw: QuantizedWeight) -> str | None:
     """Why ``qw`` cannot be written (None when it can)."""
     writer = writer_for(qw)
     if writer is None:
-        return (
-            f"format {qw.fmt.name} has no compressed-tensors writer (supported: {supported()})"
-        )
+        return f"format {qw.fmt.name} has no compressed-tensors writer (supported: {supported()})"
     if qw.perm is not None:
         return (
             "GPTQ act-order 'group' saved a column permutation, which compressed-tensors "
             "(0.20 and later) does not store"
         )
     return writer.check(qw)
-
-

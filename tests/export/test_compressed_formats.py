@@ -59,6 +59,8 @@ def test_exact_formats_read_back_bit_exact(tiny_llama, tmp_path, spec, fmt):
     ref = logits_of(model)
     report = api.export(qm, model, "compressed-tensors", tmp_path / "ct")
     assert report.max_weight_error == 0.0
+    fp8_groups = isinstance(spec.fmt, type(FP8)) and isinstance(spec.granularity, PerGroup)
+    assert any("(1×G)" in note for note in report.notes) == fp8_groups
     raw, parsed = _qcfg(tmp_path / "ct")
     assert raw["format"] == fmt and {g.format for g in parsed.config_groups.values()} == {fmt}
     loaded = load_compressed_tensors(tmp_path / "ct")
@@ -142,8 +144,9 @@ def test_sharing_refuses_layers_it_cannot_redo(tiny_llama):
     ],
 )
 def test_w8a8_writes_input_activations(tiny_llama, tmp_path, weights, acts, fmt):
-    from lowbit.formats.activation import symmetric_scale
     from safetensors import safe_open
+
+    from lowbit.formats.activation import symmetric_scale
 
     plan = Plan(LayerSpec(weights, PerChannel(), RTNConfig()), activations=acts)
     qm, model = _quantize(tiny_llama, plan, None if acts.dynamic else CALIB)

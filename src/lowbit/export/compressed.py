@@ -8,9 +8,9 @@ names; the weights are compressed by the library's own compressor for their form
 lowbit's own scales, and every layer is then decompressed again by the library and compared with
 the evaluated weight, so the export holds exactly the evaluated weights (NVFP4 within the bound
 stated there). A plan with activations (W8A8) writes them as the layers' input_activations
-(:mod:`lowbit.export.ct_inputs`). compressed-tensors codes are signed for every integer scheme: an asymmetric code q with
-zero point z is stored as q - 2^(b-1) with zero point z - 2^(b-1), which dequantizes to the
-same (q - z)·s.
+(:mod:`lowbit.export.ct_inputs`). compressed-tensors codes are signed for every integer
+scheme: an asymmetric code q with zero point z is stored as q - 2^(b-1) with zero point
+z - 2^(b-1), which dequantizes to the same (q - z)·s.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from lowbit.export.common import (
 from lowbit.export.ct_checks import check_inputs, check_shared_global_scales, read_back
 from lowbit.export.ct_inputs import input_args, input_scale
 from lowbit.export.ct_writers import problem, writer_for
-from lowbit.formats import IntFormat, QuantizedWeight
+from lowbit.formats import FloatFormat, IntFormat, PerGroup, QuantizedWeight
 from lowbit.models.files import copy_model_files
 
 VLLM_BITS = (4, 8)  # weight-only integer widths vLLM's compressed-tensors kernels serve
@@ -84,14 +84,26 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
 
 
 def _serving_notes(qm: Any) -> list[str]:
+    notes = []
     ints = [qw.fmt for qw in qm.weights.values() if isinstance(qw.fmt, IntFormat)]
     odd = sorted({fmt.bits for fmt in ints} - set(VLLM_BITS))
-    if not odd:
-        return []
-    return [
-        f"vLLM serves 4- and 8-bit integer weights only; this export also has "
-        f"{', '.join(f'{b}-bit' for b in odd)} layers (transformers can still load it)"
+    if odd:
+        notes.append(
+            f"vLLM serves 4- and 8-bit integer weights only; this export also has "
+            f"{', '.join(f'{b}-bit' for b in odd)} layers (transformers can still load it)"
+        )
+    fp8_groups = [
+        n
+        for n, qw in qm.weights.items()
+        if isinstance(qw.fmt, FloatFormat) and isinstance(qw.granularity, PerGroup)
     ]
+    if fp8_groups:
+        notes.append(
+            f"{len(fp8_groups)} FP8 layer(s) have one scale per group of input columns (1×G); "
+            "vLLM's FP8 schemes take per-tensor, per-channel or 2-D (128×128) block scales, "
+            "so this export is for compressed-tensors / transformers, not vLLM"
+        )
+    return notes
 
 
 def quantization_config(qm: Any) -> Any:

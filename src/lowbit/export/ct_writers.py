@@ -111,10 +111,8 @@ def _fp8_check(qw: QuantizedWeight) -> str | None:
 
 
 def _fp8_args(qw: QuantizedWeight) -> Any:
-    return _args(
-        num_bits=8, type="float", symmetric=True, scale_dtype=qw.fmt.torch_scale_dtype,
-        **_strategy(qw),
-    )  # fmt: skip
+    scale_dtype = qw.fmt.torch_scale_dtype
+    return _args(num_bits=8, type="float", symmetric=True, scale_dtype=scale_dtype, **_strategy(qw))
 
 
 def _scale_only(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
@@ -173,24 +171,48 @@ def _no_problem(qw: QuantizedWeight) -> str | None:
     return None
 
 
+def _exact(qw: QuantizedWeight) -> float:
+    return 0.0
+
+
 WRITERS: dict[type, Writer] = {
     IntFormat: Writer(
-        "pack-quantized", "int-quantized", "int2…int8 per tensor/channel/group", _divides, _int_args,
-        _int_params, lambda qw: 0.0,
+        compression="pack-quantized",
+        with_inputs="int-quantized",
+        supported="int2…int8 per tensor/channel/group",
+        check=_divides,
+        args=_int_args,
+        params=_int_params,
+        bound=_exact,
     ),
     FloatFormat: Writer(
-        "float-quantized", "float-quantized", "fp8_e4m3 per tensor/channel/group", _fp8_check, _fp8_args,
-        _scale_only, lambda qw: 0.0,
+        compression="float-quantized",
+        with_inputs="float-quantized",
+        supported="fp8_e4m3 per tensor/channel/group",
+        check=_fp8_check,
+        args=_fp8_args,
+        params=_scale_only,
+        bound=_exact,
     ),
     NVFP4Format: Writer(
-        "nvfp4-pack-quantized", None, "nvfp4 (group 16)", _no_problem, _nvfp4_args, _nvfp4_params,
-        _nvfp4_bound,
+        compression="nvfp4-pack-quantized",
+        with_inputs=None,
+        supported="nvfp4 (group 16)",
+        check=_no_problem,
+        args=_nvfp4_args,
+        params=_nvfp4_params,
+        bound=_nvfp4_bound,
     ),
     MXFormat: Writer(
-        "mxfp4-pack-quantized", None, "mxfp4 (group 32)", _mx_check, _mxfp4_args, _mx_params,
-        lambda qw: 0.0,
+        compression="mxfp4-pack-quantized",
+        with_inputs=None,
+        supported="mxfp4 (group 32)",
+        check=_mx_check,
+        args=_mxfp4_args,
+        params=_mx_params,
+        bound=_exact,
     ),
-}  # fmt: skip
+}
 
 
 def supported() -> str:

@@ -198,33 +198,39 @@ def test_scale_dtypes_get_their_own_config_groups(tiny_llama, tmp_path):
     assert dtypes == ["torch.bfloat16", "torch.float16"]
 
 
-@pytest.mark.parametrize("name", ["fp4_e2m1", "nf4", "mxfp4"])
-def test_non_integer_formats_are_refused(tiny_llama, tmp_path, name):
-    """A 4-bit float or codebook must never be written as 4-bit integers."""
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("fp4_e2m1", "stores FP8 E4M3 .float8_e4m3fn. only"),
+        ("nf4", "has no compressed-tensors writer"),
+    ],
+)
+def test_formats_without_a_writer_are_refused(tiny_llama, tmp_path, name, why):
+    """A 4-bit float or codebook must never be written as another format."""
     from lowbit.algorithms import RTNConfig
     from lowbit.formats import FORMATS, PerGroup
     from lowbit.plan import LayerSpec
 
     plan = uniform_plan(LayerSpec(FORMATS.get(name)(), PerGroup(32), RTNConfig()))
     qm, model, _ = quantized(tiny_llama, plan)
-    with pytest.raises(ExportError, match=f"format {name} is not an integer format"):
+    with pytest.raises(ExportError, match=f"format {name}.*{why}"):
         _export(qm, model, tmp_path / "ct")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_runtime_plan_parts_are_refused_not_dropped(tiny_llama, tmp_path):
-    """Activation / KV-cache quantization and a quantized embedding cannot be carried by the
-    weight-only exports: refused by name, nothing written."""
+    """KV-cache quantization and a quantized embedding cannot be carried by the export
+    (activations can: W8A8): refused by name, nothing written."""
     from lowbit import api
     from lowbit.algorithms import RTNConfig
-    from lowbit.algorithms.activation_specs import ActivationSpec
+    from lowbit.algorithms.activation_specs import KVCacheSpec
     from lowbit.formats import IntFormat, PerChannel
     from lowbit.plan import LayerSpec, Plan
 
     handle = api.load(str(tiny_llama))
     w8 = LayerSpec(IntFormat(8), PerChannel(), RTNConfig())
-    plan = Plan(w8, activations=ActivationSpec(IntFormat(8), "per_token", True))
+    plan = Plan(w8, kv_cache=KVCacheSpec(IntFormat(8)))
     qm = api.quantize(handle, plan, None)
-    with pytest.raises(ExportError, match="also sets activations"):
+    with pytest.raises(ExportError, match="also sets kv_cache"):
         api.export(qm, api.fake_quant_model(handle, qm), "compressed-tensors", tmp_path / "ct")
     assert not (tmp_path / "ct").exists()

@@ -12,6 +12,7 @@ from typing import Any
 from lowbit._registry import Registry
 from lowbit.errors import ConfigError, ExportError
 from lowbit.formats import QuantizedWeight, describe_scheme
+from lowbit.models.nvfp4_fused import fused_groups
 from lowbit.models.quantize import QuantizedModel
 
 KEPT = "kept in full precision"
@@ -98,19 +99,14 @@ def scheme_of(qw: QuantizedWeight | None) -> str:
 
 def fused_mismatches(qm: QuantizedModel) -> list[str]:
     """One line per block whose fused layers (from the architecture spec) differ in scheme."""
-    arch = qm.handle.arch
-    start = arch.blocks_path + "."
-    names = [*qm.weights, *qm.kept]
-    blocks = sorted({int(n[len(start) :].split(".", 1)[0]) for n in names if n.startswith(start)})
+    path = qm.handle.arch.blocks_path
     lines = []
-    for i in blocks:
-        prefix = f"{arch.blocks_path}.{i}"
-        for group in arch.block(i).fused_groups:
-            members = [f"{prefix}.{m}" for m in group]
-            schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
-            if len(set(schemes.values())) > 1:
-                parts = ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in schemes.items())
-                lines.append(f"{prefix}: {parts}")
+    for members in fused_groups(qm):
+        schemes = {m: scheme_of(qm.weights.get(m)) for m in members}
+        if len(set(schemes.values())) > 1:
+            prefix = f"{path}.{members[0][len(path) + 1 :].split('.', 1)[0]}"
+            parts = ", ".join(f"{m.rsplit('.', 1)[1]} {s}" for m, s in schemes.items())
+            lines.append(f"{prefix}: {parts}")
     return lines
 
 
@@ -131,9 +127,11 @@ def check_fused(qm: QuantizedModel, opts: ExportOptions, engine: str) -> list[st
 
 
 def check_weight_only(qm: QuantizedModel, target: Target) -> None:
-    """The exporters write quantized linear weights; plan parts they cannot carry (activation and
-    KV-cache quantization, a quantized embedding or head) are refused, never dropped silently."""
+    """The exporters write quantized linear weights (compressed-tensors also their input
+    activations); plan parts they cannot carry (activation and KV-cache quantization, a
+    quantized embedding or head) are refused, never dropped silently."""
     plan = qm.plan
+    carried = ("activations",) if target is Target.COMPRESSED_TENSORS else ()
     parts = [
         name
         for name, value in (
@@ -142,13 +140,15 @@ def check_weight_only(qm: QuantizedModel, target: Target) -> None:
             ("embedding", plan.embedding),
             ("head", plan.head),
         )
-        if value is not None
+        if value is not None and name not in carried
     ]
     if parts:
         raise ExportError(
-            f"{target.value} export writes weight-only schemes; this plan also sets "
-            f"{', '.join(parts)}, which the export would drop. Export a model quantized with a "
-            "plan without them (the serving engine applies its own activation and KV settings)"
+            f"{target.value} export writes weight-only schemes"
+            + (" and input activations" if carried else "")
+            + f"; this plan also sets {', '.join(parts)}, which the export would drop. Export a "
+            "model quantized with a plan without them (the serving engine applies its own "
+            "KV settings)"
         )
 
 

@@ -2,12 +2,15 @@
 ``compressed-tensors`` library itself.
 
 Each distinct scheme of the plan becomes one config group whose targets are the exact layer
-names; the weights are packed by the library's ``pack-quantized`` compressor from the
-dequantized weights and lowbit's own scales and zero points, and the packed codes are then
-unpacked again and checked against lowbit's codes, so the export holds exactly the evaluated
-weights. compressed-tensors codes are signed for every integer scheme: an asymmetric code q with
-zero point z is stored as q - 2^(b-1) with zero point z - 2^(b-1), which dequantizes to the
-same (q - z)·s.
+names; the weights are compressed by the library's own compressor for their format (INT
+``pack-quantized`` / ``int-quantized``, FP8 ``float-quantized``, ``nvfp4-pack-quantized``,
+``mxfp4-pack-quantized``: see :mod:`lowbit.export.ct_writers`) from the dequantized weights and
+lowbit's own scales, and every layer is then decompressed again by the library and compared with
+the evaluated weight, so the export holds exactly the evaluated weights (NVFP4 within the bound
+stated there). A plan with activations (W8A8) writes them as the layers' input_activations
+(:mod:`lowbit.export.ct_inputs`). compressed-tensors codes are signed for every integer
+scheme: an asymmetric code q with zero point z is stored as q - 2^(b-1) with zero point
+z - 2^(b-1), which dequantizes to the same (q - z)·s.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from lowbit.export.common import (
     refuse,
     scheme_of,
 )
-from lowbit.formats import IntFormat, PerChannel, PerGroup, QuantizedWeight
+from lowbit.export.ct_checks import check_inputs, check_shared_global_scales, read_back
+from lowbit.export.ct_inputs import input_args, input_scale
+from lowbit.export.ct_writers import problem, writer_for
+from lowbit.formats import FloatFormat, IntFormat, PerGroup, QuantizedWeight
 from lowbit.models.files import copy_model_files
 
 VLLM_BITS = (4, 8)  # weight-only integer widths vLLM's compressed-tensors kernels serve
@@ -43,18 +49,21 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
     linear layers are compressed in place)."""
     start = time.perf_counter()
     qm = inp.qm
-    problems = {n: why for n, qw in qm.weights.items() if (why := _unsupported(qw))}
+    problems = {n: why for n, qw in qm.weights.items() if (why := problem(qw))}
     if problems:
         raise refuse(
             Target.COMPRESSED_TENSORS,
             problems,
-            "Quantize those layers with act-order 'static' or 'off' and a group size that "
-            "divides their input width, or keep them in full precision",
+            "Quantize those layers in a supported format with act-order 'static' or 'off' and "
+            "a group size that divides their input width, or keep them in full precision",
         )
     _check_expert_names(qm)
     notes = check_fused(qm, opts, "vLLM") + _serving_notes(qm)
+    check_inputs(qm)
+    check_shared_global_scales(qm)
     compressor = _compress(inp.model, qm)
-    kept_error = _cast_kept(inp.model, getattr(torch, opts.dtype))
+    kept_error = _cast_kept(inp.model, getattr(torch, opts.dtype), set(qm.weights))
+    error = _read_back(inp.model, qm)
     with atomic_dir(Path(out), overwrite=opts.overwrite) as tmp:
         copy_model_files(qm.handle.path, tmp)  # tokenizer; config is written below
         inp.model.save_pretrained(tmp, safe_serialization=True)
@@ -64,7 +73,7 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
             Path(out),
             {},
             {n: scheme_of(qm.weights.get(n)) for n in [*qm.weights, *qm.kept]},
-            0.0,
+            error,
             predicted_bytes(qm, opts.dtype),
             notes=notes,
             kept_max_error=kept_error,
@@ -75,64 +84,49 @@ def write_compressed_tensors(inp: ExportInput, out: Path, opts: ExportOptions) -
     return report
 
 
-def _unsupported(qw: QuantizedWeight) -> str | None:
-    if not isinstance(qw.fmt, IntFormat):
-        return (
-            f"format {qw.fmt.name} is not an integer format; this exporter writes integer "
-            "weights only (MX, NVFP4, FP and codebook formats are not exported yet)"
-        )
-    if qw.perm is not None:
-        return (
-            "GPTQ act-order 'group' saved a column permutation, which compressed-tensors "
-            "(0.20 and later) does not store"
-        )
-    in_f = qw.shape[1]
-    if isinstance(qw.granularity, PerGroup) and in_f % qw.granularity.size:
-        return f"group size {qw.granularity.size} does not divide its {in_f} input columns"
-    return None
-
-
 def _serving_notes(qm: Any) -> list[str]:
-    odd = sorted({qw.fmt.bits for qw in qm.weights.values()} - set(VLLM_BITS))
-    if not odd:
-        return []
-    return [
-        f"vLLM serves 4- and 8-bit integer weights only; this export also has "
-        f"{', '.join(f'{b}-bit' for b in odd)} layers (transformers can still load it)"
+    notes = []
+    ints = [qw.fmt for qw in qm.weights.values() if isinstance(qw.fmt, IntFormat)]
+    odd = sorted({fmt.bits for fmt in ints} - set(VLLM_BITS))
+    if odd:
+        notes.append(
+            f"vLLM serves 4- and 8-bit integer weights only; this export also has "
+            f"{', '.join(f'{b}-bit' for b in odd)} layers (transformers can still load it)"
+        )
+    fp8_groups = [
+        n
+        for n, qw in qm.weights.items()
+        if isinstance(qw.fmt, FloatFormat) and isinstance(qw.granularity, PerGroup)
     ]
-
-
-def _quantization_args(qw: QuantizedWeight) -> Any:
-    from compressed_tensors.quantization import QuantizationArgs
-
-    if isinstance(qw.granularity, PerGroup):
-        strategy, group_size = "group", qw.granularity.size
-    else:
-        strategy = "channel" if isinstance(qw.granularity, PerChannel) else "tensor"
-        group_size = None
-    return QuantizationArgs(
-        num_bits=qw.fmt.bits,
-        type="int",
-        symmetric=qw.fmt.symmetric,
-        strategy=strategy,
-        group_size=group_size,
-        scale_dtype=qw.fmt.torch_scale_dtype,
-    )
+    if fp8_groups:
+        notes.append(
+            f"{len(fp8_groups)} FP8 layer(s) have one scale per group of input columns (1×G); "
+            "vLLM's FP8 schemes take per-tensor, per-channel or 2-D (128×128) block scales, "
+            "so this export is for compressed-tensors / transformers, not vLLM"
+        )
+    return notes
 
 
 def quantization_config(qm: Any) -> Any:
     """One config group per distinct scheme, targeting exact layer names."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
+    acts = qm.plan.activations
     by_scheme: dict[tuple[str, str], list[str]] = {}
     for name, qw in qm.weights.items():
-        by_scheme.setdefault((scheme_of(qw), qw.fmt.scale_dtype), []).append(name)
-    groups = {
-        f"group_{i}": QuantizationScheme(
-            targets=names, weights=_quantization_args(qm.weights[names[0]])
+        scale_dtype = getattr(qw.fmt, "scale_dtype", "")
+        by_scheme.setdefault((scheme_of(qw), scale_dtype), []).append(name)
+    groups = {}
+    for i, names in enumerate(by_scheme.values()):
+        qw = qm.weights[names[0]]
+        writer = writer_for(qw)
+        assert writer is not None  # refused before
+        groups[f"group_{i}"] = QuantizationScheme(
+            targets=names,
+            weights=writer.args(qw),
+            input_activations=None if acts is None else input_args(acts),
+            format=writer.compression if acts is None else writer.with_inputs,
         )
-        for i, names in enumerate(by_scheme.values())
-    }
     return QuantizationConfig(config_groups=groups, ignore=[*qm.kept, "lm_head"])
 
 
@@ -156,27 +150,39 @@ def _check_expert_names(qm: Any) -> None:
 
 
 def _compress(model: Any, qm: Any) -> Any:
+    """Compress every layer with its format's compressor; returns the ModelCompressor."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import apply_quantization_config
 
     apply_quantization_config(model, quantization_config(qm), show_progress=False)
+    acts = qm.plan.activations
     with torch.no_grad():
         for name, qw in qm.weights.items():
             module = model.get_submodule(name)
             module.weight.data = qw.dequantize().to(module.weight.dtype)
-            module.weight_scale.data = qw.scale.reshape(module.weight_scale.shape).to(
-                qw.fmt.torch_scale_dtype
-            )
-            if qw.zero is not None:
-                zero = qw.zero.to(torch.int32) - 2 ** (qw.fmt.bits - 1)
-                module.weight_zero_point.data = zero.reshape(module.weight_zero_point.shape).to(
-                    module.weight_zero_point.dtype
-                )
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+            params = writer_for(qw).params(qw)  # type: ignore[union-attr]
+            if acts is not None and not acts.dynamic:
+                params["input_scale"] = input_scale(acts, qm.activation_ranges[name])
+            for key, value in params.items():
+                target = getattr(module, key)
+                # scales keep lowbit's dtypes; integer zero points take the library's
+                dtype = value.dtype if value.is_floating_point() else target.dtype
+                target.data = value.reshape(target.shape).to(dtype)
+    compressor = ModelCompressor.from_pretrained_model(model)
     _quiet(compressor.compress_model, model)
-    for name, qw in qm.weights.items():
-        _verify_codes(name, model.get_submodule(name), qw)
     return compressor
+
+
+def _read_back(model: Any, qm: Any) -> float:
+    """Every quantized layer as it will be saved, decompressed by the library and compared
+    with the evaluated weight; the largest difference (0.0: bit-exact)."""
+    error = 0.0
+    for name, qw in qm.weights.items():
+        module = model.get_submodule(name)
+        if "weight_packed" in dict(module.named_parameters()) and isinstance(qw.fmt, IntFormat):
+            _verify_codes(name, module, qw)
+        error = max(error, read_back(name, module, qw))
+    return error
 
 
 def _verify_codes(name: str, module: Any, qw: QuantizedWeight) -> None:
@@ -193,13 +199,14 @@ def _verify_codes(name: str, module: Any, qw: QuantizedWeight) -> None:
         )
 
 
-def _cast_kept(model: Any, dtype: torch.dtype) -> float:
-    """Cast the floating-point tensors kept in full precision (scales stay as stored); returns
-    the largest change."""
+def _cast_kept(model: Any, dtype: torch.dtype, quantized: set[str]) -> float:
+    """Cast the floating-point tensors kept in full precision (the quantized layers' weights
+    and scales stay as compressed, their biases are cast); returns the largest change."""
     error = 0.0
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.is_floating_point() and not name.endswith(("_scale", "_zero_point")):
+            layer, leaf = name.rsplit(".", 1)
+            if param.is_floating_point() and (layer not in quantized or leaf == "bias"):
                 cast = param.data.to(dtype)
                 error = max(error, float((cast.float() - param.data.float()).abs().max()))
                 param.data = cast

@@ -66,7 +66,7 @@ def test_plan_for_vllm_exports_without_allow_unfused(table, tiny_llama, tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--avg-bits", "3", "--target", "vllm"), "smallest achievable is 4.5000 bits per weight"),
+        (("--avg-bits", "3", "--target", "vllm"), "smallest achievable is 4.2500 bits per weight"),
         (("--avg-bits", "9", "--target", "vllm"), "largest useful one 8.5000 bits per weight"),
         (("--avg-bits", "5", "--target", "llama"), "unknown deployment target 'llama'"),
     ],

@@ -21,7 +21,14 @@ import torch
 from lowbit._registry import Registry
 from lowbit.errors import ConfigError
 from lowbit.export.common import WRITABLE, Target
-from lowbit.formats import IntFormat, QuantizedWeight, quantize_weight
+from lowbit.formats import (
+    FloatFormat,
+    IntFormat,
+    NVFP4Format,
+    PerGroup,
+    QuantizedWeight,
+    quantize_weight,
+)
 from lowbit.plan import LayerSpec
 from lowbit.sensitivity.table import SensitivityTable
 
@@ -59,19 +66,40 @@ class DeployTarget:
     tie_experts: bool = False
 
 
-def _vllm_int(fmt: IntFormat) -> str | None:
-    if fmt.bits in VLLM_INT_BITS:
+def _vllm_int(qw: QuantizedWeight) -> str | None:
+    if qw.fmt.bits in VLLM_INT_BITS:
         return None
-    return f"vLLM serves integer weights of 4 and 8 bits only, not {fmt.bits}"
+    return f"vLLM serves integer weights of 4 and 8 bits only, not {qw.fmt.bits}"
+
+
+def _vllm_float(qw: QuantizedWeight) -> str | None:
+    if isinstance(qw.granularity, PerGroup):
+        return (
+            f"vLLM serves FP8 weights per channel or per tensor, not in 1×{qw.granularity.size} "
+            "groups"
+        )
+    return None
+
+
+def _vllm_nvfp4(qw: QuantizedWeight) -> str | None:
+    return (
+        "vLLM needs one NVFP4 global scale across fused q/k/v and gate/up, which lowbit's "
+        "quantizers do not share yet (only round-to-nearest layers can be re-encoded so: "
+        "lowbit.models.nvfp4_fused.share_fused_nvfp4_scales)"
+    )
 
 
 # the engine's own limits by format type, beyond what the export writes
-VLLM_SERVES: dict[type, Callable[[Any], str | None]] = {IntFormat: _vllm_int}
+VLLM_SERVES: dict[type, Check] = {
+    IntFormat: _vllm_int,
+    FloatFormat: _vllm_float,
+    NVFP4Format: _vllm_nvfp4,
+}
 
 
 def _vllm_serves(qw: QuantizedWeight) -> str | None:
     check = VLLM_SERVES.get(type(qw.fmt))
-    return None if check is None else check(qw.fmt)
+    return None if check is None else check(qw)
 
 
 TARGETS: Registry[DeployTarget] = Registry("deployment target")

@@ -183,7 +183,7 @@ def test_group_aware_beats_natural_order_on_a_skewed_hessian(fmt, seed):
 
 def test_group_aware_weights_are_exported_as_plain_groups():
     """No permutation is stored, so neither exporter refuses it: INT4 g32 maps onto Q4_0."""
-    from lowbit.export.compressed import _unsupported
+    from lowbit.export.ct_writers import problem as _unsupported
     from lowbit.export.gguf_file import gguf_type_name
 
     W, _, H = _problem(7, 16, 128)

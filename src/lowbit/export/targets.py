@@ -72,13 +72,15 @@ def _vllm_int(qw: QuantizedWeight) -> str | None:
     return f"vLLM serves integer weights of 4 and 8 bits only, not {qw.fmt.bits}"
 
 
+# FP8 weight granularities vLLM does not serve, by granularity type (registered, not tested)
+VLLM_FP8_REFUSED: dict[type, Callable[[Any], str]] = {
+    PerGroup: lambda g: f"vLLM serves FP8 per channel or per tensor, not in 1×{g.size} groups"
+}
+
+
 def _vllm_float(qw: QuantizedWeight) -> str | None:
-    if isinstance(qw.granularity, PerGroup):
-        return (
-            f"vLLM serves FP8 weights per channel or per tensor, not in 1×{qw.granularity.size} "
-            "groups"
-        )
-    return None
+    why = VLLM_FP8_REFUSED.get(type(qw.granularity))
+    return None if why is None else why(qw.granularity)
 
 
 def _vllm_nvfp4(qw: QuantizedWeight) -> str | None:

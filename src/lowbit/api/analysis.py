@@ -67,17 +67,23 @@ def allocate(
     fuse: bool = True,
     pins: dict[str, int] | None = None,
 ) -> tuple[Allocation, Plan]:
-    """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``)
-    or ``llamacpp`` (the llama.cpp-style mix that spends the most within the budget)."""
+    """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``),
+    ``greedy`` (ExLlamaV3-style: the best loss per extra bit first) or ``llamacpp`` (the
+    llama.cpp-style mix that spends the most within the budget)."""
     from lowbit.allocation import build_problem, solve_exact
+    from lowbit.allocation.greedy import greedy
     from lowbit.allocation.heuristic import llamacpp_for_budget
     from lowbit.allocation.to_plan import to_plan
 
     problem = build_problem(table, metric, fuse=fuse, pins=pins)
-    if method == "exact":
-        alloc = solve_exact(problem, budget)
-    elif method == "llamacpp":
-        alloc = llamacpp_for_budget(table, build_problem(table, metric, fuse=False), budget)
-    else:
-        raise ConfigError(f"unknown allocation method {method!r}; use exact or llamacpp")
+    solvers = {
+        "exact": lambda: solve_exact(problem, budget),
+        "greedy": lambda: greedy(problem, budget),
+        "llamacpp": lambda: llamacpp_for_budget(
+            table, build_problem(table, metric, fuse=False), budget
+        ),
+    }
+    if method not in solvers:
+        raise ConfigError(f"unknown allocation method {method!r}; use {', '.join(solvers)}")
+    alloc = solvers[method]()
     return alloc, to_plan(table, alloc)

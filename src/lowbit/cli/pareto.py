@@ -22,6 +22,15 @@ from lowbit.cli.options import (
     Seed,
     runtime_config,
 )
+from lowbit.cli.sources import (
+    Boundary,
+    ProbeCtx,
+    ProbeWindows,
+    Rounds,
+    SensitivityOption,
+    Source,
+    sensitivity_config,
+)
 
 
 def pareto(
@@ -54,9 +63,15 @@ def pareto(
     max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
     overwrite: Overwrite = False,
+    sensitivity: SensitivityOption = Source.single_layer,
+    rounds: Rounds = 3,
+    boundary: Boundary = 16,
+    probe_windows: ProbeWindows = 2,
+    probe_ctx: ProbeCtx = 128,
 ) -> None:
-    """For each budget, the exact plan and the llama.cpp-style plan; plus uniform plans; each
-    quantized and evaluated. Writes OUTPUT/pareto.json and OUTPUT/pareto.html.
+    """For each budget, the exact plan and the llama.cpp-style plan (in context also the
+    iterated in-context plan and the greedy plan); plus uniform plans; each quantized and
+    evaluated. Writes OUTPUT/pareto.json and OUTPUT/pareto.html.
 
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
@@ -80,4 +95,5 @@ def pareto(
         resume=resume,
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
+        sensitivity=sensitivity_config(sensitivity, rounds, boundary, probe_windows, probe_ctx),
     )

@@ -82,8 +82,9 @@ def plan_job(
         )
     console.print(
         f"{alloc.method}: {summary['bits_per_weight_linear']:.4f} bits per weight over the "
-        f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted {summary['metric']} "
-        f"{alloc.loss:.4g}; " + ", ".join(f"{n} × {k}" for k, n in counts.most_common())
+        f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted "
+        f"{summary['metric']} {alloc.loss:.4g}; "
+        + ", ".join(f"{n} × {k}" for k, n in counts.most_common())
     )
     console.print(f"plan written to {out}")
     return summary

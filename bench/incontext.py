@@ -82,7 +82,7 @@ def main() -> None:
     if 1 in steps:
         cmd = [*LOWBIT, "sensitivity", "smollm2-135m", *calib, "--algorithm", "rtn",
                "--bits", "2", "--bits", "3", "--bits", "4", "--group-size", "64",
-               "--proxies-only", "-o", str(table), "--overwrite"]  # fmt: skip
+               "--proxies-only", "--probe-ctx", "64", "-o", str(table), "--overwrite"]  # fmt: skip
         record["sensitivity"] = run(cmd)
     if 2 in steps:
         cmd = [*LOWBIT, "pareto", "smollm2-135m", "--table", str(table), "-o", str(OUT / "sweep"),

@@ -19,24 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 
 from common import RESULTS, write_result
+
+from allocation import run as run_command
 
 OUT = RESULTS / "incontext"
 LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
 
 
 def run(cmd: list[str]) -> dict:
-    t0 = time.perf_counter()
-    print("$ lowbit", " ".join(cmd[3:]), flush=True)
-    subprocess.run(cmd, check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"command": "lowbit " + " ".join(cmd[3:]), "wall_s": time.perf_counter() - t0,
-            "peak_rss_kb": peak}  # fmt: skip
+    return {"command": "lowbit " + " ".join(cmd[3:]), **run_command(cmd)}
 
 
 def summary(sweep: dict) -> list[dict]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lowbit.cli import sources
 from lowbit.cli.menu import Algorithm, Fuse, Metric, TablePath
 from lowbit.cli.options import (
     Bos,
@@ -21,15 +22,6 @@ from lowbit.cli.options import (
     Overwrite,
     Seed,
     runtime_config,
-)
-from lowbit.cli.sources import (
-    Boundary,
-    ProbeCtx,
-    ProbeWindows,
-    Rounds,
-    SensitivityOption,
-    Source,
-    sensitivity_config,
 )
 
 
@@ -63,11 +55,11 @@ def pareto(
     max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
     overwrite: Overwrite = False,
-    sensitivity: SensitivityOption = Source.single_layer,
-    rounds: Rounds = 3,
-    boundary: Boundary = 16,
-    probe_windows: ProbeWindows = 2,
-    probe_ctx: ProbeCtx = 128,
+    sensitivity: sources.SensitivityOption = sources.Source.single_layer,
+    rounds: sources.Rounds = 3,
+    boundary: sources.Boundary = 16,
+    probe_windows: sources.ProbeWindows = 2,
+    probe_ctx: sources.ProbeCtx = 128,
 ) -> None:
     """For each budget, the exact plan and the llama.cpp-style plan (in context also the
     iterated in-context plan and the greedy plan); plus uniform plans; each quantized and
@@ -95,5 +87,7 @@ def pareto(
         resume=resume,
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
-        sensitivity=sensitivity_config(sensitivity, rounds, boundary, probe_windows, probe_ctx),
+        sensitivity=sources.sensitivity_config(
+            sensitivity, rounds, boundary, probe_windows, probe_ctx
+        ),
     )

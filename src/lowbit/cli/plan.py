@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lowbit.cli import sources
 from lowbit.cli.menu import Fuse, Metric, TablePath
 from lowbit.cli.options import (
     Bos,
@@ -20,15 +21,6 @@ from lowbit.cli.options import (
     Overwrite,
     Seed,
     runtime_config,
-)
-from lowbit.cli.sources import (
-    Boundary,
-    ProbeCtx,
-    ProbeWindows,
-    Rounds,
-    SensitivityOption,
-    Source,
-    sensitivity_config,
 )
 
 
@@ -59,11 +51,11 @@ def plan(
     pin: Annotated[
         list[str], typer.Option(help="LAYER=SPEC: fix a layer (or re:pattern) to a menu spec.")
     ] = [],
-    sensitivity: SensitivityOption = Source.single_layer,
-    rounds: Rounds = 3,
-    boundary: Boundary = 16,
-    probe_windows: ProbeWindows = 2,
-    probe_ctx: ProbeCtx = 128,
+    sensitivity: sources.SensitivityOption = sources.Source.single_layer,
+    rounds: sources.Rounds = 3,
+    boundary: sources.Boundary = 16,
+    probe_windows: sources.ProbeWindows = 2,
+    probe_ctx: sources.ProbeCtx = 128,
     calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
@@ -99,7 +91,9 @@ def plan(
         fuse=fuse,
         pins=parse_pins(pin),
         overwrite=overwrite,
-        sensitivity=sensitivity_config(sensitivity, rounds, boundary, probe_windows, probe_ctx),
+        sensitivity=sources.sensitivity_config(
+            sensitivity, rounds, boundary, probe_windows, probe_ctx
+        ),
         calib=TextConfig(calib_text, ctx, calib_windows, seed, bos),
         execution=Execution(runtime_config(device, dtype, "auto", None)),
     )

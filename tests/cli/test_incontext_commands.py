@@ -16,14 +16,27 @@ IN_CONTEXT = ["--sensitivity", "in-context", "--rounds", "3", "--boundary", "3"]
 PROBE = ["--probe-windows", "2", "--probe-ctx", "24"]
 
 
-@pytest.fixture()
-def table(tiny_llama, tmp_path, corpus):
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """An evaluation and a calibration text, made once for this module."""
+    from lowbit.evaluation.text import BuiltinText, load_text
+
+    root = tmp_path_factory.mktemp("incontext-texts")
+    ev, ca = root / "eval.txt", root / "calib.txt"
+    ev.write_text(load_text(BuiltinText("python-docs", "eval"))[:30_000])
+    ca.write_text(load_text(BuiltinText("python-docs", "calib"))[:30_000])
+    return ev, ca
+
+
+@pytest.fixture(scope="module")
+def table(tiny_llama, tmp_path_factory, corpus):
     _, ca = corpus
-    out = tmp_path / "sens.json"
+    root = tmp_path_factory.mktemp("incontext-table")
+    out = root / "sens.json"
     menu = ["--bits", "2", "--bits", "3", "--bits", "8", "--group-size", "16"]
     run = lowbit(
         "sensitivity", str(tiny_llama), *menu, "--algorithm", "rtn", "--proxies-only",
-        "--calib-text", str(ca), *CALIB, "--probe-ctx", "16", "-o", str(out), cwd=tmp_path,
+        "--calib-text", str(ca), *CALIB, "--probe-ctx", "16", "-o", str(out), cwd=root,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     return out

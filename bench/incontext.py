@@ -72,7 +72,13 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     calib = ["--calib-text", valid, "--calib-windows", "2", "--ctx", "128"]
     table = OUT / "sens-rtn-234.json"
-    record: dict = {"protocol": "reduced: RTN, calib 2 x 128, eval 16 x 128 (see docstring)"}
+    previous = OUT / "bench.json"  # a run of one step keeps the other step's record
+    record: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    record.pop("provenance", None)
+    record["protocol"] = (
+        f"reduced: RTN, calib 2 x 128, eval {args.eval_windows} x 128, in-context probe "
+        f"1 x {args.probe_ctx} tokens (see docstring)"
+    )
     if 1 in steps:
         cmd = [*LOWBIT, "sensitivity", "smollm2-135m", *calib, "--algorithm", "rtn",
                "--bits", "2", "--bits", "3", "--bits", "4", "--group-size", "64",

@@ -114,6 +114,7 @@ def test_pareto_in_context_points_record_rounds(table, tiny_llama, tmp_path, cor
     record = points["in-context 4"]["allocation"]
     assert record["sensitivity"] == "in-context" and record["wall_s"] > 0
     assert record["stats"]["decoder_passes"] > 0 and record["rounds"]
+    assert 0 < record["cost"]["decoder_passes"] <= record["stats"]["decoder_passes"]
     best = min(r["measured_kl"] for r in record["rounds"])
     assert best <= record["rounds"][0]["measured_kl"]
     assert points["in-context 4"]["bits_per_weight_linear"] <= 4.0 + 1e-9

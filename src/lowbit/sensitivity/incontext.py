@@ -21,7 +21,7 @@ one block, the probe windows' hidden states of one block's candidates.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -193,6 +193,7 @@ class ContextProbe:
         reference, _ = reference_windows(handle, ids, runtime, bos)
         self.probe = KLProbe(lazy, self.store, ids, reference, cfg.batch, home)
         self.inputs = capture(lazy, ids, cfg.probe_windows, home)
+        self.progress: Callable[[int, int], None] | None = None  # (blocks done, blocks)
         self.counts = {"block_forwards": 0, "heads": 0, "candidates": 0, "plans": 0}
         self.seconds = 0.0
         self.plan_kl: dict[tuple[int, ...], float] = {}
@@ -250,9 +251,11 @@ class ContextProbe:
         todo = {i: t for i, t in todo.items() if t}
         inputs = self._record(sorted(todo))
         out = {u: {context[u]: base} for u in units}
-        for i in sorted(todo):
+        for k, i in enumerate(sorted(todo)):
             for (u, s), kl in zip(todo[i], self._block_kls(i, todo[i], inputs.pop(i)), strict=True):
                 self.option_kl[(context, u, s)] = kl
+            if self.progress:
+                self.progress(k + 1, len(todo))
         for u in units:
             for s in range(len(self.menu)):
                 if s != context[u]:

@@ -117,9 +117,9 @@ def _in_context(
     cfg: InContext, table: Any, budget: Any, method: str, options: dict[str, Any], inputs: Inputs
 ) -> Allocated:
     from lowbit.allocation import build_problem
-    from lowbit.allocation.greedy import cheapest, greedy
-    from lowbit.allocation.iterate import IterateConfig, check_reachable, curves_problem, iterate
+    from lowbit.allocation.iterate import check_reachable
     from lowbit.allocation.to_plan import to_plan
+    from lowbit.report.console import progress_bar
 
     if method == "llamacpp":
         return _single_layer(SingleLayer(), table, budget, method, options, inputs)
@@ -130,6 +130,27 @@ def _in_context(
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
     record: dict[str, Any] = {"sensitivity": "in-context", "probe": vars(cfg.probe)}
+    before = probe.stats()
+    with progress_bar(f"in-context {method}: blocks measured", None) as update:
+        probe.progress = update
+        try:
+            alloc = _run(cfg, problem, budget, method, probe, record)
+        finally:
+            probe.progress = None
+    # this allocation's own cost (what earlier ones measured in the same session is reused)
+    # beside the session's running totals in record["stats"]
+    record["cost"] = {k: v - before[k] for k, v in probe.stats().items()}
+    record["wall_s"] = time.perf_counter() - t0
+    return Allocated(alloc, to_plan(table, alloc), record)
+
+
+def _run(
+    cfg: InContext, problem: Any, budget: Any, method: str, probe: Any, record: dict[str, Any]
+) -> Any:
+    """The greedy on the measurements in the cheapest plan, or the iterated exact plan."""
+    from lowbit.allocation.greedy import cheapest, greedy
+    from lowbit.allocation.iterate import IterateConfig, curves_problem, iterate
+
     if method == "greedy":
         start = tuple(cheapest(problem))
         curves = probe.curves(start, list(range(len(problem.units))))
@@ -154,8 +175,7 @@ def _in_context(
             ],
             "stats": probe.stats(),
         }
-    record["wall_s"] = time.perf_counter() - t0
-    return Allocated(alloc, to_plan(table, alloc), record)
+    return alloc
 
 
 def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:

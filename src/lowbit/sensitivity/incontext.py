@@ -20,6 +20,7 @@ one block, the probe windows' hidden states of one block's candidates.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -173,7 +174,7 @@ class ContextProbe:
                 f"the {calib.shape[0]} × {calib.shape[1]} calibration windows; give more or "
                 "shorter ones"
             )
-        self.menu, self.cfg = menu, cfg
+        self.menu, self.cfg, self.handle = menu, cfg, handle
         self.layers = {x.name: x for x in layers}
         self.units = [tuple(u) for u in units]
         lazy = handle.lazy(runtime)
@@ -198,6 +199,17 @@ class ContextProbe:
         self.seconds = 0.0
         self.plan_kl: dict[tuple[int, ...], float] = {}
         self.option_kl: dict[tuple[tuple[int, ...], int, int], float] = {}  # (plan, unit, option)
+
+    def on_windows(self, ids: torch.Tensor, bos: BosChoice = NO_BOS) -> ContextProbe:
+        """This probe scoring plans on other windows ``ids`` (n, ctx), e.g. held-out text,
+        with the same cached weights and counters."""
+        other = copy.copy(self)
+        reference, _ = reference_windows(self.handle, ids, self.lazy.runtime, bos)
+        home = self.probe.home
+        other.probe = KLProbe(self.lazy, self.store, ids, reference, 1, home)
+        other.inputs = capture(self.lazy, ids, int(ids.shape[0]), home)
+        other.plan_kl, other.option_kl = {}, {}
+        return other
 
     def stats(self) -> dict[str, float]:
         assert self.store.cache is not None

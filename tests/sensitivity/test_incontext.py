@@ -70,6 +70,11 @@ def test_in_context_kl_equals_a_whole_model_evaluation(setup):
             ref = whole_model_kl(model, _planned(model, table, problem, tuple(changed)), ids)
             assert curves[u][s] == pytest.approx(ref, rel=1e-4, abs=2e-7)
     assert curves[0][0] == probe.kl(context)  # the context's own option: the plan's KL
+    other = calib[2:4, :20]  # windows the allocation never saw, scored with the same weights
+    plan = (1,) * n
+    assert probe.on_windows(other).kl(plan) == pytest.approx(
+        whole_model_kl(model, _planned(model, table, problem, plan), other), rel=1e-4, abs=2e-7
+    )
 
 
 def test_decoder_passes_are_counted_and_measurements_reused(setup):

@@ -72,25 +72,38 @@ def allocate(
     pairs: dict[PairKey, float] | None = None,
 ) -> tuple[Allocation, Plan]:
     """(allocation, plan) for ``budget`` (AvgBits or MaxBytes): ``exact`` (MILP on ``metric``,
-    with measured ``pairs`` terms when given) or ``llamacpp`` (the llama.cpp-style mix that
-    spends the most within the budget); ``constraints``: a deployment target's (ties and
-    allowed specs, :func:`lowbit.export.targets.constraints`)."""
+    with measured ``pairs`` terms when given), ``greedy`` (ExLlamaV3-style: the best loss per
+    extra bit first) or ``llamacpp`` (the llama.cpp-style mix that spends the most within the
+    budget); ``constraints``: a deployment target's (ties and allowed specs,
+    :func:`lowbit.export.targets.constraints`)."""
     from lowbit.allocation import build_problem, solve_exact
+    from lowbit.allocation.greedy import greedy
     from lowbit.allocation.heuristic import llamacpp_for_budget
     from lowbit.allocation.to_plan import to_plan
     from lowbit.export.targets import Constraints
 
     c = constraints or Constraints("any")
-    fused = fuse or c.fuse
     ties = [*c.ties, *(table.fused if c.fuse else ())]
-    if method == "exact":
-        problem = build_problem(
-            table, metric, fuse=fused, pins=pins, ties=c.ties, allowed=c.allowed, pairs=pairs
+
+    def problem(loose: bool = False):
+        if loose:  # the llama.cpp mix picks per tensor; fused groups tie through ``ties``
+            return build_problem(table, metric, fuse=False, ties=ties, allowed=c.allowed)
+        return build_problem(
+            table,
+            metric,
+            fuse=fuse or c.fuse,
+            pins=pins,
+            ties=c.ties,
+            allowed=c.allowed,
+            pairs=pairs,
         )
-        alloc = solve_exact(problem, budget)
-    elif method == "llamacpp":
-        loose = build_problem(table, metric, fuse=False, ties=ties, allowed=c.allowed)
-        alloc = llamacpp_for_budget(table, loose, budget)
-    else:
-        raise ConfigError(f"unknown allocation method {method!r}; use exact or llamacpp")
+
+    solvers = {
+        "exact": lambda: solve_exact(problem(), budget),
+        "greedy": lambda: greedy(problem(), budget),
+        "llamacpp": lambda: llamacpp_for_budget(table, problem(loose=True), budget),
+    }
+    if method not in solvers:
+        raise ConfigError(f"unknown allocation method {method!r}; use {', '.join(solvers)}")
+    alloc = solvers[method]()
     return alloc, to_plan(table, alloc)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lowbit.cli import sources
 from lowbit.cli.menu import Algorithm, DeployTarget, Fuse, Metric, TablePath
 from lowbit.cli.options import (
     Bos,
@@ -55,9 +56,15 @@ def pareto(
     max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted sweep.")] = False,
     overwrite: Overwrite = False,
+    sensitivity: sources.SensitivityOption = sources.Source.single_layer,
+    rounds: sources.Rounds = 3,
+    boundary: sources.Boundary = 16,
+    probe_windows: sources.ProbeWindows = 2,
+    probe_ctx: sources.ProbeCtx = 128,
 ) -> None:
-    """For each budget, the exact plan and the llama.cpp-style plan; plus uniform plans; each
-    quantized and evaluated. Writes OUTPUT/pareto.json and OUTPUT/pareto.html.
+    """For each budget, the exact plan and the llama.cpp-style plan (in context also the
+    iterated in-context plan and the greedy plan); plus uniform plans; each quantized and
+    evaluated. Writes OUTPUT/pareto.json and OUTPUT/pareto.html.
 
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
@@ -82,4 +89,7 @@ def pareto(
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
         target=target,
+        sensitivity=sources.sensitivity_config(
+            sensitivity, rounds, boundary, probe_windows, probe_ctx
+        ),
     )

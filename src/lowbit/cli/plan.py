@@ -8,12 +8,25 @@ from typing import Annotated
 
 import typer
 
+from lowbit.cli import sources
 from lowbit.cli.menu import DeployTarget, Fuse, Metric, TablePath
-from lowbit.cli.options import Model, Overwrite
+from lowbit.cli.options import (
+    Bos,
+    CalibText,
+    CalibWindows,
+    Ctx,
+    Device,
+    Dtype,
+    Model,
+    Overwrite,
+    Seed,
+    runtime_config,
+)
 
 
 class Method(str, Enum):
     exact = "exact"
+    greedy = "greedy"
     llamacpp = "llamacpp"
 
 
@@ -28,7 +41,10 @@ def plan(
         str | None, typer.Option(help="Stored size of the whole model, e.g. 60MB.")
     ] = None,
     method: Annotated[
-        Method, typer.Option(help="exact (integer program) or llamacpp (heuristic mix).")
+        Method,
+        typer.Option(
+            help="exact (integer program), greedy (ExLlamaV3-style) or llamacpp (heuristic mix)."
+        ),
     ] = Method.exact,
     metric: Metric = "kl",
     fuse: Fuse = True,
@@ -36,16 +52,32 @@ def plan(
     pin: Annotated[
         list[str], typer.Option(help="LAYER=SPEC: fix a layer (or re:pattern) to a menu spec.")
     ] = [],
+    sensitivity: sources.SensitivityOption = sources.Source.single_layer,
+    rounds: sources.Rounds = 3,
+    boundary: sources.Boundary = 16,
+    probe_windows: sources.ProbeWindows = 2,
+    probe_ctx: sources.ProbeCtx = 128,
+    calib_text: CalibText = None,
+    calib_windows: CalibWindows = 128,
+    ctx: Ctx = 512,
+    seed: Seed = 0,
+    bos: Bos = "auto",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     overwrite: Overwrite = False,
 ) -> None:
     """Choose one spec of the table's menu per layer, minimising the summed sensitivity.
 
     Example: lowbit plan smollm2-135m --table sens.json --avg-bits 3.25 -o plan.yaml
+
+    In context (--sensitivity in-context) the losses are measured inside the quantized model
+    on the table's calibration windows (give the same calibration options as the table).
     """
-    from lowbit.api import AvgBits, MaxBytes
+    from lowbit.api import AvgBits, MaxBytes, TextConfig
     from lowbit.cli.menu import parse_pins, parse_size
     from lowbit.errors import ConfigError
     from lowbit.workflows import plan_job
+    from lowbit.workflows.spine import Execution
 
     if (avg_bits is None) == (max_bytes is None):
         raise ConfigError("give exactly one budget: --avg-bits or --max-bytes")
@@ -61,4 +93,9 @@ def plan(
         pins=parse_pins(pin),
         overwrite=overwrite,
         target=target,
+        sensitivity=sources.sensitivity_config(
+            sensitivity, rounds, boundary, probe_windows, probe_ctx
+        ),
+        calib=TextConfig(calib_text, ctx, calib_windows, seed, bos),
+        execution=Execution(runtime_config(device, dtype, "auto", None)),
     )

@@ -15,10 +15,17 @@ from typing import Any
 
 from lowbit import api
 from lowbit._io import atomic_file, check_new_output, figures_sha256, write_json
-from lowbit.errors import OutputExistsError
+from lowbit.errors import ConfigError, OutputExistsError
 from lowbit.plan import LayerSpec, Plan, uniform_plan
 from lowbit.report.console import console, progress_bar
 from lowbit.report.pareto import pareto_report, pareto_table
+from lowbit.workflows.incontext import (
+    SINGLE_LAYER,
+    Inputs,
+    Sensitivity,
+    SingleLayer,
+    allocate_with,
+)
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
 
 
@@ -34,8 +41,12 @@ def plan_job(
     pins: dict[str, str] | None = None,
     overwrite: bool = False,
     target: str = "any",
+    sensitivity: Sensitivity = SINGLE_LAYER,
+    calib: api.TextConfig | None = None,
+    execution: Execution = DEFAULT_EXECUTION,
 ) -> dict[str, Any]:
-    """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan) that
+    """Write the plan of least predicted loss within ``budget`` (or the heuristic's plan) on
+    ``sensitivity``'s losses (in context: measured on the calibration windows ``calib``) that
     deployment ``target`` (vllm, gguf, any) can export and serve unchanged."""
     from lowbit.allocation import spec_index
 
@@ -44,9 +55,16 @@ def plan_job(
     table = api.load_table(table_path, handle)
     limits = target_constraints(table, target, handle)
     pin_idx = {k: spec_index(v, table.labels) for k, v in (pins or {}).items()}
-    alloc, plan = api.allocate(
-        table, budget, method=method, metric=metric, fuse=fuse, pins=pin_idx, constraints=limits
+    inputs = _inputs(handle, sensitivity, calib, execution)
+    done = allocate_with(
+        sensitivity,
+        table,
+        budget,
+        method,
+        {"metric": metric, "fuse": fuse, "pins": pin_idx, "constraints": limits},
+        inputs,
     )
+    alloc, plan = done.allocation, done.plan
     n_weights = sum(x.numel for x in table.layers)
     with atomic_file(Path(out), overwrite=overwrite) as f:
         f.write(plan.dumps("yaml" if Path(out).suffix in (".yaml", ".yml") else "json"))
@@ -56,14 +74,21 @@ def plan_job(
         "bits_per_weight_linear": alloc.bits / n_weights,
         "model_bytes": alloc.bits // 8 + table.other_bytes,
         "predicted_loss": alloc.loss,
-        "metric": metric,
+        "metric": "kl (in context)" if sensitivity.in_context else metric,
         "target": target,
         "layers_per_spec": dict(counts),
+        **done.record,
     }
+    for r in done.record.get("rounds", []):
+        console.print(
+            f"round {r['round']}: predicted KL {r['predicted_kl']:.4g}, measured "
+            f"{r['measured_kl']:.4g} ({r['decoder_passes']:.0f} decoder passes so far)"
+        )
     console.print(
         f"{alloc.method}: {summary['bits_per_weight_linear']:.4f} bits per weight over the "
-        f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted {metric} "
-        f"{alloc.loss:.4g}; " + ", ".join(f"{n} × {k}" for k, n in counts.most_common())
+        f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted "
+        f"{summary['metric']} {alloc.loss:.4g}; "
+        + ", ".join(f"{n} × {k}" for k, n in counts.most_common())
     )
     console.print(f"plan written to {out}")
     return summary
@@ -88,6 +113,7 @@ class Point:
     plan: Plan
     predicted_loss: float | None
     predicted_bits_per_weight: float | None
+    record: dict[str, Any] | None = None
 
 
 def sweep_points(
@@ -98,10 +124,13 @@ def sweep_points(
     metric: str = "kl",
     fuse: bool = True,
     limits: Any = None,
+    sensitivity: Sensitivity = SINGLE_LAYER,
+    inputs: Inputs | None = None,
 ) -> list[Point]:
-    """Uniform plans, then the exact and the llama.cpp-style plan for each budget (a heuristic
-    plan equal to one already listed is not repeated); ``limits``: a deployment target's
-    constraints on the allocated plans."""
+    """Uniform plans, then for each budget the exact plan, the llama.cpp-style plan and, in
+    context, the iterated exact plan and the greedy plan (a heuristic plan equal to one already
+    listed is not repeated); ``limits``: a deployment target's constraints on the allocated
+    plans."""
     from lowbit.allocation import AvgBits, build_problem
     from lowbit.allocation.heuristic import uniform as uniform_alloc
 
@@ -122,26 +151,43 @@ def sweep_points(
             )
         )
     seen: set[tuple] = set()
+    runs: list[tuple[str, Sensitivity, str]] = [("exact", SingleLayer(), "exact")]
+    if sensitivity.in_context:
+        runs += [("in-context", sensitivity, "exact"), ("greedy", sensitivity, "greedy")]
+    runs.append(("llamacpp", SingleLayer(), "llamacpp"))
+    options = {"metric": metric, "fuse": fuse, "constraints": limits}
     for b in budgets:
-        for method in ("exact", "llamacpp"):
-            alloc, plan = api.allocate(
-                table, AvgBits(b), method=method, metric=metric, fuse=fuse, constraints=limits
-            )
+        for name, source, method in runs:
+            done = allocate_with(source, table, AvgBits(b), method, options, inputs)
+            alloc = done.allocation
             key = tuple(sorted(alloc.choice.items()))
             if method == "llamacpp" and key in seen:
                 continue
             seen.add(key)
             points.append(
                 Point(
-                    f"{method} {b:g}",
-                    method,
+                    f"{name} {b:g}",
+                    name,
                     b,
-                    plan,
+                    done.plan,
                     alloc.loss,
                     alloc.bits_per_weight(problem),
+                    done.record,
                 )
             )
     return points
+
+
+def _inputs(
+    handle: Any, sensitivity: Sensitivity, calib: api.TextConfig | None, execution: Execution
+) -> Inputs:
+    """The model, calibration windows and runtime an in-context allocation measures with."""
+    if not sensitivity.in_context:
+        return Inputs(handle)
+    if calib is None:
+        raise ConfigError("in-context sensitivity needs calibration text (--calib-text)")
+    windows = text_windows(handle, calib, calibration=True)
+    return Inputs(handle, windows, api.runtime(execution.runtime))
 
 
 def pareto_job(
@@ -160,6 +206,7 @@ def pareto_job(
     marks: dict[str, tuple[float, float]] | None = None,
     execution: Execution = DEFAULT_EXECUTION,
     target: str = "any",
+    sensitivity: Sensitivity = SINGLE_LAYER,
 ) -> dict[str, Any]:
     """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html."""
     out = Path(out)
@@ -167,10 +214,14 @@ def pareto_job(
     handle = api.load(model)
     table = api.load_table(table_path, handle)
     limits = target_constraints(table, target, handle)
-    points = sweep_points(table, budgets, uniform_specs, metric=metric, fuse=fuse, limits=limits)
     windows = text_windows(handle, evalcfg, calibration=False)
     calib_w = text_windows(handle, calib, calibration=True)
     api.check_distinct_texts(windows, calib_w)
+    inputs = Inputs(handle, calib_w, api.runtime(execution.runtime))
+    points = sweep_points(
+        table, budgets, uniform_specs, metric=metric, fuse=fuse, limits=limits,
+        sensitivity=sensitivity, inputs=inputs,
+    )  # fmt: skip
     store = out / "points"
     store.mkdir(parents=True, exist_ok=True)
     _check_key(
@@ -183,6 +234,7 @@ def pareto_job(
             "metric": metric,
             "fuse": fuse,
             "target": target,
+            "sensitivity": repr(sensitivity),
         },
     )
     todo = [p for p in points if not (store / f"{_slug(p.name)}.json").exists()]
@@ -256,6 +308,7 @@ def _measure(
         "quantize_s": qm.timings["wall_s"],
         "plan": p.plan.to_dict(),
         "eval": res.to_dict(),
+        "allocation": p.record,
     }
     write_json(store / f"{_slug(p.name)}.json", row, overwrite=True)
 

@@ -14,6 +14,7 @@ from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.combined import combined_report
 from lowbit.report.console import console, progress_bar
+from lowbit.workflows.incontext import windows_sha256
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
 
 
@@ -63,6 +64,7 @@ def sensitivity_job(
             handle, menu, windows, probe, rt=rt, done=done, on_block=checkpoint, progress=update
         )
     table.probe["calibration"] = windows.info
+    table.probe["calibration_sha256"] = windows_sha256(windows.ids)
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
         f.write(table.to_csv())
     data = table.to_dict()

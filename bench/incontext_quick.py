@@ -1,0 +1,122 @@
+"""The in-context allocation on the built-in model without `lowbit pareto`'s quantize-and-
+evaluate of every point (too slow on the shared, overloaded 2-core machine): every plan is a
+weight swap of the same cached RTN weights and is scored by the in-context probe's own KL
+machinery (the whole model, one block at a time, against the original's cached
+log-probabilities), on
+
+* the probe tokens the in-context allocation measured on (in-sample: the first calibration
+  window of wiki.valid.tokens cut to ``--probe-ctx`` tokens), and
+* held-out windows of WikiText-2 raw test (``--eval-windows`` × 128 tokens).
+
+Plans at 3.25 and 4.0 bits per weight: uniform RTN W3 g64 / W4 g64 (menu INT2/3/4 g64), the
+additive exact plan (the table's Fisher proxy), the llama.cpp-style plan, the ExLlamaV3-style
+greedy on the in-context measurements in the cheapest plan, the first in-context exact plan
+and the iterated one (the best measured of its rounds). Needs the table of step 1 of
+bench/incontext.py (`--steps 1`).
+
+Usage: .venv/bin/python bench/incontext_quick.py [--probe-ctx 32] [--eval-windows 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import RESULTS, write_result
+
+OUT = RESULTS / "incontext"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probe-ctx", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--boundary", type=int, default=12)
+    args = parser.parse_args()
+    from lowbit import api
+    from lowbit.allocation import AvgBits, build_problem
+    from lowbit.allocation.greedy import cheapest, greedy
+    from lowbit.allocation.heuristic import uniform
+    from lowbit.allocation.iterate import IterateConfig, curves_problem, iterate, unit_choice
+    from lowbit.evaluation.text import data_dir
+    from lowbit.sensitivity.incontext import ContextConfig, ContextProbe
+    from lowbit.workflows.incontext import check_calibration
+
+    t0 = time.perf_counter()
+    data = data_dir()
+    handle = api.load("smollm2-135m")
+    table = api.load_table(OUT / "sens-rtn-234.json", handle)
+    calib = api.text_windows(
+        handle, api.TextConfig(str(data / "wikitext-2" / "wiki.valid.tokens"), 128, 2, 0, "auto"),
+        calibration=True,
+    )  # fmt: skip
+    check_calibration(table, calib)
+    held = api.text_windows(
+        handle,
+        api.TextConfig(str(data / "wikitext-2-raw" / "wiki.test.raw"), 128, args.eval_windows,
+                       bos="auto"),
+        calibration=False,
+    )  # fmt: skip
+    rt = api.runtime()
+    problem = build_problem(table, "fisher")
+    probe = ContextProbe(
+        handle, tuple(table.menu), table.layers, [u.layers for u in problem.units], calib.ids,
+        ContextConfig(1, args.probe_ctx), rt, calib.bos,
+    )  # fmt: skip
+    scorer = probe.on_windows(held.ids, held.bos)
+    start = tuple(cheapest(problem))
+    curves = probe.curves(start, list(range(len(problem.units))))
+    round0 = {"stats": probe.stats(), "cheapest_plan_kl": probe.kl(start)}
+    print("round 0:", json.dumps(round0), flush=True)
+    rows = []
+
+    def score(name: str, budget: float, alloc, extra: dict | None = None) -> None:
+        choice = unit_choice(problem, alloc)
+        row = {
+            "name": name,
+            "budget": budget,
+            "bits_per_weight_linear": alloc.bits / problem.n_weights,
+            "kl_probe_in_sample": probe.kl(choice),
+            "kl_held_out": scorer.kl(choice),
+            **(extra or {}),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    score("uniform RTN W3 g64", 3.25, uniform(problem, 1))
+    score("uniform RTN W4 g64", 4.25, uniform(problem, 2))
+    in_context = curves_problem(problem, curves, round0["cheapest_plan_kl"])
+    for b in (3.25, 4.0):
+        budget = AvgBits(b)
+        score(f"exact additive (Fisher) {b:g}", b, api.allocate(table, budget, metric="fisher")[0])
+        llama = api.allocate(table, budget, method="llamacpp", metric="fisher")[0]
+        score(f"llama.cpp-style {b:g}", b, llama)
+        score(f"greedy in-context {b:g}", b, greedy(in_context, budget))
+        t1 = time.perf_counter()
+        result = iterate(problem, budget, probe, IterateConfig(args.rounds, args.boundary))
+        rounds = [
+            {"round": r.index, "predicted_kl": r.predicted_kl, "measured_kl": r.measured_kl,
+             "units_measured_before": r.remeasured, "decoder_passes": r.stats["decoder_passes"]}
+            for r in result.rounds
+        ]  # fmt: skip
+        extra = {"rounds": rounds, "stopped": result.stopped, "wall_s": time.perf_counter() - t1}
+        score(f"in-context first plan {b:g}", b, result.first)
+        score(f"in-context iterated {b:g}", b, result.best, extra)
+    record = {
+        "protocol": (
+            f"reduced, in-process: RTN INT2/3/4 g64; in-context probe 1 x {args.probe_ctx} tokens "
+            f"of the first calibration window; held-out {args.eval_windows} x 128 WikiText-2 "
+            "raw test; plans scored by weight swap (see docstring)"
+        ),
+        "round0": round0,
+        "points": rows,
+        "stats": probe.stats(),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_result(OUT / "quick.json", record)
+
+
+if __name__ == "__main__":
+    main()

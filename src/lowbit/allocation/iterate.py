@@ -1,0 +1,212 @@
+"""Iterated in-context allocation: measure each unit's options inside a quantized model,
+allocate, quantize the plan, re-measure the units at the decision boundary inside the new plan,
+re-allocate, until the plan stops changing or the round limit; the plan of least measured KL
+wins, so the result is never worse (measured) than the first plan.
+
+The measurements come from a :class:`Measurer` (the model plumbing lives in
+:mod:`lowbit.sensitivity.incontext`); this module is pure bookkeeping and the solver. A unit's
+*curve* is the measured KL of the model with that unit at each option and every other unit at
+the context's option. Only differences within one curve matter to the solver (each unit takes
+one option), so the loss the solver sees for unit u at option s is
+``(curve_u[s] − curve_u[context_u]) × KL(now) / KL(context)``: a curve measured in an older
+context is scaled by how much the model's KL has changed since (the assumption: a unit's gains
+scale with the error of the model around it). The predicted KL of a plan is the current plan's
+measured KL plus the summed loss differences.
+
+The decision boundary: the greedy walk on the same losses gives the budget's price per bit
+(:mod:`~lowbit.allocation.greedy`); a unit's margin is how much worse its best alternative
+option is at that price; the ``boundary`` units of least margin are re-measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lowbit.allocation.greedy import cheapest, greedy
+from lowbit.allocation.problem import Budget, Problem
+from lowbit.allocation.solve import Allocation, check_feasible, evaluate_choice, solve_exact
+from lowbit.errors import ConfigError
+
+Curves = dict[int, dict[int, float]]  # unit index → option → measured KL
+
+
+class Measurer(Protocol):
+    """Measured KL of plans given as one option per unit of the problem."""
+
+    def kl(self, context: tuple[int, ...]) -> float: ...
+
+    def curves(self, context: tuple[int, ...], units: list[int]) -> Curves: ...
+
+    def stats(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    """``rounds``: allocations at most (the first on the measurements in the cheapest plan);
+    ``boundary``: units re-measured after each allocation."""
+
+    rounds: int = 3
+    boundary: int = 16
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"in-context rounds must be at least 1, got {self.rounds}")
+        if self.boundary < 1:
+            raise ConfigError(f"in-context boundary units must be at least 1, got {self.boundary}")
+
+
+@dataclass(frozen=True)
+class Round:
+    index: int
+    choice: tuple[int, ...]
+    predicted_kl: float
+    measured_kl: float
+    remeasured: int  # units measured before this round's allocation
+    stats: dict[str, float]  # the measurer's running totals after this round
+
+
+@dataclass
+class Iterated:
+    """The best measured plan, the first plan, and every round."""
+
+    best: Allocation
+    first: Allocation
+    rounds: list[Round]
+    stopped: str
+    base_kl: float  # the cheapest plan's measured KL
+    curves: Curves = field(repr=False, default_factory=dict)
+
+
+Solver = Callable[[Problem, Budget], Allocation]
+
+
+def check_reachable(problem: Problem, budget: Budget) -> float:
+    """The budget in bits; an error names the menu's range when it lies outside it (either
+    end: :func:`~lowbit.allocation.solve.check_feasible`)."""
+    return check_feasible(problem, budget)
+
+
+def with_unit_losses(problem: Problem, losses: dict[int, dict[int, float]]) -> Problem:
+    """``problem`` whose unit u costs ``losses[u][s]`` at option s (carried by the unit's first
+    layer; the other layers of a fused unit cost 0)."""
+    loss = {}
+    for u, unit in enumerate(problem.units):
+        for k, name in enumerate(unit.layers):
+            for s in unit.options:
+                loss[(name, s)] = losses[u][s] if k == 0 else 0.0
+    return Problem(
+        problem.units, problem.bits, loss, problem.n_weights, problem.other_bytes, problem.labels
+    )
+
+
+def unit_choice(problem: Problem, alloc: Allocation) -> tuple[int, ...]:
+    return tuple(alloc.choice[u.layers[0]] for u in problem.units)
+
+
+def iterate(
+    problem: Problem,
+    budget: Budget,
+    measurer: Measurer,
+    cfg: IterateConfig = IterateConfig(),
+    solve: Solver = solve_exact,
+) -> Iterated:
+    """Allocate with ``solve`` on in-context measurements, re-measuring the boundary units
+    after each allocation (see the module's docstring)."""
+    check_reachable(problem, budget)
+    start = tuple(cheapest(problem))
+    base = measurer.kl(start)
+    state = _State(problem, measurer.curves(start, list(range(len(problem.units)))))
+    state.record(start, list(range(len(problem.units))), base)
+    rounds: list[Round] = []
+    measured: dict[tuple[int, ...], float] = {start: base}
+    previous: tuple[int, ...] | None = None
+    remeasured, now, stopped = len(problem.units), base, "round limit"
+    first: Allocation | None = None
+    for r in range(1, cfg.rounds + 1):
+        losses = state.problem(now)
+        alloc = solve(losses, budget)
+        choice = unit_choice(problem, alloc)
+        if choice == previous:
+            stopped = "plan unchanged"
+            break
+        first = first or alloc
+        predicted = now + alloc.loss - _loss_at(losses, previous or start)
+        if choice not in measured:
+            measured[choice] = measurer.kl(choice)
+        now = measured[choice]
+        rounds.append(Round(r, choice, predicted, now, remeasured, dict(measurer.stats())))
+        previous = choice
+        if r == cfg.rounds:
+            break
+        units = boundary(losses, budget, choice, cfg.boundary)
+        state.record(choice, units, now, measurer.curves(choice, units))
+        remeasured = len(units)
+    assert first is not None
+    best = min(rounds, key=lambda x: (x.measured_kl, x.index))
+    names = {n: s for u, s in zip(problem.units, best.choice, strict=True) for n in u.layers}
+    final = evaluate_choice(problem, names, "in-context")
+    info = {"round": float(best.index), "measured_kl": best.measured_kl}
+    return Iterated(
+        Allocation(final.method, final.choice, final.bits, best.predicted_kl, info),
+        first,
+        rounds,
+        stopped,
+        base,
+        state.curves,
+    )
+
+
+def boundary(losses: Problem, budget: Budget, choice: tuple[int, ...], k: int) -> list[int]:
+    """The ``k`` units whose chosen option is most marginal at the budget's price per bit."""
+    price = greedy(losses, budget).info["price"]
+    margins = []
+    for u, (unit, s) in enumerate(zip(losses.units, choice, strict=True)):
+        here = losses.unit_loss(unit, s) + price * losses.unit_bits(unit, s)
+        others = [
+            losses.unit_loss(unit, t) + price * losses.unit_bits(unit, t) - here
+            for t in unit.options
+            if t != s
+        ]
+        margins.append((min(others, default=float("inf")), u))
+    return sorted(u for _, u in sorted(margins)[:k])
+
+
+def _loss_at(losses: Problem, choice: tuple[int, ...]) -> float:
+    return sum(losses.unit_loss(u, s) for u, s in zip(losses.units, choice, strict=True))
+
+
+@dataclass
+class _State:
+    """Each unit's latest curve, the option it had and the model's KL when it was measured."""
+
+    base: Problem
+    curves: Curves
+    at: dict[int, int] = field(default_factory=dict)
+    level: dict[int, float] = field(default_factory=dict)
+
+    def record(
+        self, context: tuple[int, ...], units: list[int], kl: float, new: Curves | None = None
+    ) -> None:
+        self.curves.update(new or {})
+        for u in units:
+            self.at[u], self.level[u] = context[u], kl
+
+    def problem(self, now: float) -> Problem:
+        losses = {}
+        for u, curve in self.curves.items():
+            scale = now / self.level[u] if self.level[u] > 0 else 1.0
+            ref = curve[self.at[u]]
+            losses[u] = {s: (v - ref) * scale for s, v in curve.items()}
+        return with_unit_losses(self.base, losses)
+
+
+def curves_problem(problem: Problem, curves: Curves, base: float) -> Problem:
+    """``problem`` costed by curves all measured in one context of KL ``base``: unit u at
+    option s costs its measured KL minus the base, divided evenly so that a plan's summed
+    loss predicts its KL under additivity (the base plus the summed differences)."""
+    share = base / max(len(problem.units), 1)
+    return with_unit_losses(
+        problem, {u: {s: v - base + share for s, v in c.items()} for u, c in curves.items()}
+    )

@@ -1,0 +1,60 @@
+"""The ``--sensitivity`` options of ``lowbit plan`` and ``lowbit pareto``: where the
+allocation's losses come from, as the typed configuration of
+:mod:`lowbit.workflows.incontext`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+
+class Source(str, Enum):
+    single_layer = "single-layer"
+    in_context = "in-context"
+
+
+SensitivityOption = Annotated[
+    Source,
+    typer.Option(
+        "--sensitivity",
+        help="single-layer (the table's values, summed) or in-context (measured inside the "
+        "quantized model from the cheapest plan, then iterated).",
+    ),
+]
+Rounds = Annotated[int, typer.Option(help="In context: allocations at most.")]
+Boundary = Annotated[
+    int, typer.Option(help="In context: units re-measured around the decision boundary per round.")
+]
+ProbeWindows = Annotated[int, typer.Option(help="In context: calibration windows the KL uses.")]
+ProbeCtx = Annotated[int, typer.Option(help="In context: tokens of each probe window.")]
+
+
+def _single_layer(**_: Any) -> Any:
+    from lowbit.workflows.incontext import SingleLayer
+
+    return SingleLayer()
+
+
+def _in_context(rounds: int, boundary: int, probe_windows: int, probe_ctx: int) -> Any:
+    from lowbit.sensitivity.incontext import ContextConfig
+    from lowbit.workflows.incontext import InContext
+
+    return InContext(rounds, boundary, ContextConfig(probe_windows, probe_ctx))
+
+
+SOURCES: dict[Source, Callable[..., Any]] = {
+    Source.single_layer: _single_layer,
+    Source.in_context: _in_context,
+}
+
+
+def sensitivity_config(
+    source: Source, rounds: int, boundary: int, probe_windows: int, probe_ctx: int
+) -> Any:
+    """The validated configuration of ``source``."""
+    return SOURCES[source](
+        rounds=rounds, boundary=boundary, probe_windows=probe_windows, probe_ctx=probe_ctx
+    )

@@ -1,0 +1,225 @@
+"""Where the allocation's losses come from, as typed configurations dispatched to registered
+handlers: :class:`SingleLayer` (the sensitivity table's single-layer values, summed) or
+:class:`InContext` (measured inside the quantized model, iterated:
+:mod:`lowbit.allocation.iterate` on :mod:`lowbit.sensitivity.incontext`).
+
+Methods: ``exact`` (the MILP; iterated in context), ``greedy`` (ExLlamaV3-style; in context on
+the measurements in the cheapest plan, as ExLlamaV3 does), ``llamacpp`` (the heuristic mix: it
+reads no sensitivity, so both sources give the same plan).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from lowbit.errors import ArtefactError, ConfigError
+from lowbit.sensitivity.incontext import ContextConfig
+
+METHODS = ("exact", "greedy", "llamacpp")
+
+
+@dataclass(frozen=True)
+class SingleLayer:
+    """The table's single-layer measurements, assumed to add up."""
+
+    in_context: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class InContext:
+    """Measured in context from the cheapest plan; ``rounds`` allocations at most, each
+    followed by re-measuring ``boundary`` units in the new plan."""
+
+    rounds: int = 3
+    boundary: int = 16
+    probe: ContextConfig = field(default_factory=ContextConfig)
+    in_context: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        from lowbit.allocation.iterate import IterateConfig
+
+        IterateConfig(self.rounds, self.boundary)  # validates
+
+
+Sensitivity = SingleLayer | InContext
+SINGLE_LAYER = SingleLayer()
+
+
+@dataclass
+class Inputs:
+    """What an allocation may need beside the table: the model, calibration windows, runtime."""
+
+    handle: Any = None
+    windows: Any = None
+    runtime: Any = None
+    sessions: dict[int, Any] = field(default_factory=dict)  # the in-context probe, reused
+
+
+@dataclass
+class Allocated:
+    allocation: Any
+    plan: Any
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[Any, Any, Any, str, dict[str, Any], Inputs], Allocated]
+HANDLERS: dict[type, Handler] = {}
+
+
+def register(config_type: type) -> Callable[[Handler], Handler]:
+    def add(fn: Handler) -> Handler:
+        if config_type in HANDLERS:
+            raise ConfigError(
+                f"an allocation source for {config_type.__name__} is registered twice"
+            )
+        HANDLERS[config_type] = fn
+        return fn
+
+    return add
+
+
+def allocate_with(
+    sensitivity: Sensitivity,
+    table: Any,
+    budget: Any,
+    method: str,
+    options: dict[str, Any],
+    inputs: Inputs | None = None,
+) -> Allocated:
+    """(allocation, plan, record) of ``method`` on ``sensitivity``'s losses; ``options``:
+    metric, fuse, pins, constraints (as :func:`lowbit.api.allocate` takes them)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown allocation method {method!r}; use one of {', '.join(METHODS)}")
+    handler = HANDLERS.get(type(sensitivity))
+    if handler is None:
+        raise ConfigError(f"no allocation source is registered for {type(sensitivity).__name__}")
+    return handler(sensitivity, table, budget, method, options, inputs or Inputs())
+
+
+@register(SingleLayer)
+def _single_layer(
+    cfg: SingleLayer, table: Any, budget: Any, method: str, options: dict[str, Any], inputs: Inputs
+) -> Allocated:
+    from lowbit import api
+
+    alloc, plan = api.allocate(table, budget, method=method, **options)
+    return Allocated(alloc, plan, {"sensitivity": "single-layer"})
+
+
+@register(InContext)
+def _in_context(
+    cfg: InContext, table: Any, budget: Any, method: str, options: dict[str, Any], inputs: Inputs
+) -> Allocated:
+    from lowbit.allocation import build_problem
+    from lowbit.allocation.iterate import check_reachable
+    from lowbit.allocation.to_plan import to_plan
+    from lowbit.report.console import progress_bar
+
+    if method == "llamacpp":
+        return _single_layer(SingleLayer(), table, budget, method, options, inputs)
+    check_calibration(table, inputs.windows)
+    fuse, pins, c = options.get("fuse", True), options.get("pins"), options.get("constraints")
+    limits = {} if c is None else {"fuse": fuse or c.fuse, "ties": c.ties, "allowed": c.allowed}
+    # units and bits only (the losses are measured); a deployment target's ties and menu hold
+    problem = build_problem(table, "hessian", **{"fuse": fuse, "pins": pins, **limits})
+    check_reachable(problem, budget)
+    t0 = time.perf_counter()
+    probe = _session(cfg, table, problem, inputs)
+    record: dict[str, Any] = {"sensitivity": "in-context", "probe": vars(cfg.probe)}
+    before = probe.stats()
+    with progress_bar(f"in-context {method}: blocks measured", None) as update:
+        probe.progress = update
+        try:
+            alloc = _run(cfg, problem, budget, method, probe, record)
+        finally:
+            probe.progress = None
+    # this allocation's own cost (what earlier ones measured in the same session is reused)
+    # beside the session's running totals in record["stats"]
+    record["cost"] = {k: v - before[k] for k, v in probe.stats().items()}
+    record["wall_s"] = time.perf_counter() - t0
+    return Allocated(alloc, to_plan(table, alloc), record)
+
+
+def _run(
+    cfg: InContext, problem: Any, budget: Any, method: str, probe: Any, record: dict[str, Any]
+) -> Any:
+    """The greedy on the measurements in the cheapest plan, or the iterated exact plan."""
+    from lowbit.allocation.greedy import cheapest, greedy
+    from lowbit.allocation.iterate import IterateConfig, curves_problem, iterate
+
+    if method == "greedy":
+        start = tuple(cheapest(problem))
+        curves = probe.curves(start, list(range(len(problem.units))))
+        alloc = greedy(curves_problem(problem, curves, probe.kl(start)), budget)
+        record |= {"rounds": [], "stats": probe.stats()}
+    else:
+        result = iterate(problem, budget, probe, IterateConfig(cfg.rounds, cfg.boundary))
+        alloc = result.best
+        record |= {
+            "stopped": result.stopped,
+            "cheapest_plan_kl": result.base_kl,
+            "best_round": int(alloc.info["round"]),
+            "rounds": [
+                {
+                    "round": r.index,
+                    "predicted_kl": r.predicted_kl,
+                    "measured_kl": r.measured_kl,
+                    "units_measured_before": r.remeasured,
+                    **r.stats,
+                }
+                for r in result.rounds
+            ],
+            "stats": probe.stats(),
+        }
+    return alloc
+
+
+def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
+    """The in-context probe of this table and problem (made once per ``inputs``)."""
+    from lowbit.sensitivity.incontext import ContextProbe
+
+    key = hash((cfg.probe, tuple(u.layers for u in problem.units)))
+    if key not in inputs.sessions:
+        if inputs.handle is None or inputs.windows is None or inputs.runtime is None:
+            raise ConfigError("in-context sensitivity needs the model and calibration windows")
+        inputs.sessions[key] = ContextProbe(
+            inputs.handle,
+            tuple(table.menu),
+            table.layers,
+            [u.layers for u in problem.units],
+            inputs.windows.ids,
+            cfg.probe,
+            inputs.runtime,
+            inputs.windows.bos,
+        )
+    return inputs.sessions[key]
+
+
+def windows_sha256(ids: torch.Tensor) -> str:
+    """Which calibration windows: SHA-256 of their token ids (first 16 hex digits)."""
+    return hashlib.sha256(ids.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def check_calibration(table: Any, windows: Any) -> None:
+    """The table must come from the calibration windows the in-context probe uses."""
+    if windows is None:
+        raise ConfigError("in-context sensitivity needs calibration windows")
+    have = windows_sha256(windows.ids)
+    recorded = table.probe.get("calibration_sha256")
+    if recorded is None:
+        raise ArtefactError(
+            "the sensitivity table records no calibration hash (it was measured by an older "
+            f"lowbit); measure it again with the calibration windows given here ({have})"
+        )
+    if recorded != have:
+        raise ArtefactError(
+            f"the sensitivity table was measured on calibration windows {recorded}, not on the "
+            f"ones given here ({have}); give the same --calib-text, --calib-windows, --ctx and "
+            "--seed as the table, or measure the table on these"
+        )

@@ -1,0 +1,121 @@
+"""``lowbit plan``/``lowbit pareto --sensitivity in-context`` and ``--method greedy`` on a tiny
+model: the plan fits the budget and records its rounds; bad input (a budget the menu cannot
+reach, a table from other calibration windows) is named and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowbit.plan import Plan
+from tests.cli.test_commands import lowbit
+
+CALIB = ["--calib-windows", "3", "--ctx", "32"]
+IN_CONTEXT = ["--sensitivity", "in-context", "--rounds", "3", "--boundary", "3"]
+PROBE = ["--probe-windows", "2", "--probe-ctx", "24"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """An evaluation and a calibration text, made once for this module."""
+    from lowbit.evaluation.text import BuiltinText, load_text
+
+    root = tmp_path_factory.mktemp("incontext-texts")
+    ev, ca = root / "eval.txt", root / "calib.txt"
+    ev.write_text(load_text(BuiltinText("python-docs", "eval"))[:30_000])
+    ca.write_text(load_text(BuiltinText("python-docs", "calib"))[:30_000])
+    return ev, ca
+
+
+@pytest.fixture(scope="module")
+def table(tiny_llama, tmp_path_factory, corpus):
+    _, ca = corpus
+    root = tmp_path_factory.mktemp("incontext-table")
+    out = root / "sens.json"
+    menu = ["--bits", "2", "--bits", "3", "--bits", "8", "--group-size", "16"]
+    run = lowbit(
+        "sensitivity", str(tiny_llama), *menu, "--algorithm", "rtn", "--proxies-only",
+        "--calib-text", str(ca), *CALIB, "--probe-ctx", "16", "-o", str(out), cwd=root,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def _plan(tiny_llama, table, tmp_path, ca, *args):
+    return lowbit(
+        "plan", str(tiny_llama), "--table", str(table), "--calib-text", str(ca), *args,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, corpus):
+    _, ca = corpus
+    out = tmp_path / "plan.yaml"
+    args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4", "-o", str(out)]
+    run = _plan(tiny_llama, table, tmp_path, ca, *args)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stderr.split())
+    assert "round 1: predicted KL" in text and "decoder passes" in text
+    plan = Plan.load(out)
+    data = json.loads(table.read_text())
+    bits = sum(
+        e["bits"]
+        for e in data["entries"]
+        if plan.spec_for(e["layer"]).describe() == data["menu"][e["spec"]]["label"]
+    )
+    n = sum(x["out_features"] * x["in_features"] for x in data["layers"])
+    assert bits <= 4.0 * n
+    greedy = tmp_path / "greedy.yaml"
+    args = [*CALIB, *IN_CONTEXT, *PROBE, "--method", "greedy", "--avg-bits", "4"]
+    run = _plan(tiny_llama, table, tmp_path, ca, *args, "-o", str(greedy))
+    assert run.returncode == 0, run.stderr
+    assert "greedy:" in run.stderr
+
+
+def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus):
+    _, ca = corpus
+    recorded = json.loads(table.read_text())["probe"]["calibration_sha256"]
+    cases = [
+        ([*CALIB, "--avg-bits", "1"], "smallest achievable is 3.0000 bits per weight"),
+        ([*CALIB, "--avg-bits", "12"], "the largest useful one 9.0000 bits per weight"),
+        (["--calib-windows", "4", "--ctx", "32", "--avg-bits", "4"], recorded),
+        ([*CALIB, "--avg-bits", "4", "--rounds", "0"], "rounds must be at least 1"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "bad.yaml"
+        run = _plan(tiny_llama, table, tmp_path, ca, *IN_CONTEXT, *PROBE, *args, "-o", str(out))
+        assert run.returncode == 2, (args, run.stderr)
+        assert message in run.stderr, (args, run.stderr)
+        assert not out.exists()
+    # the other calibration set's hash is named beside the table's
+    run = _plan(
+        tiny_llama, table, tmp_path, ca, *IN_CONTEXT, *PROBE, "--calib-windows", "4",
+        "--ctx", "32", "--avg-bits", "4", "-o", str(tmp_path / "bad.yaml"),
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert f"calibration windows {recorded}, not on the ones given here (" in run.stderr
+    given = run.stderr.split("given here (")[1][:16]
+    assert len(given) == 16 and given != recorded
+
+
+def test_pareto_in_context_points_record_rounds(table, tiny_llama, tmp_path, corpus):
+    ev, ca = corpus
+    out = tmp_path / "sweep"
+    run = lowbit(
+        "pareto", str(tiny_llama), "--table", str(table), "-o", str(out), "--budget", "4",
+        "--uniform-bits", "3", "--uniform-group", "16", "--algorithm", "rtn", "--metric",
+        "fisher", "--eval-text", str(ev), "--windows", "2", "--calib-text", str(ca), *CALIB,
+        *IN_CONTEXT, *PROBE, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    points = {p["name"]: p for p in json.loads((out / "pareto.json").read_text())["points"]}
+    assert {"exact 4", "in-context 4", "greedy 4"} <= set(points)
+    record = points["in-context 4"]["allocation"]
+    assert record["sensitivity"] == "in-context" and record["wall_s"] > 0
+    assert record["stats"]["decoder_passes"] > 0 and record["rounds"]
+    assert 0 < record["cost"]["decoder_passes"] <= record["stats"]["decoder_passes"]
+    best = min(r["measured_kl"] for r in record["rounds"])
+    assert best <= record["rounds"][0]["measured_kl"]
+    assert points["in-context 4"]["bits_per_weight_linear"] <= 4.0 + 1e-9
+    assert points["greedy 4"]["bits_per_weight_linear"] <= 4.0 + 1e-9

@@ -129,7 +129,7 @@ class GGMLFormat:
         used = self.resolve(W.shape[1])
         W = W.float()
         lo_s, hi_s = sub_ranges(W, lo, hi, granularity, used.spec.sub)
-        header, codes = _ENCODERS[used.kind](W, lo_s, hi_s, used.spec)
+        header, codes = encode_blocks(used, W, lo_s, hi_s)
         code_dtype = torch.int8 if used.signed_codes else torch.uint8
         return QuantizedWeight(codes.to(code_dtype), header, None, used, PerGroup(used.spec.block))
 
@@ -137,6 +137,14 @@ class GGMLFormat:
         """step·(q - center) (+ offset) per sub-block, with gguf's fp32 arithmetic."""
         step, offset = P.affine(self.kind, qw.scale)
         return affine_values(qw.codes, step, offset, self.spec)
+
+
+def encode_blocks(
+    fmt: GGMLFormat, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter bytes (out, blocks, header) and codes (out, in) as floats of ``W`` (out, in),
+    a whole number of ``fmt``'s blocks, for sub-block ranges ``lo``/``hi`` (out, in/sub)."""
+    return _ENCODERS[fmt.kind](W, lo, hi, fmt.spec)
 
 
 def nearest_codes(

@@ -136,3 +136,17 @@ def affine(kind: str, header: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor 
         return (d[..., None] * sc).reshape(rows, -1), None
     step = fp16_values(header[..., 0:2])
     return step, (fp16_values(header[..., 2:4]) if kind == "q5_1" else None)
+
+
+def sub_header(
+    kind: str, header: torch.Tensor, j: int, lo: torch.Tensor, hi: torch.Tensor, levels: int
+) -> torch.Tensor:
+    """One k-quant block's header (rows, 1, bytes) with sub-block ``j``'s scale (and min)
+    chosen anew for the range ``lo``/``hi`` (rows,), the super-block's d (and dmin) kept."""
+    if kind == "q6_k":
+        d, sc = q6k_parts(header)
+        sc[..., j] = q6k_sub(lo[:, None], hi[:, None], d)
+        return q6k_header(d, sc)
+    d, dmin, sc, m = kquant_parts(header)
+    sc[..., j], m[..., j] = kquant_sub(lo[:, None], hi[:, None], d, dmin, levels)
+    return kquant_header(d, dmin, sc, m)

@@ -16,7 +16,9 @@ Parameters from the per-group clipping range (granularity: the block, 256 or 32 
 each sub-block's range is its own min and max clipped to its block's range. K-quants (lowbit's
 rule; gguf has no k-quant quantizer to copy): the super-block's fp16 d (and dmin) rounded up so
 the largest sub-block scale (and min) is 63 (Q6_K: 127), each sub-block's 6-bit scale and min
-rounded *up* so its range is covered (nothing clipped inside it), codes to nearest. Q5_0,
+rounded *up* so its range is covered (nothing clipped inside it; Q6_K's signed scale puts the
+extreme of largest magnitude on code -32, so the opposite side may lose one step at +31, as
+lowbit's symmetric integer "extreme" rule does), codes to nearest. Q5_0,
 Q5_1, Q8_0: ggml's reference quantizer exactly (fp32 d, codes from 1/d, d stored as fp16), so
 with min-max ranges the bytes equal ``gguf.quants.quantize``'s.
 """

@@ -56,13 +56,14 @@ def gguf_type_name(qw: QuantizedWeight) -> str | None:
 
 
 def _why_not(qw: QuantizedWeight) -> str:
-    if not isinstance(qw.fmt, IntFormat):
-        return (
-            f"{qw.fmt.name}: not an integer or GGML format; GGUF export writes Q4_0/Q4_1/Q8_0 "
-            "from integers and the GGML formats (q4_k, q5_k, q6_k, q5_0, q5_1, q8_0) as they are"
-        )
     if qw.perm is not None:
         return "GPTQ act-order 'group' saved a column permutation; GGUF blocks have none"
+    if not isinstance(qw.fmt, IntFormat):
+        return (
+            f"{qw.fmt.name}: not an integer format (nor a GGML one); GGUF export writes "
+            "Q4_0/Q4_1/Q8_0 from integers and the GGML formats (q4_k, q5_k, q6_k, q5_0, q5_1, "
+            "q8_0) as they are"
+        )
     if qw.fmt.scale_dtype != "float16":
         return f"scales in {qw.fmt.scale_dtype}; GGUF blocks store fp16 scales"
     if qw.granularity != PerGroup(gguf_blocks.BLOCK) or qw.shape[1] % gguf_blocks.BLOCK:

@@ -25,7 +25,9 @@ def _problem(in_f: int = 512, out_f: int = 32, seed: int = 0):
     W = torch.randn(out_f, in_f, generator=g) * 0.05
     n = 2 * in_f
     X = torch.randn(n, 24, generator=g) @ torch.randn(24, in_f, generator=g)
-    X = (X + 0.3 * torch.randn(n, in_f, generator=g)) * torch.exp(0.5 * torch.randn(in_f, generator=g))
+    X = (X + 0.3 * torch.randn(n, in_f, generator=g)) * torch.exp(
+        0.5 * torch.randn(in_f, generator=g)
+    )
     return W, X, X.T @ X / n
 
 

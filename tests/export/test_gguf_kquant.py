@@ -20,7 +20,7 @@ from lowbit.export.gguf_blocks import permute_rows
 from lowbit.formats import GGMLFormat, PerGroup
 from lowbit.plan import LayerSpec, uniform_plan
 from tests.export.shared import logits_of, quantized
-from tests.helpers.tiny import VOCAB, save_tiny_model
+from tests.helpers.tiny import VOCAB, config_for, save_tiny_model
 
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 HF_TO_GGUF = {
@@ -36,18 +36,9 @@ HF_TO_GGUF = {
 
 @pytest.fixture(scope="module")
 def wide_llama(tiny_root: Path) -> Path:
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
+    """The tiny Llama with one block and a 256-wide MLP."""
+    config = config_for("llama")
+    config.intermediate_size, config.num_hidden_layers = 256, 1
     return save_tiny_model(tiny_root, "llama-ffn256", config)
 
 

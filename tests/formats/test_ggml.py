@@ -67,7 +67,9 @@ def test_bits_per_weight_are_the_block_bytes(kind):
     assert fmt.bits_per_weight(512, PerGroup(fmt.spec.block)) == BPW[kind]
 
 
-@pytest.mark.parametrize(("kind", "fallback"), [("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")])
+@pytest.mark.parametrize(
+    ("kind", "fallback"), [("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")]
+)
 def test_rows_not_a_multiple_of_256_fall_back_by_name(kind, fallback):
     """llama.cpp's llama_tensor_get_type: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0."""
     fmt = GGMLFormat(kind)

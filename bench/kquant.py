@@ -7,10 +7,12 @@ gguf's reader and dequantizer and compared with the weight lowbit evaluated.
 
 Reduced protocol (not the spine's): WikiText-2 raw test, ctx 512, the first ``--eval-windows``
 (default 20) windows, KL divergence against the fp32 model; calibration ``--calib-windows``
-(default 32) windows of 512 tokens of wiki.valid.tokens (seed 0). Results in
-bench/results/kquant.json (command, commit, machine).
+(default 16) windows of 512 tokens of wiki.valid.tokens (seed 0). Results in
+bench/results/kquant.json, or ``--out`` (command, commit, machine); ``--algo RTN|GPTQ`` runs only
+those rows (two processes side by side on a loaded machine).
 
-Usage: .venv/bin/python bench/kquant.py [--eval-windows 20] [--calib-windows 32] [--threads N]
+Usage: .venv/bin/python bench/kquant.py [--eval-windows 20] [--calib-windows 16] [--threads N]
+[--algo RTN|GPTQ] [--out FILE]
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def read_back(api, handle, qm, path: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--eval-windows", type=int, default=20)
-    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--calib-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--algo", choices=["RTN", "GPTQ"], default=None, help="only these rows")
     parser.add_argument("--out", default="kquant.json")
     args = parser.parse_args()
     if args.threads:
@@ -113,7 +116,8 @@ def main() -> None:
     rt = api.runtime()
     reference = api.model_view(handle)
     rows: dict[str, dict] = {}
-    for name, plan in configs().items():
+    todo = {k: p for k, p in configs().items() if args.algo is None or k.startswith(args.algo)}
+    for name, plan in todo.items():
         print(f"--- {name}", flush=True)
         t0 = time.perf_counter()
         qm = api.quantize(handle, plan, calib if plan.needs_calibration() else None, rt=rt)

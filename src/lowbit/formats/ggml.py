@@ -136,9 +136,11 @@ class GGMLFormat:
         return QuantizedWeight(codes.to(code_dtype), header, None, used, PerGroup(used.spec.block))
 
     def decode(self, qw: QuantizedWeight) -> torch.Tensor:
-        """step·(q - center) (+ offset) per sub-block, with gguf's fp32 arithmetic."""
-        step, offset = P.affine(self.kind, qw.scale)
-        return affine_values(qw.codes, step, offset, self.spec)
+        """step·(q - center) (+ offset) per sub-block, with gguf's fp32 arithmetic; in the
+        fallback type when the width needs one (what :meth:`encode` wrote)."""
+        used = self.resolve(qw.shape[1])
+        step, offset = P.affine(used.kind, qw.scale)
+        return affine_values(qw.codes, step, offset, used.spec)
 
 
 def encode_blocks(

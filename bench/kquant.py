@@ -8,11 +8,11 @@ gguf's reader and dequantizer and compared with the weight lowbit evaluated.
 Reduced protocol (not the spine's): WikiText-2 raw test, ctx 512, the first ``--eval-windows``
 (default 20) windows, KL divergence against the fp32 model; calibration ``--calib-windows``
 (default 16) windows of 512 tokens of wiki.valid.tokens (seed 0). Results in
-bench/results/kquant.json, or ``--out`` (command, commit, machine); ``--algo RTN|GPTQ`` runs only
-those rows (two processes side by side on a loaded machine).
+bench/results/kquant.json, or ``--out`` (command, commit, machine); ``--only PREFIX ...`` runs only
+the rows whose names start so (several processes side by side on a loaded machine).
 
 Usage: .venv/bin/python bench/kquant.py [--eval-windows 20] [--calib-windows 16] [--threads N]
-[--algo RTN|GPTQ] [--out FILE]
+[--only PREFIX ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--calib-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--algo", choices=["RTN", "GPTQ"], default=None, help="only these rows")
+    parser.add_argument("--only", nargs="*", default=None, help="only rows starting so")
     parser.add_argument("--out", default="kquant.json")
     args = parser.parse_args()
     if args.threads:
@@ -116,7 +116,8 @@ def main() -> None:
     rt = api.runtime()
     reference = api.model_view(handle)
     rows: dict[str, dict] = {}
-    todo = {k: p for k, p in configs().items() if args.algo is None or k.startswith(args.algo)}
+    only = tuple(args.only or ())
+    todo = {k: p for k, p in configs().items() if not only or k.startswith(only)}
     for name, plan in todo.items():
         print(f"--- {name}", flush=True)
         t0 = time.perf_counter()

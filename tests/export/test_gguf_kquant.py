@@ -89,3 +89,15 @@ def test_act_order_group_is_refused_by_name(wide_llama, tmp_path):
     with pytest.raises(ExportError, match="mlp.down_proj: GPTQ act-order 'group'"):
         api.export(qm, model, "gguf", tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_saved_and_loaded_with_each_fallback_kept(wide_llama, tmp_path):
+    """The saved model stores each layer's own type (fallbacks included) and loads bit-exact."""
+    qm, _, _ = quantized(wide_llama, _plan("q5_k"))
+    api.save(qm, tmp_path / "saved", {})
+    back, _ = api.load_saved(tmp_path / "saved")
+    for name, qw in qm.weights.items():
+        loaded = back.weights[name]
+        assert loaded.fmt == qw.fmt and loaded.granularity == qw.granularity
+        assert torch.equal(loaded.dequantize(), qw.dequantize()), name
+    assert back.weights["model.layers.0.mlp.up_proj"].fmt == GGMLFormat("q5_1")

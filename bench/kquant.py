@@ -97,7 +97,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="only rows starting so")
     parser.add_argument("--out", default="kquant.json")
+    parser.add_argument("--table", nargs="*", default=None, help="print these result files")
     args = parser.parse_args()
+    if args.table is not None:
+        print(markdown_table([json.loads((RESULTS / f).read_text()) for f in args.table]))
+        return
     if args.threads:
         import torch
 
@@ -144,6 +148,25 @@ def main() -> None:
             "calibration": f"{args.calib_windows} x 512 windows of wiki.valid.tokens, seed 0",
         }
         write_result(RESULTS / args.out, {"protocol": protocol, "rows": rows})
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The rows of several result files as one Markdown table."""
+    lines = [
+        "| configuration | bpw linear | calib | quantize s | KL mean | KL p99 | top-1 | ppl "
+        "| GGUF types | read-back max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for name, r in result["rows"].items():
+            types = ", ".join(f"{n} {t}" for t, n in sorted(r["gguf"]["types"].items()))
+            lines.append(
+                f"| {name} | {r['bits_per_weight_linear']:.4f} | {r['calibration_windows'] or '–'} "
+                f"| {r['quantize_s']:.0f} | {r['kl_mean']:.4f} | {r['kl_p99']:.3f} "
+                f"| {100 * r['top1_agreement']:.2f}% | {r['perplexity']:.2f} | {types} "
+                f"| {r['gguf']['read_back_max_abs_diff']:.1f} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

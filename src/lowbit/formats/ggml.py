@@ -184,7 +184,10 @@ def sub_ranges(
     return lo_s, torch.maximum(hi_s, lo_s)
 
 
-def _kquant(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
+_Encoded = tuple[torch.Tensor, torch.Tensor]  # parameter bytes, codes (as floats)
+
+
+def _kquant(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
     rows, per = W.shape[0], spec.block // spec.sub
     lo, hi = lo.reshape(rows, -1, per), hi.reshape(rows, -1, per)
     if spec.center:  # Q6_K: signed scales, no minimum
@@ -206,7 +209,7 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d == 0, 0.0, 1.0 / torch.where(d == 0, 1.0, d))
 
 
-def _q5_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
+def _q5_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
     """ggml: d = extreme / -16, q = trunc(x/d + 16.5) clamped to [0, 31]."""
     extreme = torch.where(lo.abs() >= hi.abs(), lo, hi)
     d = extreme / -16
@@ -214,7 +217,7 @@ def _q5_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
     return P.fp16_bytes(d), q
 
 
-def _q5_1(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
+def _q5_1(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
     """ggml: d = (max - min) / 31, m = min, q = trunc((x - min)/d + 0.5) clamped to [0, 31]."""
     d = (hi - lo) / 31
     cols = PerGroup(32)
@@ -223,7 +226,7 @@ def _q5_1(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
     return torch.cat([P.fp16_bytes(d), P.fp16_bytes(lo)], dim=-1), q
 
 
-def _q8_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind):
+def _q8_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
     """ggml: d = absmax / 127, q = x/d rounded half away from zero."""
     d = torch.maximum(lo.abs(), hi.abs()) / 127
     x = W * columns(_inverse(d), PerGroup(32), W.shape[1])

@@ -100,7 +100,9 @@ def q6k_sub(lo: torch.Tensor, hi: torch.Tensor, d: torch.Tensor) -> torch.Tensor
     return torch.where(negative, magnitude, -magnitude)
 
 
-def kquant_header(d: torch.Tensor, dmin: torch.Tensor, sc: torch.Tensor, m: torch.Tensor):
+def kquant_header(
+    d: torch.Tensor, dmin: torch.Tensor, sc: torch.Tensor, m: torch.Tensor
+) -> torch.Tensor:
     """Q4_K/Q5_K header bytes (rows, n, 16) from d, dmin (rows, n) and sc, m (rows, n, 8)."""
     return torch.cat([fp16_bytes(d), fp16_bytes(dmin), pack_scale_min(sc, m)], dim=-1)
 

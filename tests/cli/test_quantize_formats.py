@@ -20,6 +20,8 @@ CALIB = ("--calib-windows", "4", "--ctx", "64")
         (("--format", "mxfp4", "--group-size", "32", "--algorithm", "gptq"), 4 + 8 / 32),
         (("--format", "lut", "--bits", "3", "--granularity", "channel",
           "--algorithm", "squeezellm"), None),
+        # 64-wide rows: Q4_K falls back to Q5_0 (5.5 bits per weight), as llama.cpp does
+        (("--format", "q4_k", "--group-size", "256", "--algorithm", "gptq"), 5.5),
     ],
 )  # fmt: skip
 def test_formats_from_the_command_line(tiny_llama, tmp_path, args, bits):

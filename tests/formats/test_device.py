@@ -31,6 +31,7 @@ def _weight() -> torch.Tensor:
 @pytest.mark.parametrize(("fmt", "granularity"), FORMATS)
 def test_pack_unpack_round_trip(fmt, granularity):
     qw = quantize_weight(_weight(), fmt, granularity)
+    fmt, granularity = qw.fmt, qw.granularity  # as stored (a k-quant's fallback on 64 columns)
     with factories_on_meta():
         packed = pack_weight(qw)
         back = unpack_weight(packed, fmt, granularity, qw.shape)
@@ -46,7 +47,7 @@ def test_pack_unpack_round_trip(fmt, granularity):
 def test_unpack_weight_onto_a_device(fmt, granularity):
     """A loader unpacks CPU tensors straight onto the device it names (meta here)."""
     qw = quantize_weight(_weight(), fmt, granularity)
-    back = unpack_weight(pack_weight(qw), fmt, granularity, qw.shape, device="meta")
+    back = unpack_weight(pack_weight(qw), qw.fmt, qw.granularity, qw.shape, device="meta")
     assert all(t.device.type == "meta" for t in tensors_of(back))
     W = back.dequantize()
     assert W.device.type == "meta" and W.shape == qw.shape and W.dtype == torch.float32

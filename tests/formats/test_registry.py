@@ -10,6 +10,7 @@ from lowbit.errors import ConfigError, UnknownNameError
 from lowbit.formats import (
     FORMATS,
     FloatFormat,
+    GGMLFormat,
     IntFormat,
     LUTFormat,
     MXFormat,
@@ -33,6 +34,7 @@ NAMES = {
     "mxfp4": MXFormat("fp4_e2m1"),
     "mxint8": MXFormat("int8"),
     "nvfp4": NVFP4Format(),
+    **{k: GGMLFormat(k) for k in ("q4_k", "q5_k", "q6_k", "q5_0", "q5_1", "q8_0")},
 }
 
 

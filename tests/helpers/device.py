@@ -32,7 +32,7 @@ def factories_on_meta() -> Iterator[None]:
 
 def registered_formats() -> list:
     """One ``pytest.param(fmt, granularity)`` per registered format (two for ``int``), each with
-    the first of g32, g16 or per-channel it accepts."""
+    the first of g32, g16, per-channel or g256 it accepts."""
     cases = []
     for name, make in FORMATS:
         for args in _ARGS.get(name, [()]):
@@ -42,13 +42,13 @@ def registered_formats() -> list:
 
 
 def _granularity(fmt):
-    for granularity in (PerGroup(32), PerGroup(16), PerChannel()):
+    for granularity in (PerGroup(32), PerGroup(16), PerChannel(), PerGroup(256)):
         try:
             fmt.check_granularity(granularity)
         except ConfigError:
             continue
         return granularity
-    raise AssertionError(f"{fmt.name} accepts none of g32, g16, per-channel")
+    raise AssertionError(f"{fmt.name} accepts none of g32, g16, per-channel, g256")
 
 
 def tensors_of(qw) -> list[torch.Tensor]:

@@ -24,9 +24,11 @@ import torch
 
 from lowbit._tensor import all_finite
 from lowbit.algorithms.config import ActOrder, GPTQConfig
+from lowbit.algorithms.gptq_ggml import GGMLGrid, sweep_granularity
 from lowbit.algorithms.gptq_grid import FormatGrid, check_gptq_format
 from lowbit.errors import LowbitError
 from lowbit.formats import (
+    GGMLFormat,
     Granularity,
     IntFormat,
     PerGroup,
@@ -95,16 +97,19 @@ def gptq_quantize(
 ) -> GPTQResult:
     """Quantize ``W`` (out, in) given the Hessian ``H`` (in, in) of its inputs, in any format
     GPTQ takes (:func:`check_gptq_format`); ``factor``: ``gptq_factor(H, granularity, cfg)``
-    when already computed for another linear of the same input."""
+    when already computed for another linear of the same input (GGML formats:
+    ``gptq_factor(H, sweep_granularity(fmt, granularity, in), cfg)``)."""
     check_gptq_format(fmt)
     fmt.check_granularity(granularity)
-    factor = factor or gptq_factor(H, granularity, cfg)
+    factor = factor or gptq_factor(H, sweep_granularity(fmt, granularity, W.shape[1]), cfg)
     layout = factor.layout
     W = W.detach().float().clone()
     W[:, factor.dead] = 0.0
     grid: ColumnGrid
     if isinstance(fmt, IntFormat):
         grid = _IntGrid(fmt, W, granularity)
+    elif isinstance(fmt, GGMLFormat):  # groups: the sub-blocks (sweep_granularity)
+        grid = GGMLGrid(fmt, W, granularity)
     else:
         grid = FormatGrid(fmt, W, granularity, factor.diag)
     order = layout.order

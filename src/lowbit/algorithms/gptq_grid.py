@@ -21,6 +21,7 @@ import torch
 from lowbit.errors import ConfigError
 from lowbit.formats import (
     FloatFormat,
+    GGMLFormat,
     Granularity,
     IntFormat,
     LUTFormat,
@@ -36,7 +37,7 @@ from lowbit.formats.clipping import minmax_range
 from lowbit.formats.codebook import fit_table
 from lowbit.formats.packing import code_dtype
 
-GPTQ_FORMATS = (IntFormat, FloatFormat, NF4Format, LUTFormat, MXFormat, NVFP4Format)
+GPTQ_FORMATS = (IntFormat, FloatFormat, NF4Format, LUTFormat, MXFormat, NVFP4Format, GGMLFormat)
 _TABLE_BUDGET = 1 << 28  # bytes of cached group grids before the cache is emptied
 
 
@@ -47,7 +48,7 @@ def check_gptq_format(fmt: object) -> None:
         name = getattr(fmt, "name", type(fmt).__name__)
         raise ConfigError(
             f"algorithm 'gptq' does not support format {name!r} (it takes int, fp8/fp6/fp4, "
-            "nf4, lut, mx and nvfp4 formats); use algorithm 'rtn' for this format"
+            "nf4, lut, mx, nvfp4 and ggml formats); use algorithm 'rtn' for this format"
         )
 
 

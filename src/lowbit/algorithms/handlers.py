@@ -18,6 +18,7 @@ from lowbit._tensor import all_finite
 from lowbit.algorithms.awq import awq_quantize
 from lowbit.algorithms.config import AWQConfig, GPTQConfig, RTNConfig, SqueezeLLMConfig
 from lowbit.algorithms.gptq import gptq_factor, gptq_quantize
+from lowbit.algorithms.gptq_ggml import sweep_granularity
 from lowbit.algorithms.rtn import rtn_quantize
 from lowbit.algorithms.squeezellm import squeezellm_quantize
 from lowbit.errors import ConfigError, LowbitError
@@ -94,10 +95,11 @@ def _gptq(job: LayerJob, cfg: GPTQConfig) -> Outcome:  # type: ignore[misc]
     H = _hessian(job, "GPTQ")
     factor = None
     if job.shared is not None:  # one factorisation for every linear of the group
-        key = ("gptq", job.granularity, cfg.act_order, cfg.damp)
+        sweep = sweep_granularity(job.fmt, job.granularity, job.W.shape[1])
+        key = ("gptq", sweep, cfg.act_order, cfg.damp)
         factor = job.shared.get(key)
         if factor is None:
-            factor = job.shared[key] = gptq_factor(H, job.granularity, cfg)
+            factor = job.shared[key] = gptq_factor(H, sweep, cfg)
     out = gptq_quantize(job.W, H, job.fmt, job.granularity, cfg, factor)  # type: ignore[arg-type]
     return Outcome(out.weight, out.loss, out.damp)
 

@@ -2,7 +2,10 @@
 
 INT4 group-32 layers become Q4_0 (symmetric) or Q4_1 (asymmetric) blocks and INT8 group-32
 symmetric layers Q8_0 blocks, built from lowbit's own codes and scales (see
-:mod:`lowbit.export.gguf_blocks`), so GPTQ-optimised weights reach llama.cpp unchanged. Every
+:mod:`lowbit.export.gguf_blocks`), so GPTQ-optimised weights reach llama.cpp unchanged. Layers
+in a GGML format (Q4_K, Q5_K, Q6_K, or the Q5_0/Q5_1/Q8_0 a k-quant falls back to where a row
+is not a multiple of 256) are written as the type they were evaluated in, their parameter
+bytes as stored (:mod:`lowbit.export.gguf_kblocks`); each fallback is named in the report. Every
 other tensor is stored as F32 (or F16/BF16 for 2-D tensors when asked). Tensor names and the
 Llama q/k row order follow llama.cpp's converter; metadata is copied from the source GGUF when
 the model came from one (the tokenizer with its pre-tokenizer name), else built from the config
@@ -22,7 +25,7 @@ import torch
 from lowbit import __version__
 from lowbit._io import atomic_path
 from lowbit.errors import ExportError
-from lowbit.export import gguf_blocks, gguf_meta
+from lowbit.export import gguf_blocks, gguf_kblocks, gguf_meta
 from lowbit.export.common import (
     WRITABLE,
     ExportInput,
@@ -32,7 +35,7 @@ from lowbit.export.common import (
     predicted_bytes,
     refuse,
 )
-from lowbit.formats import IntFormat, PerGroup, QuantizedWeight
+from lowbit.formats import GGMLFormat, IntFormat, PerGroup, QuantizedWeight
 
 # model_type → (GGUF architecture, whether llama.cpp reorders the q/k rows)
 ARCHES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen3": ("qwen3", False)}
@@ -40,6 +43,8 @@ ARCHES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen3": ("qwen3
 
 def gguf_type_name(qw: QuantizedWeight) -> str | None:
     """The GGML block type ``qw`` maps onto exactly (Q4_1: up to the fp16 minimum), or None."""
+    if isinstance(qw.fmt, GGMLFormat):  # stored as ggml's own blocks
+        return None if qw.perm is not None else qw.fmt.kind.upper()
     if not isinstance(qw.fmt, IntFormat):  # FP4/NF4 are 4-bit too, but not Q4_0's grid
         return None
     if qw.perm is not None or qw.granularity != PerGroup(gguf_blocks.BLOCK):
@@ -52,10 +57,14 @@ def gguf_type_name(qw: QuantizedWeight) -> str | None:
 
 
 def _why_not(qw: QuantizedWeight) -> str:
-    if not isinstance(qw.fmt, IntFormat):
-        return f"{qw.fmt.name}: not an integer format; GGUF export writes Q4_0/Q4_1/Q8_0 only"
     if qw.perm is not None:
         return "GPTQ act-order 'group' saved a column permutation; GGUF blocks have none"
+    if not isinstance(qw.fmt, IntFormat):
+        return (
+            f"{qw.fmt.name}: not an integer format (nor a GGML one); GGUF export writes "
+            "Q4_0/Q4_1/Q8_0 from integers and the GGML formats (q4_k, q5_k, q6_k, q5_0, q5_1, "
+            "q8_0) as they are"
+        )
     if qw.fmt.scale_dtype != "float16":
         return f"scales in {qw.fmt.scale_dtype}; GGUF blocks store fp16 scales"
     if qw.granularity != PerGroup(gguf_blocks.BLOCK) or qw.shape[1] % gguf_blocks.BLOCK:
@@ -80,7 +89,8 @@ def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport
             Target.GGUF,
             problems,
             "Quantize those layers as INT4 group 32 (symmetric → Q4_0, asymmetric → Q4_1) or "
-            "symmetric INT8 group 32 (→ Q8_0), or keep them in full precision",
+            "symmetric INT8 group 32 (→ Q8_0), or in a GGML format (q4_k, q5_k, q6_k), without "
+            "GPTQ act-order 'group', or keep them in full precision",
         )
     arch, reorder = ARCHES[config.model_type]
     tensors, layers, max_error, kept_error = _tensors(inp, arch, reorder, opts.dtype)
@@ -101,6 +111,7 @@ def write_gguf(inp: ExportInput, out: Path, opts: ExportOptions) -> ExportReport
             "Q4_1 stores each block's minimum as fp16 where lowbit has a 4-bit zero point: "
             f"{extra:.3g} bits per weight more, weights differ by at most {max_error:.3g}"
         )
+    notes.extend(_fallback_notes(qm, layers))
     report = ExportReport(
         Target.GGUF.value,
         Path(out),
@@ -158,7 +169,8 @@ def _quantized(qw: QuantizedWeight, n_head: int | None) -> tuple[np.ndarray, Any
     from gguf.quants import dequantize
 
     kind = gguf_type_name(qw)
-    codes, scale = qw.codes.numpy(), qw.scale.float().numpy()
+    ggml = isinstance(qw.fmt, GGMLFormat)  # scale: ggml's parameter bytes
+    codes, scale = qw.codes.numpy(), (qw.scale if ggml else qw.scale.float()).numpy()
     zero = None if qw.zero is None else qw.zero.numpy()
     want = qw.dequantize().numpy()
     if n_head is not None:
@@ -168,7 +180,10 @@ def _quantized(qw: QuantizedWeight, n_head: int | None) -> tuple[np.ndarray, Any
         )
         zero = None if zero is None else gguf_blocks.permute_rows(zero, n_head)
         want = gguf_blocks.permute_rows(want, n_head)
-    if kind == "Q4_0":
+    if ggml:
+        data = gguf_kblocks.ggml_blocks(qw.fmt.kind, codes, scale)
+        raw = GGMLQuantizationType[kind]
+    elif kind == "Q4_0":
         data, raw = gguf_blocks.q4_0(codes, scale), GGMLQuantizationType.Q4_0
     elif kind == "Q8_0":
         data, raw = gguf_blocks.q8_0(codes, scale), GGMLQuantizationType.Q8_0
@@ -195,10 +210,34 @@ def _dense(value: torch.Tensor, dtype: str, n_head: int | None) -> tuple[np.ndar
     return raw, GGMLQuantizationType.BF16, error
 
 
+_KQUANT_FILE_TYPES = {"Q4_K": "MOSTLY_Q4_K_S", "Q5_K": "MOSTLY_Q5_K_S", "Q6_K": "MOSTLY_Q6_K"}
+
+
+def _fallback_notes(qm: Any, layers: dict[str, str]) -> list[str]:
+    """One note per (asked type, written type) pair where a k-quant fell back by name."""
+    fell: dict[tuple[str, str], list[str]] = {}
+    for name, written in layers.items():
+        spec = qm.plan.spec_for(name)
+        if spec is None or not isinstance(spec.fmt, GGMLFormat):
+            continue
+        asked = spec.fmt.kind.upper()
+        if asked != written:
+            fell.setdefault((asked, written), []).append(name)
+    return [
+        f"{len(names)} layer(s) asked as {asked} were written as {written} (llama.cpp's fallback "
+        f"by name: rows not a multiple of 256), e.g. {names[0]}"
+        for (asked, written), names in sorted(fell.items())
+    ]
+
+
 def _file_type(layers: dict[str, str], dtype: str) -> int:
     from gguf import LlamaFileType
 
     quantized = [t for t in layers.values() if t.startswith("Q")]
+    kquants = [t for t in quantized if t.endswith("_K")]
+    if kquants:  # llama.cpp names a k-quant mix by its k-quant, whatever fell back
+        most = max(set(kquants), key=kquants.count)
+        return int(LlamaFileType[_KQUANT_FILE_TYPES[most]])
     if quantized:
         most = max(set(quantized), key=quantized.count)
         return int(LlamaFileType[f"MOSTLY_{most}"])

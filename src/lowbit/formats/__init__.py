@@ -10,6 +10,7 @@ from lowbit.formats.floating import (
     FP8_E5M2,
     FloatFormat,
 )
+from lowbit.formats.ggml import GGMLFormat
 from lowbit.formats.granularity import Granularity, PerChannel, PerGroup, PerTensor, group_index
 from lowbit.formats.integer import IntFormat, choose_qparams
 from lowbit.formats.microscaling import MXFormat
@@ -29,6 +30,7 @@ __all__ = [
     "NF4_VALUES",
     "Clipping",
     "FloatFormat",
+    "GGMLFormat",
     "Granularity",
     "IntFormat",
     "LUTFormat",

@@ -12,6 +12,7 @@ from lowbit._registry import Registry
 from lowbit.errors import ConfigError
 from lowbit.formats.codebook import LUTFormat, NF4Format
 from lowbit.formats.floating import FloatFormat
+from lowbit.formats.ggml import KINDS, GGMLFormat
 from lowbit.formats.granularity import Granularity, PerChannel, PerGroup, PerTensor
 from lowbit.formats.integer import IntFormat
 from lowbit.formats.microscaling import MXFormat
@@ -28,6 +29,7 @@ for _tag, _cls in [
     ("lut", LUTFormat),
     ("mx", MXFormat),
     ("nvfp4", NVFP4Format),
+    ("ggml", GGMLFormat),
 ]:
     FORMAT_TYPES.register(_tag, _cls)
 
@@ -63,6 +65,27 @@ FORMATS.register("mxfp6_e3m2", _mx("fp6_e3m2", "MXFP6 E3M2: blocks of 32, E8M0 s
 FORMATS.register("mxfp4", _mx("fp4_e2m1", "MXFP4: FP4 E2M1 in blocks of 32, E8M0 scale"))
 FORMATS.register("mxint8", _mx("int8", "MXINT8: INT8 (k/64) in blocks of 32, E8M0 scale"))
 FORMATS.register("nvfp4", NVFP4Format)
+
+
+def _ggml(kind: str) -> Callable[[], GGMLFormat]:
+    def make() -> GGMLFormat:
+        return GGMLFormat(kind)
+
+    spec = KINDS[kind]
+    make.__doc__ = (
+        f"GGML {kind.upper()}: {spec.bits}-bit codes in blocks of {spec.block} "
+        f"({spec.bits + spec.header * 8 / spec.block:g} bits per weight"
+        + (
+            f"; rows not a multiple of 256 fall back to {spec.fallback.upper()})"
+            if spec.fallback
+            else ")"
+        )
+    )
+    return make
+
+
+for _kind in KINDS:
+    FORMATS.register(_kind, _ggml(_kind))
 
 
 def format_to_dict(fmt: WeightFormat) -> dict[str, Any]:

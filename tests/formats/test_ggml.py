@@ -1,0 +1,134 @@
+"""GGML formats (Q4_K, Q5_K, Q6_K and the fallbacks Q5_0, Q5_1, Q8_0) against the gguf library
+(gguf-py, llama.cpp's own Python package) as the independent reference: its dequantizers read
+lowbit's blocks back bit for bit, its quantizers give the same bytes for the fallback types
+(gguf-py has no k-quant quantizer), and the bits per weight are the bytes of a block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import Q4_K, dequantize, quantize
+
+from lowbit.errors import ConfigError
+from lowbit.export.gguf_kblocks import ggml_blocks
+from lowbit.formats import GGMLFormat, MSEClip, PerGroup, format_from_dict, format_to_dict
+from lowbit.formats import ggml_params as P
+from lowbit.formats.quantize import quantize_weight
+
+KINDS = ["q4_k", "q5_k", "q6_k", "q5_0", "q5_1", "q8_0"]
+BPW = {"q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625, "q5_0": 5.5, "q5_1": 6.0, "q8_0": 8.5}
+
+
+def _weight(cols: int = 512, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(6, cols, generator=g) * 0.05
+    W[0, :32] = 0.0  # an all-zero sub-block
+    W[1, 40] = 0.9  # an outlier
+    W[2] = W[2].abs()  # a row without negative weights (min 0)
+    return W
+
+
+def _gguf(qw) -> np.ndarray:
+    """What llama.cpp reads: lowbit's blocks dequantized by gguf-py."""
+    kind = qw.fmt.kind
+    data = ggml_blocks(kind, qw.codes.numpy(), qw.scale.numpy())
+    ggml_type = GGMLQuantizationType[kind.upper()]
+    block, type_size = GGML_QUANT_SIZES[ggml_type]
+    assert data.dtype == np.uint8 and data.shape[1] == qw.shape[1] // block * type_size
+    return dequantize(data, ggml_type)
+
+
+@pytest.mark.parametrize("clipping", [None, MSEClip(8, 0.3)], ids=["minmax", "mse"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gguf_reads_back_the_evaluated_weight_bit_exactly(kind, clipping):
+    fmt = GGMLFormat(kind)
+    qw = quantize_weight(_weight(), fmt, PerGroup(fmt.spec.block), clipping)
+    assert qw.fmt == fmt
+    assert np.array_equal(_gguf(qw), qw.dequantize().numpy())
+
+
+@pytest.mark.parametrize("kind", ["q5_0", "q5_1", "q8_0"])
+def test_fallback_types_are_ggmls_reference_quantizer(kind):
+    """With min-max ranges the bytes are gguf.quants.quantize's (ggml-quants.c's reference)."""
+    W = _weight()
+    qw = quantize_weight(W, GGMLFormat(kind), PerGroup(32))
+    ours = ggml_blocks(kind, qw.codes.numpy(), qw.scale.numpy())
+    assert np.array_equal(ours, quantize(W.numpy(), GGMLQuantizationType[kind.upper()]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bits_per_weight_are_the_block_bytes(kind):
+    fmt = GGMLFormat(kind)
+    qw = quantize_weight(_weight(), fmt, PerGroup(fmt.spec.block))
+    type_size = GGML_QUANT_SIZES[GGMLQuantizationType[kind.upper()]][1]
+    assert qw.bits_per_weight() == BPW[kind] == type_size * 8 / fmt.spec.block
+    assert fmt.bits_per_weight(512, PerGroup(fmt.spec.block)) == BPW[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fallback"), [("q4_k", "q5_0"), ("q5_k", "q5_1"), ("q6_k", "q8_0")]
+)
+def test_rows_not_a_multiple_of_256_fall_back_by_name(kind, fallback):
+    """llama.cpp's llama_tensor_get_type: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0."""
+    fmt = GGMLFormat(kind)
+    W = _weight(576)  # SmolLM2's hidden size: 2.25 super-blocks
+    qw = quantize_weight(W, fmt, PerGroup(256))
+    assert qw.fmt == GGMLFormat(fallback) and qw.granularity == PerGroup(32)
+    assert fmt.bits_per_weight(576, PerGroup(256)) == BPW[fallback] == qw.bits_per_weight()
+    assert np.array_equal(_gguf(qw), qw.dequantize().numpy())
+    reference = quantize(W.numpy(), GGMLQuantizationType[fallback.upper()])
+    assert np.array_equal(ggml_blocks(fallback, qw.codes.numpy(), qw.scale.numpy()), reference)
+
+
+def test_a_width_no_block_fits_is_refused():
+    with pytest.raises(ConfigError, match="Q4_K needs rows of a multiple of 256.*Q5_0.*got 80"):
+        quantize_weight(_weight(80), GGMLFormat("q4_k"), PerGroup(256))
+
+
+def test_granularity_is_the_block():
+    with pytest.raises(ConfigError, match="Q4_K uses blocks of 256"):
+        GGMLFormat("q4_k").check_granularity(PerGroup(32))
+    with pytest.raises(ConfigError, match="no GGML type 'q3_k'"):
+        GGMLFormat("q3_k")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_format_dict_round_trip(kind):
+    fmt = GGMLFormat(kind)
+    assert format_from_dict(format_to_dict(fmt)) == fmt
+
+
+def test_scale_min_packing_is_ggmls_layout():
+    """Every 6-bit value in every slot survives pack → gguf's get_scale_min."""
+    g = torch.Generator().manual_seed(3)
+    sc = torch.randint(0, 64, (64, 8), generator=g)
+    sc[0], sc[1] = torch.arange(8), 63
+    m = torch.randint(0, 64, (64, 8), generator=g)
+    packed = P.pack_scale_min(sc, m)
+    got_sc, got_m = Q4_K.get_scale_min(packed.numpy())
+    assert np.array_equal(got_sc, sc.numpy()) and np.array_equal(got_m, m.numpy())
+    back_sc, back_m = P.unpack_scale_min(packed)
+    assert torch.equal(back_sc.long(), sc) and torch.equal(back_m.long(), m)
+
+
+@pytest.mark.parametrize(("kind", "steps"), [("q4_k", 0.5), ("q5_k", 0.5), ("q6_k", 1.0)])
+def test_k_quants_clip_nothing_inside_the_range(kind, steps):
+    """Min-max k-quants round scales up: every weight is within half a step of its value
+    (Q6_K: one step, its symmetric grid ends at +31 where the extreme sits on -32)."""
+    fmt = GGMLFormat(kind)
+    W = _weight()
+    qw = quantize_weight(W, fmt, PerGroup(256))
+    step, _ = P.affine(kind, qw.scale)
+    bound = step.abs().repeat_interleave(fmt.spec.sub, dim=1) * steps
+    assert bool(((qw.dequantize() - W).abs() <= bound * (1 + 1e-5) + 1e-12).all())
+
+
+def test_more_bits_are_closer():
+    W = _weight()
+    err = {
+        k: float((quantize_weight(W, GGMLFormat(k), PerGroup(256)).dequantize() - W).norm())
+        for k in ("q4_k", "q5_k", "q6_k")
+    }
+    assert err["q4_k"] > err["q5_k"] > err["q6_k"] > 0

@@ -75,7 +75,9 @@ class LayerSpec:
         """A label that tells specs apart: the scheme, then every option that differs from its
         default (e.g. ``GPTQ W4 g64 sym act_order=group``)."""
         base = f"{self.algorithm.name.upper()} {describe_scheme(self.fmt, self.granularity)}"
-        extras = _changed(self.fmt, skip=("symmetric",)) + _changed(self.algorithm)
+        # a format's ``in_name`` fields (GGML's kind) are already in its scheme's name
+        named = ("symmetric", *getattr(self.fmt, "in_name", ()))
+        extras = _changed(self.fmt, skip=named) + _changed(self.algorithm)
         return " ".join([base, *extras])
 
     def bits_per_weight(self, out_features: int, in_features: int) -> float:

@@ -85,3 +85,26 @@ def test_command_line_menus(tmp_path):
     ]
     with pytest.raises(ConfigError, match="not both"):
         menu_specs([4], [64], "gptq", True, menu, ["nf4"])
+
+
+def test_the_gguf_menu_is_what_gguf_export_writes_at_its_block_bytes():
+    from lowbit.allocation.menu import PRESETS
+
+    menu = build_menu(*PRESETS.get("gguf"))
+    labels = [s.describe() for s in menu]
+    assert labels == [
+        "GPTQ W4 g32 sym",
+        "GPTQ W8 g32 sym",
+        "GPTQ W4 g32 asym",
+        "GPTQ Q4_K g256",
+        "GPTQ Q5_K g256",
+        "GPTQ Q6_K g256",
+    ]
+    # llama.cpp's block sizes in bytes over their widths (ggml-common.h): Q4_K 144 B / 256,
+    # Q5_K 176 B / 256, Q6_K 210 B / 256 (IN = 1536 = 6 super-blocks)
+    want = {"Q4_K": 144 * 8 / 256, "Q5_K": 176 * 8 / 256, "Q6_K": 210 * 8 / 256}
+    for spec, label in zip(menu[3:], labels[3:], strict=True):
+        assert spec.bits_per_weight(OUT, IN) == want[label.split()[1]]
+    # a width of 96 falls back by name: Q4_K → Q5_0 (22 B / 32), Q6_K → Q8_0 (34 B / 32)
+    assert menu[3].bits_per_weight(OUT, 96) == 22 * 8 / 32
+    assert menu[5].bits_per_weight(OUT, 96) == 34 * 8 / 32

@@ -131,3 +131,26 @@ def test_pareto_points_obey_the_target(llama):
     for p in points:
         specs = {r.spec.describe() for r in p.plan.rules} | {p.plan.default.describe()}
         assert not specs & set(limits.dropped), (p.name, specs)
+
+
+def test_the_gguf_menu_is_all_writable_and_its_plans_export(llama, tmp_path):
+    """Every spec of ``--format gguf`` (Q4_0, Q4_1, Q8_0, k-quants falling back by name on the
+    tiny model's 64- and 96-wide rows) is kept by the GGUF target and a mixed plan exports."""
+    from dataclasses import replace
+
+    from lowbit.allocation.menu import PRESETS
+
+    handle, _ = llama
+    menu = build_menu(*(replace(c, algorithm="rtn") for c in PRESETS.get("gguf")))
+    table = _table(handle, menu)
+    limits = constraints(table, "gguf", handle)
+    assert not limits.dropped
+    problem = build_problem(table, "hessian", allowed=limits.allowed)
+    lo, hi = problem.extremes()
+    alloc, plan = api.allocate(
+        table, AvgBits((lo + hi) / 2 / problem.n_weights), metric="hessian", constraints=limits
+    )
+    assert len(set(alloc.choice.values())) >= 2
+    qm = api.quantize(handle, plan, None)
+    report = api.export(qm, api.fake_quant_model(handle, qm), "gguf", tmp_path / "m.gguf")
+    assert set(report.layers) == set(handle.arch.layer_names())

@@ -17,6 +17,7 @@ from lowbit._registry import Registry
 from lowbit.algorithms import ALGORITHMS, AlgorithmConfig
 from lowbit.errors import ConfigError
 from lowbit.formats import FORMATS, IntFormat, PerChannel, PerGroup
+from lowbit.formats.ggml import KINDS
 from lowbit.formats.nvfp4 import NVFP4_BLOCK
 from lowbit.plan import LayerSpec
 from lowbit.sensitivity.table import check_menu
@@ -81,11 +82,26 @@ MENU_ENTRIES.register("nvfp4", _fixed_block("nvfp4", NVFP4_BLOCK))
 MENU_ENTRIES.register("mxfp4", _fixed_block("mxfp4", 32))
 MENU_ENTRIES.register("mxfp8", _fixed_block("mxfp8", 32))
 MENU_ENTRIES.register("fp8_e4m3", _per_channel("fp8_e4m3"))
+for _kind, _spec in KINDS.items():  # GGML block types at their own block (k-quants: 256)
+    MENU_ENTRIES.register(_kind, _fixed_block(_kind, _spec.block))
 
+# named menus (``--format NAME`` alone): each a tuple of configs, built in order
+PRESETS: Registry[tuple[MenuConfig, ...]] = Registry("menu preset")
 # issue 16's menu: INT2/3/4/8 at groups 32/64/128, NF4 (g64), NVFP4, MXFP4, FP8 per channel
 FULL = (
     MenuConfig(("int",), (2, 3, 4, 8), (32, 64, 128)),
     MenuConfig(("nf4", "nvfp4", "mxfp4", "fp8_e4m3"), (), (64,)),
+)
+PRESETS.register("full", FULL)
+# what the GGUF exporter writes: Q4_0 and Q8_0 (symmetric integers in fp16-scaled groups of
+# 32), Q4_1 (asymmetric INT4 g32) and the k-quants Q4_K, Q5_K, Q6_K (falling back by name)
+PRESETS.register(
+    "gguf",
+    (
+        MenuConfig(("int",), (4, 8), (32,)),
+        MenuConfig(("int",), (4,), (32,), symmetric=False),
+        MenuConfig(("q4_k", "q5_k", "q6_k"), (), (256,)),
+    ),
 )
 
 

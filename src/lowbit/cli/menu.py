@@ -19,8 +19,10 @@ Formats = Annotated[
     typer.Option(
         "--format",
         help="Formats of the menu (repeat): int (at every --bits and --group-size), nf4 (every "
-        "--group-size), nvfp4, mxfp4, mxfp8, fp8_e4m3 (per channel); 'full' is issue 16's menu "
-        "(INT2/3/4/8 at groups 32/64/128, NF4, NVFP4, MXFP4, FP8).",
+        "--group-size), nvfp4, mxfp4, mxfp8, fp8_e4m3 (per channel), the GGML blocks q4_k, q5_k, "
+        "q6_k, q5_0, q5_1, q8_0; alone, a named menu: 'full' is issue 16's (INT2/3/4/8 at groups "
+        "32/64/128, NF4, NVFP4, MXFP4, FP8), 'gguf' what GGUF export writes (Q4_0, Q4_1, Q8_0, "
+        "Q4_K, Q5_K, Q6_K).",
     ),
 ]
 MenuFile = Annotated[
@@ -78,7 +80,7 @@ def menu_specs(
     menu: Path | None,
     formats: list[str] | None = None,
 ) -> tuple[Any, ...]:
-    from lowbit.allocation.menu import FULL, MenuConfig, build_menu
+    from lowbit.allocation.menu import PRESETS, MenuConfig, build_menu
     from lowbit.errors import ConfigError
 
     names = tuple(formats or ("int",))
@@ -86,8 +88,8 @@ def menu_specs(
         if names != ("int",):
             raise ConfigError("give the menu as --menu FILE or as --format options, not both")
         return load_menu(menu)
-    if names == ("full",):
-        return build_menu(*(replace(c, algorithm=algorithm) for c in FULL))
+    if len(names) == 1 and names[0] in PRESETS:
+        return build_menu(*(replace(c, algorithm=algorithm) for c in PRESETS.get(names[0])))
     cfg = MenuConfig(names, tuple(bits), tuple(groups), algorithm, symmetric)
     return build_menu(cfg)
 

@@ -71,6 +71,7 @@ class GGMLFormat:
             raise ConfigError(f"no GGML type {self.kind!r}; known: {', '.join(KINDS)}")
 
     scale_bits = 8  # ``scale`` holds the blocks' parameter bytes
+    in_name = ("kind",)  # labels name the type already (Q5_K g256), not "kind=q5_k"
 
     @property
     def spec(self) -> _Kind:

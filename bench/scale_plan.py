@@ -38,6 +38,9 @@ ASSUME = {
     "checkpoint_bytes": 671e9,  # FP8 weights as published, dequantized to bf16 per block
     "packed_bits_per_weight": 4.125,  # W4 g128 with fp16 scales, broadcast from owner ranks
     "hessian_block": 384,  # lowbit's HessianAccumulator column block (upper triangle only)
+    "hessian_sum_bytes": 8,  # Σxᵀx kept in fp64 (lowbit.algorithms.hessian), all-reduced in fp64
+    "hessian_adds": "each window's fp32 XᵀX is added into the fp64 sum: 16 bytes of HBM "
+    "traffic per element (read and write fp64) per window, on each rank for its own windows",
     "solve_seconds_per_column": 4 * 10e-6,  # GPTQ's column loop: ~4 kernel launches of ~10 µs
 }
 
@@ -64,15 +67,16 @@ def _block(shape: ModelShape, block: int, T: float) -> dict[str, float]:
     fwd += 2 * T * (ASSUME["ctx"] / 2) * shape.heads * head  # causal attention scores and values
     active = {(x.name.rsplit(".", 1)[0], x.in_features): x.active for x in shape.linears(block)}
     hess = hbytes = 0.0
+    elem = ASSUME["hessian_sum_bytes"]
     for (parent, n), count in _groups(shape, block).items():
         nb = math.ceil(n / ASSUME["hessian_block"])
         hess += count * tokens(count, active[(parent, n)]) * n * n * (1 + 1 / nb)
-        hbytes += count * n * n * 4
+        hbytes += count * n * n * elem
     solve = sum(x.experts * (x.out_features * x.in_features**2) for x in shape.linears(block))
     solve += sum(count * n**3 for (_, n), count in _groups(shape, block).items())  # factor
     params = sum(x.in_features * x.out_features * x.experts for x in shape.linears(block))
     columns = sum(x.in_features * x.experts for x in shape.linears(block))
-    biggest = max(count * n * n * 4 for (_, n), count in _groups(shape, block).items())
+    biggest = max(count * n * n * elem for (_, n), count in _groups(shape, block).items())
     return {
         "forward": fwd, "hessian": hess, "solve": solve, "hessian_bytes": hbytes,
         "params": params, "columns": columns, "largest_group_hessians_bytes": biggest,
@@ -91,6 +95,8 @@ def plan(nodes: int, shape: ModelShape, gpus_per_node: int = 8) -> dict[str, Any
         c = _block(shape, b, T)
         t["forward_s"] += c["forward"] / R / bf16
         t["hessian_s"] += c["hessian"] / R / fp32
+        windows = ASSUME["calibration_tokens"] / ASSUME["ctx"] / R  # each rank's own windows
+        t["fp64_adds_s"] += windows * c["hessian_bytes"] * 2 / hw.bandwidth
         t["solve_s"] += c["solve"] / R / fp32  # owners balance the solves over the ranks
         t["solve_launch_s"] += c["columns"] * ASSUME["solve_seconds_per_column"] / R
         # hierarchical all-reduce: NVLink reduce-scatter/all-gather, then 1/8 over InfiniBand
@@ -133,7 +139,8 @@ def main() -> None:
         "model": "DeepSeek-V3 class (config: bench/configs/deepseek-v3.json, the published "
         "deepseek-ai/DeepSeek-V3 config.json values)",
         "linear_parameters": params,
-        "hardware": "h200 from lowbit.perf.hardware (peaks: bf16 989.5, fp32 67 TFLOP/s)",
+        "hardware": "h200 from lowbit.perf.hardware (peaks: bf16 989.5, fp32 67 TFLOP/s, "
+        "HBM 4.8 TB/s)",
         "assumptions": ASSUME,
         "plans": [plan(n, shape) for n in (1, 2, 4)],
         "check_against_a_published_figure": (anchor := _anchor()),

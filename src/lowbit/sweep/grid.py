@@ -9,7 +9,7 @@ from typing import Any
 from lowbit import api
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.plan import Plan
-from lowbit.sweep.spec import SweepSpec, text_dict
+from lowbit.sweep.spec import SweepSpec, TaskChoice, task_dict, text_dict
 
 TrialConfig = dict[str, Any]
 
@@ -45,8 +45,26 @@ def _plans(spec: SweepSpec, model: str) -> list[tuple[str, Plan]]:
     return out
 
 
+def task_config(choice: dict[str, Any]) -> Any:
+    """The harness's TaskConfig of a trial's ``tasks`` entry (plain JSON, see task_dict)."""
+    from lowbit.evaluation.harness import TaskConfig
+
+    return TaskConfig(**{**choice, "tasks": tuple(choice["tasks"]),
+                         "include_paths": tuple(choice["include_paths"])})  # fmt: skip
+
+
+def _check_tasks(choices: tuple[TaskChoice, ...]) -> None:
+    """Every task set resolved and loaded (names, data files, templates) before any trial."""
+    for choice in choices:
+        try:
+            api.check_tasks(task_config(task_dict(choice)))
+        except LowbitError as exc:
+            raise type(exc)(f"sweep tasks {', '.join(choice.tasks)}: {exc}") from None
+
+
 def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
-    """(name, configuration) of every trial, in grid order: models × plans × texts."""
+    """(name, configuration) of every trial, in grid order: models × plans × texts × tasks."""
+    _check_tasks(spec.tasks)
     trials = []
     for model in spec.models:
         source = _resolve(spec, model)
@@ -60,5 +78,10 @@ def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
                     "eval": text_dict(text),
                     "runtime": asdict(spec.runtime),
                 }
-                trials.append((f"{model} | {label} | {text.source}", config))
+                name = f"{model} | {label} | {text.source}"
+                if not spec.tasks:  # no "tasks" key: stores begun before the axis still resume
+                    trials.append((name, config))
+                for choice in spec.tasks:
+                    trials.append((f"{name} | {choice.label}",
+                                   {**config, "tasks": task_dict(choice)}))  # fmt: skip
     return trials

@@ -8,10 +8,13 @@
     budgets: [3.5, 4.0]               # average bits, allocated from `table`
     table: sens.json
     texts: [{source: builtin:python-docs, ctx: 512, windows: 40}]
+    tasks: [arc_easy, {tasks: [piqa, my_task.yaml], limit: 100, include_paths: [my_tasks]}]
     calibration: {source: builtin:python-docs, ctx: 512, windows: 128, seed: 0}
     runtime: {device: auto, dtype: auto}
 
-The grid is models × (algorithms × formats × group_sizes + plans + budgets) × texts; each
+The grid is models × (algorithms × formats × group_sizes + plans + budgets) × texts × tasks
+(each item of ``tasks`` a task set evaluated through the harness, reference cached; none by
+default); each
 trial's configuration is plain JSON (the full plan included), hashed for the store. Unknown
 fields and empty grids are refused naming the field.
 """
@@ -61,6 +64,60 @@ class TextChoice:
 
 
 @dataclass(frozen=True)
+class TaskChoice:
+    """A task set of the grid: the harness's task names (or YAML files), the first ``limit``
+    items of each, and where tasks of one's own are (resolved beside the sweep file)."""
+
+    tasks: tuple[str, ...] = ()
+    limit: int | None = None
+    batch_size: int = 16
+    max_gen_toks: int | None = None
+    include_paths: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "tasks " + ",".join(self.tasks) + (f" limit {self.limit}" if self.limit else "")
+
+
+_TASK_INTS = ("limit", "batch_size", "max_gen_toks")
+
+
+def _task(item: Any, where: str, base: Path | None) -> TaskChoice:
+    """``arc_easy``, ``"arc_easy,piqa"``, or a mapping of :class:`TaskChoice` fields."""
+    if isinstance(item, str):
+        item = {"tasks": item}
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: expected a task name or a mapping with tasks, got {item!r}")
+    _known(item, {f.name for f in fields(TaskChoice)}, where)
+    names = item.get("tasks")
+    names = names.split(",") if isinstance(names, str) else names
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and n.strip() for n in names)
+    ):
+        raise ConfigError(f"{where}.tasks: expected task names (a list or A,B), got {names!r}")
+    for key in _TASK_INTS:
+        v = item.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{where}.{key}: expected a positive integer, got {v!r}")
+    paths = item.get("include_paths", [])
+    if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
+        raise ConfigError(f"{where}.include_paths: expected a list of folders, got {paths!r}")
+    here = base.parent if base is not None else Path.cwd()
+    return TaskChoice(
+        tasks=tuple(_beside(here, n.strip()) for n in names),
+        include_paths=tuple(str((here / x).resolve()) for x in paths),
+        **{k: item[k] for k in _TASK_INTS if k in item},
+    )
+
+
+def _beside(here: Path, name: str) -> str:
+    """A task YAML file named relative to the sweep file, made absolute; a task name as is."""
+    return str((here / name).resolve()) if name.endswith((".yaml", ".yml")) else name
+
+
+@dataclass(frozen=True)
 class RuntimeChoice:
     device: str = "auto"
     dtype: str = "auto"
@@ -76,6 +133,7 @@ class SweepSpec:
     budgets: tuple[float, ...] = ()
     table: str | None = None
     texts: tuple[TextChoice, ...] = (TextChoice(),)
+    tasks: tuple[TaskChoice, ...] = ()
     calibration: TextChoice = field(default_factory=lambda: TextChoice(windows=128))
     runtime: RuntimeChoice = RuntimeChoice()
     path: Path | None = None  # where it was read from (relative plan/table paths resolve here)
@@ -85,17 +143,20 @@ def _typed(cls: type, data: Any, where: str) -> Any:
     """``cls(**data)`` with unknown fields and wrong types refused by name."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
-        )
+    _known(data, {f.name for f in fields(cls)}, where)
     for key, value in data.items():
         want = type(getattr(cls(), key)) if key != "windows" else int
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
     return cls(**data)
+
+
+def _known(data: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
 
 
 _LISTS = {"models": str, "algorithms": str, "group_sizes": int, "plans": str, "budgets": float}
@@ -106,12 +167,7 @@ def parse_sweep(data: Any, path: Path | None = None) -> SweepSpec:
     where = str(path or "sweep")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a sweep file is a mapping of fields (models, formats, …)")
-    known = {f.name for f in fields(SweepSpec)} - {"path"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
-        )
+    _known(data, {f.name for f in fields(SweepSpec)} - {"path"}, where)
     kw: dict[str, Any] = {"path": path}
     for key, kind in _LISTS.items():
         if key in data:
@@ -124,6 +180,9 @@ def parse_sweep(data: Any, path: Path | None = None) -> SweepSpec:
     if "texts" in data:
         items = _items(data["texts"], object, f"{where}: texts")
         kw["texts"] = tuple(_text(x, f"{where}: texts[{i}]") for i, x in enumerate(items))
+    if "tasks" in data:
+        items = _items(data["tasks"], object, f"{where}: tasks")
+        kw["tasks"] = tuple(_task(x, f"{where}: tasks[{i}]", path) for i, x in enumerate(items))
     if "calibration" in data:
         kw["calibration"] = _text(data["calibration"], f"{where}: calibration")
     if "runtime" in data:
@@ -184,3 +243,7 @@ def load_sweep(path: Path) -> SweepSpec:
 
 def text_dict(t: TextChoice) -> dict[str, Any]:
     return asdict(t)
+
+
+def task_dict(t: TaskChoice) -> dict[str, Any]:
+    return {**asdict(t), "tasks": list(t.tasks), "include_paths": list(t.include_paths)}

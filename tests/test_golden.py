@@ -13,6 +13,12 @@ Fisher proxies). The KL divergence now comes from the reference's cached log-pro
 (2 bytes a vocabulary entry, :mod:`lowbit.evaluation.refcache`): its mean is compared to 1e-4
 relative, per-token statistics and the sensitivity probes to the float32 floor of about 1e-7
 nats on this random model, whose divergences are tiny.
+
+Bit for bit holds on one CPU vector instruction set: the file was written where torch's CPU
+capability is AVX2 (recorded in it). On another (an AVX-512 machine) the observation runs in
+subprocesses with ``ATEN_CPU_CAPABILITY`` set to the recorded one, which makes codes, scales and
+sensitivity entries bit-identical again; perplexity and NLL (sums) are then compared to 1e-6
+relative and Δp (through ``exp``, whose vectorised kernels still round apart) to 1e-4.
 """
 
 from __future__ import annotations
@@ -31,10 +37,23 @@ def _f(x: str) -> float:
     return float.fromhex(x)
 
 
+def _same_isa() -> bool:
+    import torch
+
+    recorded = json.loads(GOLDEN.read_text())["cpu_capability"]
+    return torch.backends.cpu.get_cpu_capability() == recorded
+
+
 @pytest.fixture(scope="module")
 def seen(tiny_llama, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LOWBIT_GOLDEN_INPROCESS", "1")
+        if _same_isa():
+            patch.setenv("LOWBIT_GOLDEN_INPROCESS", "1")
+        else:  # each command a subprocess on the recorded instruction set
+            patch.delenv("LOWBIT_GOLDEN_INPROCESS", raising=False)
+            patch.setenv(
+                "ATEN_CPU_CAPABILITY", json.loads(GOLDEN.read_text())["cpu_capability"].lower()
+            )
         return observe(tiny_llama, tmp_path_factory.mktemp("golden"))
 
 
@@ -51,12 +70,19 @@ def test_quantization_is_bit_identical(seen, golden):
 
 
 def test_evaluation_figures_are_identical(seen, golden):
+    exact = _same_isa()
     for model, before in golden["eval/gptq_w4g48"].items():
         now = seen["eval/gptq_w4g48"][model]
-        assert now["perplexity"] == before["perplexity"], model
-        assert now["nll"] == before["nll"], model
         assert now["top1_agreement"] == before["top1_agreement"], model
-        assert now["delta_p"] == before["delta_p"], model
+        if exact:
+            for key in ("perplexity", "nll", "delta_p"):
+                assert now[key] == before[key], (model, key)
+        else:  # subprocesses on the recorded instruction set: sums and exp round apart
+            assert _f(now["perplexity"]) == pytest.approx(_f(before["perplexity"]), rel=1e-6)
+            assert _f(now["nll"]) == pytest.approx(_f(before["nll"]), rel=1e-6)
+            assert (now["delta_p"] is None) == (before["delta_p"] is None), model
+            for key, value in (before["delta_p"] or {}).items():
+                assert _f(now["delta_p"][key]) == pytest.approx(_f(value), rel=1e-4), key
         if before["kl"] is None:
             assert now["kl"] is None
             continue

@@ -103,6 +103,7 @@ def test_bits_per_weight_are_honest(setting, quantized):
         assert "model.embed_tokens.weight" in fp.full_precision
 
 
+@pytest.mark.slow
 def test_save_load_gives_identical_logits(setting, quantized, tmp_path):
     handle, windows, _ = setting
     qm = quantized["gptq-w4"]

@@ -65,6 +65,7 @@ def test_compressed_tensors_export_is_exact(builtin_q4, tmp_path):
         assert torch.equal(loaded.eval()(ids).logits, ref)
 
 
+@pytest.mark.slow
 def test_saved_model_exports_keep_the_source_gguf_metadata(builtin_q4, tmp_path):
     from gguf import GGUFReader
 

@@ -80,6 +80,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_llama, tmp_path):
         assert torch.equal(ranks[k], single[k]), k
 
 
+@pytest.mark.slow
 def test_ranks_that_disagree_on_the_plan_are_refused(tiny_llama, tmp_path):
     with pytest.raises(Exception, match="the ranks disagree on the plan"):
         _spawn(tiny_llama, tmp_path / "x.safetensors", [4, 3])

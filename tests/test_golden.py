@@ -37,11 +37,15 @@ def _f(x: str) -> float:
     return float.fromhex(x)
 
 
+def _recorded_isa() -> str:
+    """The CPU capability torch ran at where the golden file was written (AVX2)."""
+    return str(json.loads(GOLDEN.read_text())["cpu_capability"])
+
+
 def _same_isa() -> bool:
     import torch
 
-    recorded = json.loads(GOLDEN.read_text())["cpu_capability"]
-    return torch.backends.cpu.get_cpu_capability() == recorded
+    return torch.backends.cpu.get_cpu_capability() == _recorded_isa()
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,7 @@ def seen(tiny_llama, tmp_path_factory):
             patch.setenv("LOWBIT_GOLDEN_INPROCESS", "1")
         else:  # each command a subprocess on the recorded instruction set
             patch.delenv("LOWBIT_GOLDEN_INPROCESS", raising=False)
-            patch.setenv(
-                "ATEN_CPU_CAPABILITY", json.loads(GOLDEN.read_text())["cpu_capability"].lower()
-            )
+            patch.setenv("ATEN_CPU_CAPABILITY", _recorded_isa().lower())
         return observe(tiny_llama, tmp_path_factory.mktemp("golden"))
 
 

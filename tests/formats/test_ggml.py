@@ -58,6 +58,20 @@ def test_fallback_types_are_ggmls_reference_quantizer(kind):
     assert np.array_equal(ours, quantize(W.numpy(), GGMLQuantizationType[kind.upper()]))
 
 
+def test_q5_0_tie_takes_the_sign_of_the_first_extreme_as_ggml_does():
+    """Blocks whose min and max have equal magnitude (common on a Q4_1 grid, as in the built-in
+    model): ggml-quants.c keeps the first weight of largest magnitude, so d's sign follows it."""
+    W = _weight(64)
+    W[:, ::32] = 0.5  # every block's first weight is its max ...
+    W[:, 5::32] = -0.5  # ... and its min has the same magnitude
+    W[3, 0], W[3, 32] = -0.5, -0.5  # row 3: the negative extreme comes first
+    W[4, 7] = 0.5  # row 4: two positive extremes, one negative
+    qw = quantize_weight(W, GGMLFormat("q5_0"), PerGroup(32))
+    ours = ggml_blocks("q5_0", qw.codes.numpy(), qw.scale.numpy())
+    assert np.array_equal(ours, quantize(W.numpy(), GGMLQuantizationType.Q5_0))
+    assert np.array_equal(_gguf(qw), qw.dequantize().numpy())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_bits_per_weight_are_the_block_bytes(kind):
     fmt = GGMLFormat(kind)

@@ -212,10 +212,23 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
 
 def _q5_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
     """ggml: d = extreme / -16, q = trunc(x/d + 16.5) clamped to [0, 31]."""
-    extreme = torch.where(lo.abs() >= hi.abs(), lo, hi)
-    d = extreme / -16
+    d = signed_extreme(W, lo, hi) / -16
     q = torch.trunc(W * columns(_inverse(d), PerGroup(32), W.shape[1]) + 16.5).clamp(0, 31)
     return P.fp16_bytes(d), q
+
+
+def signed_extreme(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Each 32-block's end of largest magnitude, ``lo`` or ``hi`` (out, blocks). On a tie
+    (|lo| = |hi|) ggml keeps the first weight of largest magnitude it meets, so the sign is
+    that of the block's first weight at or beyond either end of its range."""
+    rows, blocks = lo.shape
+    x = W.reshape(rows, blocks, -1)
+    at_lo, at_hi = x <= lo[..., None], x >= hi[..., None]
+    width = x.shape[-1]
+    first_lo = torch.where(at_lo.any(-1), at_lo.int().argmax(-1), width)
+    first_hi = torch.where(at_hi.any(-1), at_hi.int().argmax(-1), width)
+    low = (lo.abs() > hi.abs()) | ((lo.abs() == hi.abs()) & (first_lo <= first_hi))
+    return torch.where(low, lo, hi)
 
 
 def _q5_1(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:

@@ -94,8 +94,8 @@ def test_pareto_points_on_ray_equal_the_in_process_points(ray_session, tmp_path,
     windows = api.text_windows(handle, calib, calibration=True)
     table = api.sensitivity(handle, menu, windows, ProbeConfig(probe_ctx=16), rt=api.runtime(rt))
     (tmp_path / "sens.json").write_text(json.dumps(table.to_dict()))
-    uniform = [menu[1].spec if hasattr(menu[1], "spec") else menu[1]]
-    assert uniform_plan(uniform[0]).needs_calibration() is False
+    uniform = [menu[1]]
+    assert uniform_plan(menu[1]).needs_calibration() is False
     args = (str(tiny_llama), tmp_path / "sens.json", [4.0], uniform, calib, text(3))
     here = pareto_job(*args, tmp_path / "here", execution=Execution(rt))
     runner = ray_runner(tmp_path / "ray" / "pareto.results.sqlite", None, 2)

@@ -5,15 +5,16 @@ store); either way one JSON row per point in ``OUT/points/``."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lowbit import api
 from lowbit._io import write_json
+from lowbit.errors import ConfigError
 from lowbit.plan import Plan
 from lowbit.report.console import progress_bar
-from lowbit.workflows.spine import Execution, quantize_windows
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,14 @@ Runner = Callable[[list[tuple[str, dict[str, Any]]]], dict[str, dict[str, Any]]]
 def trial_config(
     plan: Plan, model: str, calib: api.TextConfig, evalcfg: api.TextConfig, execution: Execution
 ) -> dict[str, Any]:
-    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape)."""
+    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape). A trial
+    quantizes with the default propagation, chunking and expert calibration, so an execution
+    that asks for others is refused rather than measured differently."""
+    if replace(execution, runtime=DEFAULT_EXECUTION.runtime) != DEFAULT_EXECUTION:
+        raise ConfigError(
+            "points measured as sweep trials (--ray) use the default propagation, chunk size "
+            "and expert calibration; run without --ray to measure with other settings"
+        )
     rt = execution.runtime
     text = ("source", "ctx", "windows", "seed", "bos")
     return {
@@ -57,7 +65,7 @@ def trial_row(p: Point, trial: dict[str, Any]) -> dict[str, Any]:
         "predicted_bits_per_weight": p.predicted_bits_per_weight,
         **{k: m[k] for k in ("bits_per_weight_linear", "size_bytes", "kl_mean", "perplexity",
                              "reference_perplexity", "top1_agreement")},
-        "quantize_s": trial["timings_s"]["wall_s"], "plan": p.plan.to_dict(),
+        "quantize_s": trial["timings_s"]["quantize_s"], "plan": p.plan.to_dict(),
         "eval": trial["eval"], "allocation": p.record, "trial": trial["hash"],
     }  # fmt: skip
 

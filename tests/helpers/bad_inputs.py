@@ -329,6 +329,11 @@ CASES: tuple[Case, ...] = (
         ("--workers and --address go with --ray",),
     ),
     Case(
+        "sensitivity-address-without-ray",
+        (*S[:-1], "--bits", "4", "--address", "127.0.0.1:1"),
+        ("--workers and --address go with --ray",),
+    ),
+    Case(
         "pareto-ray-no-workers",
         ("pareto", "{model}", "--table", "{table}", "-o", OUT, "--ray", "--workers", "0"),
         ("--workers must be at least 1", "got 0"),

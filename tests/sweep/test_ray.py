@@ -117,3 +117,43 @@ def _calib_file(tmp_path: Path) -> Path:
     path = tmp_path / "calib.txt"
     path.write_text(load_text(BuiltinText("python-docs", "calib"))[:20_000])
     return path
+
+
+def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, tiny_llama):
+    """``lowbit sensitivity --ray``: the blocks measured in shards as Ray trials, merged, give
+    the in-process table bit for bit (KL, Hessian and Fisher proxies); a resumed run finds
+    every shard done in the store and runs nothing."""
+    from lowbit import api
+    from lowbit.sensitivity.probe import ProbeConfig
+    from lowbit.sweep.points import ray_runner
+    from lowbit.sweep.probes import probe_trial
+    from lowbit.workflows import sensitivity_job
+
+    calib = api.TextConfig(str(_calib_file(tmp_path)), 32, 4)
+    menu = tuple(api.spec_from_options(b, 16, True, a) for b in (2, 4) for a in ("rtn", "gptq"))
+    probe = ProbeConfig(probe_windows=2, probe_ctx=16, fisher_windows=2, fisher_ctx=16)
+    here = sensitivity_job(str(tiny_llama), menu, calib, probe, tmp_path / "here.json")
+    store = tmp_path / "ray.results.sqlite"
+    run = lambda resume: ray_runner(  # noqa: E731
+        store, None, 2, trial=probe_trial, label="shards", resume=resume
+    )
+    on_ray = sensitivity_job(
+        str(tiny_llama), menu, calib, probe, tmp_path / "ray.json", runner=run(False)
+    )
+    assert on_ray.is_complete() and set(on_ray.entries) == set(here.entries)
+    for key, e in here.entries.items():
+        r = on_ray.entries[key]
+        assert (r.bits, r.hessian, r.kl, r.fisher) == (e.bits, e.hessian, e.kl, e.fisher)
+    s = open_store(store, create=False)
+    trials = s.trials()
+    s.close()
+    assert len(trials) == 2 and {t.status for t in trials} == {"done"}
+    blocks = sorted(b for t in trials for b in t.config["probe"]["blocks"])
+    assert blocks == list(range(here.n_blocks))
+    again = sensitivity_job(
+        str(tiny_llama), menu, calib, probe, tmp_path / "again.json", runner=run(True)
+    )
+    assert again.entries == on_ray.entries
+    s = open_store(store, create=False)
+    assert [t.finished for t in s.trials()] == [t.finished for t in trials]  # none run again
+    s.close()

@@ -10,6 +10,7 @@ import typer
 from lowbit.cli import sources
 from lowbit.cli.menu import Algorithm, DeployTarget, Fuse, Metric, TablePath
 from lowbit.cli.options import (
+    Address,
     Bos,
     CalibText,
     Ctx,
@@ -21,6 +22,9 @@ from lowbit.cli.options import (
     OffloadOption,
     Overwrite,
     Seed,
+    UseRay,
+    Workers,
+    ray_runner_of,
     runtime_config,
 )
 
@@ -61,18 +65,9 @@ def pareto(
     boundary: sources.Boundary = 16,
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
-    ray: Annotated[
-        bool,
-        typer.Option(
-            "--ray",
-            help="Measure the points as Ray tasks (the sweep's machinery), recorded in "
-            "OUTPUT/pareto.results.sqlite.",
-        ),
-    ] = False,
-    workers: Annotated[int, typer.Option(help="With --ray: points in flight at once.")] = 1,
-    address: Annotated[
-        str | None, typer.Option(help="With --ray: an existing Ray cluster (HOST:PORT).")
-    ] = None,
+    ray: UseRay = False,
+    workers: Workers = 1,
+    address: Address = None,
 ) -> None:
     """For each budget, the exact plan and the llama.cpp-style plan (in context also the
     iterated in-context plan and the greedy plan); plus uniform plans; each quantized and
@@ -81,17 +76,10 @@ def pareto(
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
     from lowbit import api
-    from lowbit.errors import ConfigError
     from lowbit.workflows import pareto_job
     from lowbit.workflows.spine import Execution
 
-    if not ray and (workers != 1 or address is not None):
-        raise ConfigError("--workers and --address go with --ray (they set where the points run)")
-    runner = None
-    if ray:
-        from lowbit.sweep.points import ray_runner
-
-        runner = ray_runner(output / "pareto.results.sqlite", address, workers)
+    runner = ray_runner_of(ray, workers, address, output / "pareto.results.sqlite")
     uniform = [
         api.spec_from_options(b, g, True, algorithm) for b in uniform_bits for g in uniform_group
     ]

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowbit.errors import LowbitError
 from lowbit.sweep.driver import Executor, run_trials
+from lowbit.sweep.executors import TrialFn
 from lowbit.sweep.grid import TrialConfig
 from lowbit.sweep.store import config_hash, open_store
 
@@ -47,22 +49,43 @@ def _result(path: str) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class RayRunner:
+    """Trials as Ray tasks recorded in the store at ``store_path``; ``shards``: how many
+    pieces a divisible job (a sensitivity table) is cut into (one per worker)."""
+
+    store_path: Path
+    executor: Executor
+    label: str
+    resume: bool
+    shards: int
+
+    def __call__(self, named: list[tuple[str, TrialConfig]]) -> dict[str, dict[str, Any]]:
+        from lowbit.report.console import progress_bar
+
+        with progress_bar(f"{self.label} (Ray trials)", None) as update:
+            return measure(named, self.store_path, self.executor, resume=self.resume,
+                           progress=update)  # fmt: skip
+
+
 def ray_runner(
-    store_path: Path, address: str | None, workers: int
-) -> Callable[[list[tuple[str, TrialConfig]]], dict[str, dict[str, Any]]]:
-    """A runner for ``lowbit pareto --ray``: the points as Ray tasks, recorded in the store
-    at ``store_path`` (trials done there before are not run again)."""
+    store_path: Path,
+    address: str | None,
+    workers: int,
+    *,
+    trial: TrialFn | None = None,
+    label: str = "points",
+    resume: bool = True,
+) -> RayRunner:
+    """A runner for ``lowbit pareto --ray`` (``trial``: :func:`~lowbit.sweep.trial.run_trial`)
+    and ``lowbit sensitivity --ray`` (:func:`~lowbit.sweep.probes.probe_trial`): the trials as
+    Ray tasks, recorded in the store at ``store_path`` (trials done there before are not run
+    again; without ``resume`` a store that holds trials is refused)."""
     from lowbit.errors import ConfigError
-    from lowbit.report.console import progress_bar
     from lowbit.sweep.executors import RayExecutor
     from lowbit.sweep.trial import run_trial
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    executor = RayExecutor(run_trial, address, workers)
-
-    def run(named: list[tuple[str, TrialConfig]]) -> dict[str, dict[str, Any]]:
-        with progress_bar("points (Ray trials)", None) as update:
-            return measure(named, store_path, executor, resume=True, progress=update)
-
-    return run
+    executor = RayExecutor(trial or run_trial, address, workers)
+    return RayRunner(store_path, executor, label, resume, workers)

@@ -88,8 +88,11 @@ def merge_shards(parts: list[dict[str, Any]]) -> Any:
         if set(entries) & set(t.entries):
             raise ArtefactError("sensitivity shards overlap: a layer was measured twice")
         entries.update(t.entries)
+    # in the single process's order: blocks last first, each block's entries as measured
+    block = {x.name: x.block for x in first.layers}
+    ordered = dict(sorted(entries.items(), key=lambda kv: -block[kv[0][0]]))  # a stable sort
     timings = {k: sum(t.timings.get(k, 0.0) for t in tables) for t in tables for k in t.timings}
-    merged = replace(first, entries=entries, timings=timings)
+    merged = replace(first, entries=ordered, timings=timings)
     if not merged.is_complete():
         raise ArtefactError("the sensitivity shards do not cover every layer and spec")
     return merged

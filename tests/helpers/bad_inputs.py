@@ -324,6 +324,21 @@ CASES: tuple[Case, ...] = (
         ("{other}", "measure this model with lowbit sensitivity"),
     ),
     Case(
+        "pareto-workers-without-ray",
+        ("pareto", "{model}", "--table", "{table}", "-o", OUT, "--workers", "2"),
+        ("--workers and --address go with --ray",),
+    ),
+    Case(
+        "sensitivity-address-without-ray",
+        (*S[:-1], "--bits", "4", "--address", "127.0.0.1:1"),
+        ("--workers and --address go with --ray",),
+    ),
+    Case(
+        "pareto-ray-no-workers",
+        ("pareto", "{model}", "--table", "{table}", "-o", OUT, "--ray", "--workers", "0"),
+        ("--workers must be at least 1", "got 0"),
+    ),
+    Case(
         "table-not-json",
         ("plan", "{model}", "--table", "{in}/t.json", "-o", OUT, "--avg-bits", "4"),
         ("{in}/t.json", "JSON"),

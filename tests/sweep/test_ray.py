@@ -73,3 +73,89 @@ def test_unreachable_address_is_refused_fast():
     assert time.monotonic() - t0 < 5
     with pytest.raises(ConfigError, match="HOST:PORT"):
         check_reachable("nohostport")
+
+
+def test_pareto_points_on_ray_equal_the_in_process_points(ray_session, tmp_path, tiny_llama):
+    """``lowbit pareto --ray``: the same points measured as Ray trials (recorded in the store)
+    as one by one in this process: the same plans, bits and KL; a rerun finds them done."""
+    from lowbit import api
+    from lowbit.plan import uniform_plan
+    from lowbit.runtime import RuntimeConfig
+    from lowbit.sensitivity.probe import ProbeConfig
+    from lowbit.sweep.points import ray_runner
+    from lowbit.workflows.allocation import pareto_job
+    from lowbit.workflows.spine import Execution
+
+    handle = api.load(str(tiny_llama))
+    text = lambda n: api.TextConfig("builtin:python-docs", 32, n)  # noqa: E731
+    calib = api.TextConfig(str(_calib_file(tmp_path)), 32, 4)
+    rt = RuntimeConfig("cpu", "float32")
+    menu = tuple(api.spec_from_options(b, 16, True, "rtn") for b in (2, 4, 8))
+    windows = api.text_windows(handle, calib, calibration=True)
+    table = api.sensitivity(handle, menu, windows, ProbeConfig(probe_ctx=16), rt=api.runtime(rt))
+    (tmp_path / "sens.json").write_text(json.dumps(table.to_dict()))
+    uniform = [menu[1]]
+    assert uniform_plan(menu[1]).needs_calibration() is False
+    args = (str(tiny_llama), tmp_path / "sens.json", [4.0], uniform, calib, text(3))
+    here = pareto_job(*args, tmp_path / "here", execution=Execution(rt))
+    runner = ray_runner(tmp_path / "ray" / "pareto.results.sqlite", None, 2)
+    on_ray = pareto_job(*args, tmp_path / "ray", execution=Execution(rt), runner=runner)
+    key = lambda r: (r["name"], r["plan"], r["bits_per_weight_linear"], r["size_bytes"])  # noqa: E731
+    assert [key(r) for r in on_ray["points"]] == [key(r) for r in here["points"]]
+    for a, b in zip(on_ray["points"], here["points"], strict=True):
+        assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4)
+        assert a["trial"] and a["eval"]["kl"]["mean"] == a["kl_mean"]
+    store = open_store(tmp_path / "ray" / "pareto.results.sqlite", create=False)
+    assert {t.status for t in store.trials()} == {"done"}
+    assert len(store.trials()) == len(here["points"])
+    store.close()
+
+
+def _calib_file(tmp_path: Path) -> Path:
+    from lowbit.evaluation.text import BuiltinText, load_text
+
+    path = tmp_path / "calib.txt"
+    path.write_text(load_text(BuiltinText("python-docs", "calib"))[:20_000])
+    return path
+
+
+def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, tiny_llama):
+    """``lowbit sensitivity --ray``: the blocks measured in shards as Ray trials, merged, give
+    the in-process table bit for bit (KL, Hessian and Fisher proxies); a resumed run finds
+    every shard done in the store and runs nothing."""
+    from lowbit import api
+    from lowbit.sensitivity.probe import ProbeConfig
+    from lowbit.sweep.points import ray_runner
+    from lowbit.sweep.probes import probe_trial
+    from lowbit.workflows import sensitivity_job
+
+    calib = api.TextConfig(str(_calib_file(tmp_path)), 32, 4)
+    menu = tuple(api.spec_from_options(b, 16, True, a) for b in (2, 4) for a in ("rtn", "gptq"))
+    probe = ProbeConfig(probe_windows=2, probe_ctx=16, fisher_windows=2, fisher_ctx=16)
+    here = sensitivity_job(str(tiny_llama), menu, calib, probe, tmp_path / "here.json")
+    store = tmp_path / "ray.results.sqlite"
+    run = lambda resume: ray_runner(  # noqa: E731
+        store, None, 2, trial=probe_trial, label="shards", resume=resume
+    )
+    on_ray = sensitivity_job(
+        str(tiny_llama), menu, calib, probe, tmp_path / "ray.json", runner=run(False)
+    )
+    assert on_ray.is_complete() and list(on_ray.entries) == list(here.entries)  # same order
+    sha = lambda name: json.loads((tmp_path / name).read_text())["content_sha256"]  # noqa: E731
+    assert sha("ray.json") == sha("here.json")
+    for key, e in here.entries.items():
+        r = on_ray.entries[key]
+        assert (r.bits, r.hessian, r.kl, r.fisher) == (e.bits, e.hessian, e.kl, e.fisher)
+    s = open_store(store, create=False)
+    trials = s.trials()
+    s.close()
+    assert len(trials) == 2 and {t.status for t in trials} == {"done"}
+    blocks = sorted(b for t in trials for b in t.config["probe"]["blocks"])
+    assert blocks == list(range(here.n_blocks))
+    again = sensitivity_job(
+        str(tiny_llama), menu, calib, probe, tmp_path / "again.json", runner=run(True)
+    )
+    assert again.entries == on_ray.entries
+    s = open_store(store, create=False)
+    assert [t.finished for t in s.trials()] == [t.finished for t in trials]  # none run again
+    s.close()

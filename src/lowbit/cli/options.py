@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -177,3 +177,30 @@ def runtime_config(device: str, dtype: str, offload: str, max_memory: str | None
 
     limit = None if max_memory is None else parse_size(max_memory, "--max-memory")
     return RuntimeConfig(device, dtype, offload, limit)  # type: ignore[arg-type]  # validated
+
+
+UseRay = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run the work as trials of a sweep on Ray (a local Ray, or --address), recorded "
+        "in a results store beside the output (resumable trial by trial).",
+    ),
+]
+Workers = Annotated[int, typer.Option(help="With --ray: trials in flight at once.")]
+Address = Annotated[
+    str | None, typer.Option(help="With --ray: an existing Ray cluster (HOST:PORT).")
+]
+
+
+def ray_runner_of(use: bool, workers: int, address: str | None, store: Path, **kw: Any) -> Any:
+    """The Ray runner of the --ray options (``kw``: the trial, label, resume), or None."""
+    from lowbit.errors import ConfigError
+
+    if not use:
+        if workers != 1 or address is not None:
+            raise ConfigError("--workers and --address go with --ray (they set where trials run)")
+        return None
+    from lowbit.sweep.points import ray_runner
+
+    return ray_runner(store, address, workers, **kw)

@@ -10,6 +10,7 @@ import typer
 from lowbit.cli import sources
 from lowbit.cli.menu import Algorithm, DeployTarget, Fuse, Metric, TablePath
 from lowbit.cli.options import (
+    Address,
     Bos,
     CalibText,
     Ctx,
@@ -21,6 +22,9 @@ from lowbit.cli.options import (
     OffloadOption,
     Overwrite,
     Seed,
+    UseRay,
+    Workers,
+    ray_runner_of,
     runtime_config,
 )
 
@@ -61,6 +65,9 @@ def pareto(
     boundary: sources.Boundary = 16,
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
+    ray: UseRay = False,
+    workers: Workers = 1,
+    address: Address = None,
 ) -> None:
     """For each budget, the exact plan and the llama.cpp-style plan (in context also the
     iterated in-context plan and the greedy plan); plus uniform plans; each quantized and
@@ -72,6 +79,7 @@ def pareto(
     from lowbit.workflows import pareto_job
     from lowbit.workflows.spine import Execution
 
+    runner = ray_runner_of(ray, workers, address, output / "pareto.results.sqlite")
     uniform = [
         api.spec_from_options(b, g, True, algorithm) for b in uniform_bits for g in uniform_group
     ]
@@ -92,4 +100,5 @@ def pareto(
         sensitivity=sources.sensitivity_config(
             sensitivity, rounds, boundary, probe_windows, probe_ctx
         ),
+        runner=runner,
     )

@@ -10,6 +10,7 @@ import typer
 
 from lowbit.cli.menu import Algorithm, Bits, Formats, Groups, MenuFile
 from lowbit.cli.options import (
+    Address,
     AllowPickle,
     Bos,
     CalibText,
@@ -21,6 +22,9 @@ from lowbit.cli.options import (
     OffloadOption,
     Overwrite,
     Seed,
+    UseRay,
+    Workers,
+    ray_runner_of,
     runtime_config,
 )
 
@@ -63,21 +67,30 @@ def sensitivity(
     offload: OffloadOption = "auto",
     max_memory: MaxMemory = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    ray: UseRay = False,
+    workers: Workers = 1,
+    address: Address = None,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Quantize each linear layer (or one projection of a block's experts) alone with each
     spec; measure the KL divergence to the original and the Hessian and Fisher proxies.
-    Writes OUTPUT, a CSV and an HTML report.
+    Writes OUTPUT, a CSV and an HTML report. With --ray the blocks are cut into one shard per
+    worker, each a Ray task recorded in OUTPUT's results store, and the shards merged.
 
     Example: lowbit sensitivity smollm2-135m --bits 2 --bits 3 --bits 4 --bits 8 -o sens.json
     """
     from lowbit import api
     from lowbit.api import ProbeConfig
     from lowbit.cli.menu import menu_specs
+    from lowbit.sweep.probes import probe_trial
     from lowbit.workflows import sensitivity_job
     from lowbit.workflows.spine import Execution
 
+    store = output.with_name(f"{output.stem}.results.sqlite")
+    runner = ray_runner_of(
+        ray, workers, address, store, trial=probe_trial, label="sensitivity shards", resume=resume
+    )
     specs = menu_specs(bits, group_size, algorithm, symmetric, menu, fmt)
     probe = ProbeConfig(
         probe_windows=probe_windows,
@@ -96,4 +109,5 @@ def sensitivity(
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
         allow_pickle=allow_pickle,
+        runner=runner,
     )

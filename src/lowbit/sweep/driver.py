@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from lowbit.errors import ConfigError
 from lowbit.sweep.executors import Finished, Job
-from lowbit.sweep.grid import expand
+from lowbit.sweep.grid import TrialConfig, expand
 from lowbit.sweep.spec import SweepSpec
 from lowbit.sweep.store import open_store
 
@@ -48,6 +48,19 @@ def run_sweep(
 ) -> SweepSummary:
     """Run every trial of ``spec`` not yet done in the store at ``store_path``."""
     trials = expand(spec)  # bad input fails here, before the store is touched
+    return run_trials(trials, store_path, executor, resume=resume, progress=progress)
+
+
+def run_trials(
+    trials: list[tuple[str, TrialConfig]],
+    store_path: Path,
+    executor: Executor,
+    *,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepSummary:
+    """Run every (name, configuration) not yet done in the store at ``store_path`` (the
+    machinery of a sweep, for any list of trials: ``lowbit pareto --ray`` uses it too)."""
     executor.prepare()  # so do a missing Ray and an unreachable cluster
     store = open_store(store_path)
     try:

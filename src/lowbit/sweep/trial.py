@@ -53,7 +53,8 @@ def run_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, An
     data = {"calibration": calib.info if calib else None, "eval": windows.info}
     prov = api.provenance("sweep trial", handle, config, data, timings, rt)
     path = artefacts / f"{digest}.json"
-    api.write_result(path, {**prov, "hash": digest, "metrics": metrics, **extra}, overwrite=True)
+    record = {**prov, "hash": digest, "metrics": metrics, "eval": trial.to_dict(), **extra}
+    api.write_result(path, record, overwrite=True)
     return {
         "metrics": metrics,
         "artefacts": {"result": str(path)},

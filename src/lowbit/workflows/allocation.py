@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowbit import api
 from lowbit._io import atomic_file, check_new_output, figures_sha256, write_json
 from lowbit.errors import ConfigError, OutputExistsError
-from lowbit.plan import LayerSpec, Plan, uniform_plan
-from lowbit.report.console import console, progress_bar
+from lowbit.plan import LayerSpec, uniform_plan
+from lowbit.report.console import console
 from lowbit.report.pareto import pareto_report, pareto_table
 from lowbit.workflows.incontext import (
     SINGLE_LAYER,
@@ -26,7 +25,8 @@ from lowbit.workflows.incontext import (
     SingleLayer,
     allocate_with,
 )
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows, text_windows
+from lowbit.workflows.points import Point, Runner, measure_here, slug, trial_config, trial_row
+from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
 
 
 def plan_job(
@@ -103,17 +103,6 @@ def target_constraints(table: Any, target: str, handle: Any) -> Any:
     for note in limits.notes():
         console.print(note)
     return limits
-
-
-@dataclass(frozen=True)
-class Point:
-    name: str
-    method: str
-    budget: float | None
-    plan: Plan
-    predicted_loss: float | None
-    predicted_bits_per_weight: float | None
-    record: dict[str, Any] | None = None
 
 
 def sweep_points(
@@ -207,8 +196,11 @@ def pareto_job(
     execution: Execution = DEFAULT_EXECUTION,
     target: str = "any",
     sensitivity: Sensitivity = SINGLE_LAYER,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html."""
+    """Quantize and evaluate every point of the sweep; write OUT/pareto.json and .html.
+    ``runner``: measures the points as trials of a sweep (Ray tasks, a results store) instead
+    of one by one in this process."""
     out = Path(out)
     _check_sweep_dir(out, resume=resume, overwrite=overwrite)
     handle = api.load(model)
@@ -237,15 +229,16 @@ def pareto_job(
             "sensitivity": repr(sensitivity),
         },
     )
-    todo = [p for p in points if not (store / f"{_slug(p.name)}.json").exists()]
+    todo = [p for p in points if not (store / f"{slug(p.name)}.json").exists()]
     console.print(f"{len(points)} points, {len(points) - len(todo)} already measured")
-    rt = api.runtime(execution.runtime)
-    reference = api.model_view(handle)
-    with progress_bar("reference log-probabilities", None) as update:
-        cache, _ = api.reference_cache(reference, windows, rt, progress=update)
-    for point in todo:
-        _measure(handle, point, calib_w, windows, store, rt, execution, cache)
-    rows = [json.loads((store / f"{_slug(p.name)}.json").read_text()) for p in points]
+    if runner is not None:
+        texts = (model, calib, evalcfg, execution)
+        results = runner([(p.name, trial_config(p.plan, *texts)) for p in todo])
+        for p in todo:
+            write_json(store / f"{slug(p.name)}.json", trial_row(p, results[p.name]))
+    else:
+        measure_here(handle, todo, calib_w, windows, store, execution)
+    rows = [json.loads((store / f"{slug(p.name)}.json").read_text()) for p in points]
     result = {
         **api.provenance(
             "pareto",
@@ -272,45 +265,6 @@ def pareto_job(
     )
     console.print(pareto_table(rows))
     return result
-
-
-def _measure(
-    handle: Any,
-    p: Point,
-    calib_w: api.Windows,
-    windows: api.Windows,
-    store: Path,
-    rt: Any,
-    execution: Execution,
-    cache: Path,
-) -> None:
-    """Quantize one point, evaluate it against the cached reference, store its row."""
-    qm = quantize_windows(handle, p.plan, calib_w, p.name, rt, execution)
-    fp = api.footprint(handle, qm)
-    with progress_bar(f"{p.name}: evaluating", None) as update:
-        results = api.evaluate(
-            api.model_view(handle), {p.name: api.quantized_view(qm, p.name)}, windows, rt,
-            cache=cache, progress=update,
-        )  # fmt: skip
-    res = results[p.name]
-    row = {
-        "name": p.name,
-        "method": p.method,
-        "budget": p.budget,
-        "predicted_loss": p.predicted_loss,
-        "predicted_bits_per_weight": p.predicted_bits_per_weight,
-        "bits_per_weight_linear": fp.bits_per_weight_linear,
-        "size_bytes": fp.size_bytes,
-        "kl_mean": res.kl["mean"] if res.kl else None,
-        "perplexity": res.perplexity,
-        "reference_perplexity": results["reference"].perplexity,
-        "top1_agreement": res.top1_agreement,
-        "quantize_s": qm.timings["wall_s"],
-        "plan": p.plan.to_dict(),
-        "eval": res.to_dict(),
-        "allocation": p.record,
-    }
-    write_json(store / f"{_slug(p.name)}.json", row, overwrite=True)
 
 
 def additivity(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -357,7 +311,3 @@ def _check_sweep_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     raise OutputExistsError(
         f"{out} exists; pass --resume to continue its sweep or --overwrite to start again"
     )
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)

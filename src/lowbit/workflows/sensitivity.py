@@ -4,6 +4,7 @@ interrupted run resumes where it stopped; write JSON, CSV and an HTML report."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from lowbit.plan import LayerSpec
 from lowbit.report.combined import combined_report
 from lowbit.report.console import console, progress_bar
 from lowbit.workflows.incontext import windows_sha256
+from lowbit.workflows.shards import Runner, merge_shards, shard_configs
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
 
 
@@ -40,9 +42,11 @@ def sensitivity_job(
     execution: Execution = DEFAULT_EXECUTION,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    runner: Runner | None = None,
 ) -> Any:
     """Measure ``model``'s sensitivity to each spec of ``menu`` on ``execution``'s runtime;
-    returns the table."""
+    returns the table. ``runner`` (with ``shards``): the blocks split into shards measured as
+    trials of a sweep (Ray tasks, a results store), merged into one table."""
     from lowbit.sensitivity import check_menu
 
     check_menu(menu)
@@ -52,17 +56,15 @@ def sensitivity_job(
     handle = api.load(model, allow_pickle=allow_pickle)
     windows = text_windows(handle, calib, calibration=True)
     key = _run_key(handle, menu, windows, probe)
-    done = _resume(paths["partial"], key, resume)
-    partial: dict[str, Any] = {"key": key, "entries": [asdict(e) for e in done.values()]}
-
-    def checkpoint(block: int, entries: list) -> None:
-        partial["entries"].extend(asdict(e) for e in entries)
-        write_json(paths["partial"], partial, overwrite=True)
-
-    with progress_bar("sensitivity: blocks", None) as update:
-        table = api.sensitivity(
-            handle, menu, windows, probe, rt=rt, done=done, on_block=checkpoint, progress=update
+    if runner is not None:
+        t0 = time.perf_counter()
+        configs = shard_configs(
+            model, len(handle.arch.blocks), menu, calib, probe, execution, runner.shards
         )
+        table = merge_shards(list(runner(configs).values()))
+        table.timings["wall_s"] = time.perf_counter() - t0
+    else:
+        table = _measure_here(handle, menu, windows, probe, rt, paths["partial"], key, resume)
     table.probe["calibration"] = windows.info
     table.probe["calibration_sha256"] = windows_sha256(windows.ids)
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
@@ -78,6 +80,30 @@ def sensitivity_job(
         f"{table.timings['total_s']:.0f} s: {paths['json']}, {paths['csv']}, {paths['html']}"
     )
     return table
+
+
+def _measure_here(
+    handle: Any,
+    menu: tuple[LayerSpec, ...],
+    windows: api.Windows,
+    probe: Any,
+    rt: Any,
+    partial_path: Path,
+    key: dict,
+    resume: bool,
+) -> Any:
+    """The table in this process, checkpointed after every block to ``partial_path``."""
+    done = _resume(partial_path, key, resume)
+    partial: dict[str, Any] = {"key": key, "entries": [asdict(e) for e in done.values()]}
+
+    def checkpoint(block: int, entries: list) -> None:
+        partial["entries"].extend(asdict(e) for e in entries)
+        write_json(partial_path, partial, overwrite=True)
+
+    with progress_bar("sensitivity: blocks", None) as update:
+        return api.sensitivity(
+            handle, menu, windows, probe, rt=rt, done=done, on_block=checkpoint, progress=update
+        )
 
 
 def _run_key(handle: Any, menu: tuple[LayerSpec, ...], windows: Any, probe: Any) -> dict:

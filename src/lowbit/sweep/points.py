@@ -1,6 +1,7 @@
-"""Measured points of another command run as sweep trials: ``lowbit pareto --ray`` hands its
-plans here, and they run as Ray tasks (or in this process) recorded in a results store, so an
-interrupted run resumes trial by trial exactly as ``lowbit sweep --resume`` does."""
+"""Work of another command run as sweep trials: ``lowbit pareto --ray`` hands its points and
+``lowbit sensitivity --ray`` its shards of blocks here; they run as Ray tasks (or in this
+process) recorded in a results store, so an interrupted run resumes trial by trial exactly as
+``lowbit sweep --resume`` does."""
 
 from __future__ import annotations
 

@@ -36,24 +36,33 @@ Runner = Callable[[list[tuple[str, dict[str, Any]]]], dict[str, dict[str, Any]]]
 def trial_config(
     plan: Plan, model: str, calib: api.TextConfig, evalcfg: api.TextConfig, execution: Execution
 ) -> dict[str, Any]:
-    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape). A trial
-    quantizes with the default propagation, chunking and expert calibration, so an execution
-    that asks for others is refused rather than measured differently."""
-    if replace(execution, runtime=DEFAULT_EXECUTION.runtime) != DEFAULT_EXECUTION:
-        raise ConfigError(
-            "points measured as sweep trials (--ray) use the default propagation, chunk size "
-            "and expert calibration; run without --ray to measure with other settings"
-        )
-    rt = execution.runtime
-    text = ("source", "ctx", "windows", "seed", "bos")
+    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape)."""
     return {
         "model": model,
         "plan": plan.to_dict(),
-        "calibration": {k: getattr(calib, k) for k in text} if plan.needs_calibration() else None,
-        "eval": {k: getattr(evalcfg, k) for k in text},
-        "runtime": {"device": rt.device, "dtype": rt.dtype, "offload": rt.offload.value,
-                    "max_memory": rt.max_memory},
-    }  # fmt: skip
+        "calibration": text_json(calib) if plan.needs_calibration() else None,
+        "eval": text_json(evalcfg),
+        "runtime": runtime_json(execution),
+    }
+
+
+def text_json(text: api.TextConfig) -> dict[str, Any]:
+    """A text's configuration as a trial carries it (the sweep grid's ``TextChoice`` fields)."""
+    return {k: getattr(text, k) for k in ("source", "ctx", "windows", "seed", "bos")}
+
+
+def runtime_json(execution: Execution) -> dict[str, Any]:
+    """The runtime a trial runs on. A trial runs with the default propagation, chunking and
+    expert calibration, so an execution that asks for others is refused rather than measured
+    differently."""
+    if replace(execution, runtime=DEFAULT_EXECUTION.runtime) != DEFAULT_EXECUTION:
+        raise ConfigError(
+            "work run as sweep trials (--ray) uses the default propagation, chunk size and "
+            "expert calibration; run without --ray to use other settings"
+        )
+    rt = execution.runtime
+    return {"device": rt.device, "dtype": rt.dtype, "offload": rt.offload.value,
+            "max_memory": rt.max_memory}  # fmt: skip
 
 
 def trial_row(p: Point, trial: dict[str, Any]) -> dict[str, Any]:

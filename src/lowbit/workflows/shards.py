@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from lowbit import api
 from lowbit.errors import ArtefactError, ConfigError
 from lowbit.plan import LayerSpec
-from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution
+from lowbit.workflows.points import runtime_json, text_json
+from lowbit.workflows.spine import Execution
 
 
 class Runner(Protocol):
@@ -53,17 +54,13 @@ def shard_configs(
     the shards choose them."""
     if probe.blocks is not None:
         raise ConfigError("a sensitivity run on Ray shards the blocks itself; give no blocks")
-    if replace(execution, runtime=DEFAULT_EXECUTION.runtime) != DEFAULT_EXECUTION:
-        raise ConfigError("sensitivity shards run with the default execution settings")
-    rt = execution.runtime
     base = {
         "kind": "sensitivity shard",
         "model": model,
         "menu": [s.to_dict() for s in menu],
-        "calibration": {k: getattr(calib, k) for k in ("source", "ctx", "windows", "seed", "bos")},
-        "runtime": {"device": rt.device, "dtype": rt.dtype, "offload": rt.offload.value,
-                    "max_memory": rt.max_memory},
-    }  # fmt: skip
+        "calibration": text_json(calib),
+        "runtime": runtime_json(execution),
+    }
     return [
         (
             f"sensitivity blocks {','.join(map(str, b))}",

@@ -4,17 +4,22 @@ weight swap of the same cached RTN weights and is scored by the in-context probe
 machinery (the whole model, one block at a time, against the original's cached
 log-probabilities), on
 
-* the probe tokens the in-context allocation measured on (in-sample: the first calibration
-  window of wiki.valid.tokens cut to ``--probe-ctx`` tokens), and
+* the probe tokens the in-context allocation measured on (in-sample: the first
+  ``--probe-windows`` calibration windows (of 2) of wiki.valid.tokens, each cut to
+  ``--probe-ctx`` tokens (at most 128)), and
 * held-out windows of WikiText-2 raw test (``--eval-windows`` × 128 tokens).
 
 Plans at 3.25 and 4.0 bits per weight: uniform RTN W3 g64 / W4 g64 (menu INT2/3/4 g64), the
 additive exact plan (the table's Fisher proxy), the llama.cpp-style plan, the ExLlamaV3-style
-greedy on the in-context measurements in the cheapest plan, the first in-context exact plan
-and the iterated one (the best measured of its rounds). Needs the table of step 1 of
-bench/incontext.py (`--steps 1`).
+greedy on the in-context measurements in the cheapest plan (left out with `--no-greedy`), the
+first in-context exact plan and the iterated one (the best measured of the start plan and its
+rounds), measured from the `--start` plan (lowbit's rules: `uniform`, the costliest uniform
+plan within the budget, or `cheapest`). Needs the table of step 1 of bench/incontext.py
+(`--steps 1`). Writes bench/results/incontext/quick.json (`--start cheapest`, the first run's
+protocol) or quick-START.json.
 
 Usage: .venv/bin/python bench/incontext_quick.py [--probe-ctx 32] [--eval-windows 4]
+       [--start uniform] [--no-greedy] [--probe-windows 1]
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ OUT = RESULTS / "incontext"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--probe-ctx", type=int, default=32)
+    parser.add_argument("--probe-windows", type=int, default=1)
     parser.add_argument("--eval-windows", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--boundary", type=int, default=12)
+    parser.add_argument("--start", default="cheapest")
+    parser.add_argument("--no-greedy", action="store_true")
     args = parser.parse_args()
     from lowbit import api
     from lowbit.allocation import AvgBits, build_problem
@@ -63,13 +71,15 @@ def main() -> None:
     problem = build_problem(table, "fisher")
     probe = ContextProbe(
         handle, tuple(table.menu), table.layers, [u.layers for u in problem.units], calib.ids,
-        ContextConfig(1, args.probe_ctx), rt, calib.bos,
+        ContextConfig(args.probe_windows, args.probe_ctx), rt, calib.bos,
     )  # fmt: skip
     scorer = probe.on_windows(held.ids, held.bos)
-    start = tuple(cheapest(problem))
-    curves = probe.curves(start, list(range(len(problem.units))))
-    round0 = {"stats": probe.stats(), "cheapest_plan_kl": probe.kl(start)}
-    print("round 0:", json.dumps(round0), flush=True)
+    round0: dict = {}
+    if not args.no_greedy:  # the ExLlamaV3-style greedy measures in the cheapest plan
+        start = tuple(cheapest(problem))
+        curves = probe.curves(start, list(range(len(problem.units))))
+        round0 = {"stats": probe.stats(), "cheapest_plan_kl": probe.kl(start)}
+        print("round 0:", json.dumps(round0), flush=True)
     rows = []
 
     def score(name: str, budget: float, alloc, extra: dict | None = None) -> None:
@@ -87,27 +97,36 @@ def main() -> None:
 
     score("uniform RTN W3 g64", 3.25, uniform(problem, 1))
     score("uniform RTN W4 g64", 4.25, uniform(problem, 2))
-    in_context = curves_problem(problem, curves, round0["cheapest_plan_kl"])
+    in_context = (
+        None if args.no_greedy else curves_problem(problem, curves, round0["cheapest_plan_kl"])
+    )
     for b in (3.25, 4.0):
         budget = AvgBits(b)
         score(f"exact additive (Fisher) {b:g}", b, api.allocate(table, budget, metric="fisher")[0])
         llama = api.allocate(table, budget, method="llamacpp", metric="fisher")[0]
         score(f"llama.cpp-style {b:g}", b, llama)
-        score(f"greedy in-context {b:g}", b, greedy(in_context, budget))
+        if in_context is not None:
+            score(f"greedy in-context {b:g}", b, greedy(in_context, budget))
         t1 = time.perf_counter()
-        result = iterate(problem, budget, probe, IterateConfig(args.rounds, args.boundary))
+        cfg = IterateConfig(args.rounds, args.boundary, args.start)
+        result = iterate(problem, budget, probe, cfg)
         rounds = [
             {"round": r.index, "predicted_kl": r.predicted_kl, "measured_kl": r.measured_kl,
              "units_measured_before": r.remeasured, "decoder_passes": r.stats["decoder_passes"]}
             for r in result.rounds
         ]  # fmt: skip
-        extra = {"rounds": rounds, "stopped": result.stopped, "wall_s": time.perf_counter() - t1}
+        extra = {
+            "rounds": rounds, "stopped": result.stopped, "start": result.start,
+            "start_plan_kl": result.base_kl, "best_round": int(result.best.info["round"]),
+            "wall_s": time.perf_counter() - t1,
+        }  # fmt: skip
         score(f"in-context first plan {b:g}", b, result.first)
         score(f"in-context iterated {b:g}", b, result.best, extra)
     record = {
         "protocol": (
-            f"reduced, in-process: RTN INT2/3/4 g64; in-context probe 1 x {args.probe_ctx} tokens "
-            f"of the first calibration window; held-out {args.eval_windows} x 128 WikiText-2 "
+            f"reduced, in-process: RTN INT2/3/4 g64; in-context from the {args.start!r} start, "
+            f"probe {args.probe_windows} x {args.probe_ctx} tokens "
+            f"of the first calibration windows; held-out {args.eval_windows} x 128 WikiText-2 "
             "raw test; plans scored by weight swap (see docstring)"
         ),
         "round0": round0,
@@ -115,7 +134,8 @@ def main() -> None:
         "stats": probe.stats(),
         "wall_s": time.perf_counter() - t0,
     }
-    write_result(OUT / "quick.json", record)
+    name = "quick.json" if args.start == "cheapest" else f"quick-{args.start}.json"
+    write_result(OUT / name, record)
 
 
 if __name__ == "__main__":

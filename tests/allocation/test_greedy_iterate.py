@@ -12,8 +12,14 @@ import pytest
 
 from lowbit.allocation import AvgBits, build_problem, solve_exact
 from lowbit.allocation.greedy import cheapest, greedy
-from lowbit.allocation.iterate import IterateConfig, check_reachable, iterate
-from lowbit.errors import ConfigError
+from lowbit.allocation.iterate import (
+    IterateConfig,
+    cheapest_start,
+    check_reachable,
+    iterate,
+    uniform_start,
+)
+from lowbit.errors import ConfigError, UnknownNameError
 from tests.allocation.test_solve import random_table
 
 
@@ -95,12 +101,53 @@ def test_iterated_plan_is_never_worse_than_the_first_plan(seed):
         # every round's measured KL is the model's, and the best is the least of them
         for r in result.rounds:
             assert r.measured_kl == pytest.approx(model.kl(r.choice), rel=1e-12)
-        assert result.best.info["measured_kl"] == min(r.measured_kl for r in result.rounds)
-        # the first plan is the exact solver's on the curves measured in the cheapest plan
+        kls = [result.base_kl, *(r.measured_kl for r in result.rounds)]
+        assert result.best.info["measured_kl"] == min(kls)
+        assert result.base_kl == pytest.approx(
+            model.kl(uniform_start(problem, AvgBits(bpw)).choice)
+        )
+        # the first plan is the exact solver's on the curves measured in the start plan
         assert first.measured_kl == pytest.approx(
             model.kl(tuple(result.first.choice[u.layers[0]] for u in problem.units))
         )
         assert result.stopped in ("plan unchanged", "round limit")
+
+
+def test_uniform_start_is_the_costliest_uniform_plan_within_the_budget():
+    problem = build_problem(random_table(2, n_blocks=3), "kl")
+    uniform_bits = [
+        sum(problem.unit_bits(u, s) for u in problem.units) for s in range(len(problem.labels))
+    ]
+    assert uniform_bits == sorted(uniform_bits)  # the menu runs from cheapest to costliest
+    for s, bits in enumerate(uniform_bits):
+        for extra in (0, 1):  # exactly the plan's bits, and one bit more
+            budget = AvgBits((bits + extra) / problem.n_weights)
+            start = uniform_start(problem, budget)
+            assert start.choice == tuple(s for _ in problem.units)
+            assert start.describe == f"uniform {problem.labels[s]}"
+        if s + 1 < len(uniform_bits):  # just below the next uniform plan: still this one
+            budget = AvgBits((uniform_bits[s + 1] - 1) / problem.n_weights)
+            assert uniform_start(problem, budget).choice == tuple(s for _ in problem.units)
+    budget = AvgBits(uniform_bits[-1] / problem.n_weights)
+    assert cheapest_start(problem, budget).choice == tuple(cheapest(problem))
+
+
+def test_the_start_plan_wins_when_no_round_measures_better():
+    """A measurer whose every plan but the start measures worse: the result is the start."""
+    problem = build_problem(random_table(1, n_blocks=2), "kl")
+    budget = AvgBits(3.25)
+    start = uniform_start(problem, budget).choice
+
+    class StartIsBest(Interacting):
+        def kl(self, context):
+            return 1.0 if context == start else 2.0 + super().kl(context)
+
+    result = iterate(problem, budget, StartIsBest(problem, 1), IterateConfig(3, 2))
+    assert result.best.info == {"round": 0.0, "measured_kl": 1.0}
+    assert tuple(result.best.choice[u.layers[0]] for u in problem.units) == start
+    assert result.start.startswith("uniform ") and result.base_kl == 1.0
+    with pytest.raises(UnknownNameError, match="unknown in-context start plan 'middle'"):
+        IterateConfig(start="middle")
 
 
 def test_iteration_records_rounds_and_is_deterministic():

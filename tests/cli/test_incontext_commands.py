@@ -57,6 +57,7 @@ def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, co
     assert run.returncode == 0, run.stderr
     text = " ".join(run.stderr.split())
     assert "round 1: predicted KL" in text and "decoder passes" in text
+    assert "start plan: uniform" in text  # the default start, said
     plan = Plan.load(out)
     data = json.loads(table.read_text())
     bits = sum(
@@ -81,6 +82,7 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         ([*CALIB, "--avg-bits", "12"], "the largest useful one 9.0000 bits per weight"),
         (["--calib-windows", "4", "--ctx", "32", "--avg-bits", "4"], recorded),
         ([*CALIB, "--avg-bits", "4", "--rounds", "0"], "rounds must be at least 1"),
+        ([*CALIB, "--avg-bits", "4", "--start", "middle"], "unknown in-context start plan"),
     ]
     for args, message in cases:
         out = tmp_path / "bad.yaml"

@@ -1,7 +1,14 @@
 """Iterated in-context allocation: measure each unit's options inside a quantized model,
 allocate, quantize the plan, re-measure the units at the decision boundary inside the new plan,
 re-allocate, until the plan stops changing or the round limit; the plan of least measured KL
-wins, so the result is never worse (measured) than the first plan.
+among the start plan and the rounds' wins, so the result is never worse (measured) than either.
+
+Where the first measurement happens is a registered *start rule* (``IterateConfig.start``):
+``uniform`` (default), the costliest uniform plan the budget affords, so every unit's gains and
+losses are measured at the error level of the plans the budget allows; or ``cheapest``, every
+unit at its cheapest option (the menu's low end). Measured on the built-in model, the cheapest
+start is too broken a context (all-INT2 KL 8.4): most upgrades show no gain there and the plans
+leave half of a 4-bit budget unspent (BENCHMARKS.md, in-context section).
 
 The measurements come from a :class:`Measurer` (the model plumbing lives in
 :mod:`lowbit.sensitivity.incontext`); this module is pure bookkeeping and the solver. A unit's
@@ -24,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lowbit._registry import Registry
 from lowbit.allocation.greedy import cheapest, greedy
 from lowbit.allocation.problem import Budget, Problem
 from lowbit.allocation.solve import Allocation, check_feasible, evaluate_choice, solve_exact
@@ -43,18 +51,59 @@ class Measurer(Protocol):
 
 
 @dataclass(frozen=True)
+class Start:
+    """The plan the first measurement is made in, and how it was chosen."""
+
+    choice: tuple[int, ...]
+    describe: str
+
+
+StartRule = Callable[[Problem, Budget], Start]
+# in-context start plans by name (IterateConfig.start): (problem, budget) → the first context
+STARTS: Registry[StartRule] = Registry("in-context start plan")
+
+
+def cheapest_start(problem: Problem, budget: Budget) -> Start:
+    return Start(tuple(cheapest(problem)), "cheapest")
+
+
+def uniform_start(problem: Problem, budget: Budget) -> Start:
+    """Every unit at the one menu spec of most stored bits that fits the budget, among the
+    specs every unit admits; the cheapest plan, said so, when none fits (a deployment target
+    whose units admit no common spec within the budget)."""
+    limit = check_feasible(problem, budget)
+    common = set.intersection(*(set(u.options) for u in problem.units))
+    fits = []
+    for s in sorted(common):
+        bits = sum(problem.unit_bits(u, s) for u in problem.units)
+        if bits <= limit:
+            fits.append((bits, s))
+    if not fits:
+        return Start(tuple(cheapest(problem)), "cheapest (no uniform plan fits the budget)")
+    spec = max(fits)[1]
+    return Start(tuple(spec for _ in problem.units), f"uniform {problem.labels[spec]}")
+
+
+STARTS.register("uniform", uniform_start)
+STARTS.register("cheapest", cheapest_start)
+
+
+@dataclass(frozen=True)
 class IterateConfig:
-    """``rounds``: allocations at most (the first on the measurements in the cheapest plan);
-    ``boundary``: units re-measured after each allocation."""
+    """``rounds``: allocations at most (the first on the measurements in the start plan);
+    ``boundary``: units re-measured after each allocation; ``start``: a rule of
+    :data:`STARTS`."""
 
     rounds: int = 3
     boundary: int = 16
+    start: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ConfigError(f"in-context rounds must be at least 1, got {self.rounds}")
         if self.boundary < 1:
             raise ConfigError(f"in-context boundary units must be at least 1, got {self.boundary}")
+        STARTS.get(self.start)  # validates the name
 
 
 @dataclass(frozen=True)
@@ -75,7 +124,8 @@ class Iterated:
     first: Allocation
     rounds: list[Round]
     stopped: str
-    base_kl: float  # the cheapest plan's measured KL
+    base_kl: float  # the start plan's measured KL
+    start: str  # the start plan, described
     curves: Curves = field(repr=False, default_factory=dict)
 
 
@@ -113,12 +163,44 @@ def iterate(
     solve: Solver = solve_exact,
 ) -> Iterated:
     """Allocate with ``solve`` on in-context measurements, re-measuring the boundary units
-    after each allocation (see the module's docstring)."""
+    after each allocation (see the module's docstring). The plan of least measured KL among
+    the start plan and every round's wins (round 0: the start plan)."""
     check_reachable(problem, budget)
-    start = tuple(cheapest(problem))
-    base = measurer.kl(start)
-    state = _State(problem, measurer.curves(start, list(range(len(problem.units)))))
-    state.record(start, list(range(len(problem.units))), base)
+    begin = STARTS.get(cfg.start)(problem, budget)
+    base = measurer.kl(begin.choice)
+    everyone = list(range(len(problem.units)))
+    state = _State(problem, measurer.curves(begin.choice, everyone))
+    state.record(begin.choice, everyone, base)
+    rounds, first, stopped = _rounds(problem, budget, measurer, cfg, solve, state, begin, base)
+    candidates = [Round(0, begin.choice, base, base, 0, {}), *rounds]
+    best = min(candidates, key=lambda x: (x.measured_kl, x.index))
+    names = {n: s for u, s in zip(problem.units, best.choice, strict=True) for n in u.layers}
+    final = evaluate_choice(problem, names, "in-context")
+    info = {"round": float(best.index), "measured_kl": best.measured_kl}
+    return Iterated(
+        Allocation(final.method, final.choice, final.bits, best.predicted_kl, info),
+        first,
+        rounds,
+        stopped,
+        base,
+        begin.describe,
+        state.curves,
+    )
+
+
+def _rounds(
+    problem: Problem,
+    budget: Budget,
+    measurer: Measurer,
+    cfg: IterateConfig,
+    solve: Solver,
+    state: _State,
+    begin: Start,
+    base: float,
+) -> tuple[list[Round], Allocation, str]:
+    """Allocate, measure the plan, re-measure its boundary units; until the plan repeats or
+    ``cfg.rounds``. Returns the rounds, the first allocation and why it stopped."""
+    start = begin.choice
     rounds: list[Round] = []
     measured: dict[tuple[int, ...], float] = {start: base}
     previous: tuple[int, ...] | None = None
@@ -144,18 +226,7 @@ def iterate(
         state.record(choice, units, now, measurer.curves(choice, units))
         remeasured = len(units)
     assert first is not None
-    best = min(rounds, key=lambda x: (x.measured_kl, x.index))
-    names = {n: s for u, s in zip(problem.units, best.choice, strict=True) for n in u.layers}
-    final = evaluate_choice(problem, names, "in-context")
-    info = {"round": float(best.index), "measured_kl": best.measured_kl}
-    return Iterated(
-        Allocation(final.method, final.choice, final.bits, best.predicted_kl, info),
-        first,
-        rounds,
-        stopped,
-        base,
-        state.curves,
-    )
+    return rounds, first, stopped
 
 
 def boundary(losses: Problem, budget: Budget, choice: tuple[int, ...], k: int) -> list[int]:

@@ -65,6 +65,7 @@ def pareto(
     boundary: sources.Boundary = 16,
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
+    start: sources.StartPlan = "uniform",
     ray: UseRay = False,
     workers: Workers = 1,
     address: Address = None,
@@ -98,7 +99,7 @@ def pareto(
         overwrite=overwrite,
         target=target,
         sensitivity=sources.sensitivity_config(
-            sensitivity, rounds, boundary, probe_windows, probe_ctx
+            sensitivity, rounds, boundary, probe_windows, probe_ctx, start
         ),
         runner=runner,
     )

@@ -57,6 +57,7 @@ def plan(
     boundary: sources.Boundary = 16,
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
+    start: sources.StartPlan = "uniform",
     calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
@@ -94,7 +95,7 @@ def plan(
         overwrite=overwrite,
         target=target,
         sensitivity=sources.sensitivity_config(
-            sensitivity, rounds, boundary, probe_windows, probe_ctx
+            sensitivity, rounds, boundary, probe_windows, probe_ctx, start
         ),
         calib=TextConfig(calib_text, ctx, calib_windows, seed, bos),
         execution=Execution(runtime_config(device, dtype, "auto", None)),

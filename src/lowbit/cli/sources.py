@@ -21,7 +21,15 @@ SensitivityOption = Annotated[
     typer.Option(
         "--sensitivity",
         help="single-layer (the table's values, summed) or in-context (measured inside the "
-        "quantized model from the cheapest plan, then iterated).",
+        "quantized model from the --start plan, then iterated).",
+    ),
+]
+StartPlan = Annotated[
+    str,
+    typer.Option(
+        "--start",
+        help="In context: the plan measured first: uniform (the costliest uniform plan within "
+        "the budget) or cheapest (every layer at the menu's cheapest spec).",
     ),
 ]
 Rounds = Annotated[int, typer.Option(help="In context: allocations at most.")]
@@ -38,11 +46,11 @@ def _single_layer(**_: Any) -> Any:
     return SingleLayer()
 
 
-def _in_context(rounds: int, boundary: int, probe_windows: int, probe_ctx: int) -> Any:
+def _in_context(rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str) -> Any:
     from lowbit.sensitivity.incontext import ContextConfig
     from lowbit.workflows.incontext import InContext
 
-    return InContext(rounds, boundary, ContextConfig(probe_windows, probe_ctx))
+    return InContext(rounds, boundary, ContextConfig(probe_windows, probe_ctx), start)
 
 
 SOURCES: dict[Source, Callable[..., Any]] = {
@@ -52,9 +60,13 @@ SOURCES: dict[Source, Callable[..., Any]] = {
 
 
 def sensitivity_config(
-    source: Source, rounds: int, boundary: int, probe_windows: int, probe_ctx: int
+    source: Source, rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str
 ) -> Any:
     """The validated configuration of ``source``."""
     return SOURCES[source](
-        rounds=rounds, boundary=boundary, probe_windows=probe_windows, probe_ctx=probe_ctx
+        rounds=rounds,
+        boundary=boundary,
+        probe_windows=probe_windows,
+        probe_ctx=probe_ctx,
+        start=start,
     )

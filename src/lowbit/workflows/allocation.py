@@ -79,6 +79,9 @@ def plan_job(
         "layers_per_spec": dict(counts),
         **done.record,
     }
+    if "start" in done.record:
+        r = done.record
+        console.print(f"start plan: {r['start']}, measured KL {r['start_plan_kl']:.4g}")
     for r in done.record.get("rounds", []):
         console.print(
             f"round {r['round']}: predicted KL {r['predicted_kl']:.4g}, measured "

@@ -33,18 +33,23 @@ class SingleLayer:
 
 @dataclass(frozen=True)
 class InContext:
-    """Measured in context from the cheapest plan; ``rounds`` allocations at most, each
-    followed by re-measuring ``boundary`` units in the new plan."""
+    """Measured in context from the ``start`` plan (a rule of
+    :data:`lowbit.allocation.iterate.STARTS`); ``rounds`` allocations at most, each followed by
+    re-measuring ``boundary`` units in the new plan."""
 
     rounds: int = 3
     boundary: int = 16
     probe: ContextConfig = field(default_factory=ContextConfig)
+    start: str = "uniform"
     in_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        self.iterate_config()  # validates
+
+    def iterate_config(self) -> Any:
         from lowbit.allocation.iterate import IterateConfig
 
-        IterateConfig(self.rounds, self.boundary)  # validates
+        return IterateConfig(self.rounds, self.boundary, self.start)
 
 
 Sensitivity = SingleLayer | InContext
@@ -151,7 +156,7 @@ def _run(
 ) -> Any:
     """The greedy on the measurements in the cheapest plan, or the iterated exact plan."""
     from lowbit.allocation.greedy import cheapest, greedy
-    from lowbit.allocation.iterate import IterateConfig, curves_problem, iterate
+    from lowbit.allocation.iterate import curves_problem, iterate
 
     if method == "greedy":
         start = tuple(cheapest(problem))
@@ -159,11 +164,12 @@ def _run(
         alloc = greedy(curves_problem(problem, curves, probe.kl(start)), budget)
         record |= {"rounds": [], "stats": probe.stats()}
     else:
-        result = iterate(problem, budget, probe, IterateConfig(cfg.rounds, cfg.boundary))
+        result = iterate(problem, budget, probe, cfg.iterate_config())
         alloc = result.best
         record |= {
             "stopped": result.stopped,
-            "cheapest_plan_kl": result.base_kl,
+            "start": result.start,
+            "start_plan_kl": result.base_kl,
             "best_round": int(alloc.info["round"]),
             "rounds": [
                 {

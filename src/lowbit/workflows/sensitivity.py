@@ -55,8 +55,8 @@ def sensitivity_job(
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     windows = text_windows(handle, calib, calibration=True)
-    key = _run_key(handle, menu, windows, probe)
     threads = _threads()
+    key = {**_run_key(handle, menu, windows, probe), "threads": threads}
     if runner is not None:
         t0 = time.perf_counter()
         configs = shard_configs(
@@ -143,8 +143,8 @@ def _resume(partial: Path, key: dict, resume: bool) -> dict:
         raise ArtefactError(f"{partial} is not valid JSON ({exc}); delete it") from exc
     if data.get("key") != json.loads(json.dumps(key)):
         raise ArtefactError(
-            f"{partial} was made with another model, menu, calibration or probe setting; "
-            "delete it or run with the same options"
+            f"{partial} was made with another model, menu, calibration, probe setting or torch "
+            "thread count; delete it or run with the same options (and threads)"
         )
     entries = [Entry(**e) for e in data.get("entries", [])]
     console.print(f"resuming: {len(entries)} entries already measured")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tiny import make_tiny_model, with_tokenizer
+from tests.helpers.tiny import make_tiny_model, save_tiny_model, wide_llama_config, with_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,12 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_root: Path) -> Path:
     return make_tiny_model(tiny_root, "llama")
+
+
+@pytest.fixture(scope="session")
+def wide_llama(tiny_root: Path) -> Path:
+    """A tiny Llama whose linears are wider than torch's reduction grain (thread counts show)."""
+    return save_tiny_model(tiny_root, "llama-wide", wide_llama_config())
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,24 @@ def config_for(family: str):
     return family_config(family)
 
 
+def wide_llama_config():
+    """A two-block Llama wide enough that its linears (192 × 192 and 192 × 384) hold more than
+    torch's reduction grain (32,768 elements): a full ``sum()`` of one is split across threads,
+    so a figure summed that way differs between one thread and two (issue 17)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=192,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+
+
 def save_tiny_model(root: Path, name: str, config, seed: int = 0) -> Path:
     """Save a tiny random model of ``config`` with the tiny tokenizer under ``root/name``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from lowbit.sensitivity.proxies import fisher_error, hessian_error
+from lowbit.sensitivity.proxies import fisher_error, hessian_error, thread_invariant_sum
 
 
 def test_hessian_error_by_hand():
@@ -37,3 +39,36 @@ def test_no_change_costs_nothing():
     W = torch.randn(4, 4)
     assert hessian_error(W, W, torch.ones(4)) == 0.0
     assert fisher_error(W, W, torch.ones(4, 4)) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(576, 576), (3, 40_000), (100_003,), (1, 70_000), (5,)])
+def test_sums_are_the_same_bits_at_any_thread_count(shape):
+    """torch splits a full ``sum()`` of more than 32,768 elements across its threads (the
+    partial sums added in an order that depends on their number); the proxies' sums do not."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    before = torch.get_num_threads()
+    sums = {}
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            sums[t] = thread_invariant_sum(x)
+    finally:
+        torch.set_num_threads(before)
+    assert len(set(sums.values())) == 1
+    assert sums[1] == pytest.approx(math.fsum(x.flatten().tolist()), rel=1e-13)
+
+
+def test_proxies_are_the_same_bits_at_any_thread_count():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(576, 576, generator=g)
+    Wq, F, h = W + 0.01 * torch.randn(576, 576, generator=g), torch.rand(576, 576), torch.rand(576)
+    before = torch.get_num_threads()
+    got = set()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            got.add((fisher_error(W, Wq, F), hessian_error(W, Wq, h)))
+    finally:
+        torch.set_num_threads(before)
+    assert len(got) == 1

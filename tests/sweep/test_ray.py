@@ -119,10 +119,14 @@ def _calib_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, tiny_llama):
+def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, wide_llama):
     """``lowbit sensitivity --ray``: the blocks measured in shards as Ray trials, merged, give
-    the in-process table bit for bit (KL, Hessian and Fisher proxies); a resumed run finds
-    every shard done in the store and runs nothing."""
+    the table measured in this process bit for bit (KL, Hessian and Fisher proxies) on a model
+    wide enough for torch's thread count to change GPTQ's figures (issue 17): every shard runs
+    with this process's two threads (not Ray's one per CPU slot), in its configuration and
+    provenance; a resumed run finds every shard done in the store and runs nothing."""
+    import torch
+
     from lowbit import api
     from lowbit.sensitivity.probe import ProbeConfig
     from lowbit.sweep.points import ray_runner
@@ -131,15 +135,21 @@ def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, 
 
     calib = api.TextConfig(str(_calib_file(tmp_path)), 32, 4)
     menu = tuple(api.spec_from_options(b, 16, True, a) for b in (2, 4) for a in ("rtn", "gptq"))
-    probe = ProbeConfig(probe_windows=2, probe_ctx=16, fisher_windows=2, fisher_ctx=16)
-    here = sensitivity_job(str(tiny_llama), menu, calib, probe, tmp_path / "here.json")
     store = tmp_path / "ray.results.sqlite"
     run = lambda resume: ray_runner(  # noqa: E731
         store, None, 2, trial=probe_trial, label="shards", resume=resume
     )
-    on_ray = sensitivity_job(
-        str(tiny_llama), menu, calib, probe, tmp_path / "ray.json", runner=run(False)
-    )
+    probe = ProbeConfig(probe_windows=2, probe_ctx=16, fisher_windows=2, fisher_ctx=16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a Ray worker would run one
+    try:
+        here = sensitivity_job(str(wide_llama), menu, calib, probe, tmp_path / "here.json")
+        on_ray = sensitivity_job(
+            str(wide_llama), menu, calib, probe, tmp_path / "ray.json", runner=run(False)
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert here.probe["threads"] == on_ray.probe["threads"] == 2
     assert on_ray.is_complete() and list(on_ray.entries) == list(here.entries)  # same order
     sha = lambda name: json.loads((tmp_path / name).read_text())["content_sha256"]  # noqa: E731
     assert sha("ray.json") == sha("here.json")
@@ -150,10 +160,12 @@ def test_sensitivity_shards_on_ray_equal_the_whole_table(ray_session, tmp_path, 
     trials = s.trials()
     s.close()
     assert len(trials) == 2 and {t.status for t in trials} == {"done"}
+    assert {t.provenance["runtime"]["threads"] for t in trials} == {2}
+    assert {t.config["threads"] for t in trials} == {2}
     blocks = sorted(b for t in trials for b in t.config["probe"]["blocks"])
     assert blocks == list(range(here.n_blocks))
     again = sensitivity_job(
-        str(tiny_llama), menu, calib, probe, tmp_path / "again.json", runner=run(True)
+        str(wide_llama), menu, calib, probe, tmp_path / "again.json", runner=run(True)
     )
     assert again.entries == on_ray.entries
     s = open_store(store, create=False)

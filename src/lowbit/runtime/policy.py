@@ -82,6 +82,7 @@ class Runtime:
             "offload": self.offload.value,
             "memory_bytes": self.memory,
             "memory_source": self.memory_source,
+            "threads": torch.get_num_threads(),  # CPU threads (a Ray worker: one per slot)
             **({"world": self.world.describe()} if self.world.distributed else {}),
         }
 

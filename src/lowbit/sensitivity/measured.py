@@ -42,6 +42,7 @@ from lowbit.models.sources import ModelHandle, cache_root
 from lowbit.models.views import original_view
 from lowbit.runtime import Runtime
 from lowbit.runtime.runner import Activations, BlockStore, Chunk, hidden_of
+from lowbit.sensitivity.proxies import thread_invariant_sum
 
 
 def reference_windows(
@@ -188,7 +189,9 @@ class KLProbe:
             logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
             ref = self.reference[r]
             score_cached(logp, ref, ref.target, accs[c])
-        return [float(torch.cat(acc.kl).double().mean()) for acc in accs]
+        # the mean per-token KL, its sum the same at any thread count (proxies.py)
+        kls = [torch.cat(acc.kl) for acc in accs]
+        return [thread_invariant_sum(kl) / kl.numel() for kl in kls]
 
 
 def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:

@@ -15,9 +15,13 @@ from lowbit.sweep.grid import TrialConfig
 
 
 def probe_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, Any]:
-    """Measure one shard (``config["probe"]["blocks"]``) of a sensitivity table; the partial
+    """Measure one shard (``config["probe"]["blocks"]``) of a sensitivity table with
+    ``config["threads"]`` torch threads (recorded in the provenance's runtime); the partial
     table is written to ``artefacts/HASH.json``."""
+    import torch
+
     t0 = time.perf_counter()
+    torch.set_num_threads(config["threads"])  # the driver's (the figures depend on it)
     rt = api.runtime(api.RuntimeConfig(**config["runtime"]))
     handle = api.load(config["model"])
     menu = tuple(LayerSpec.from_dict(s) for s in config["menu"])

@@ -55,17 +55,19 @@ def sensitivity_job(
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     windows = text_windows(handle, calib, calibration=True)
-    key = _run_key(handle, menu, windows, probe)
+    threads = _threads()
+    key = {**_run_key(handle, menu, windows, probe), "threads": threads}
     if runner is not None:
         t0 = time.perf_counter()
         configs = shard_configs(
-            model, len(handle.arch.blocks), menu, calib, probe, execution, runner.shards
+            model, len(handle.arch.blocks), menu, calib, probe, execution, runner.shards, threads
         )
         table = merge_shards(list(runner(configs).values()))
         table.timings["wall_s"] = time.perf_counter() - t0
     else:
         table = _measure_here(handle, menu, windows, probe, rt, paths["partial"], key, resume)
     table.probe["calibration"] = windows.info
+    table.probe["threads"] = threads  # GPTQ's figures depend on it (issue 17)
     table.probe["calibration_sha256"] = windows_sha256(windows.ids)
     with atomic_file(paths["csv"], overwrite=overwrite) as f:
         f.write(table.to_csv())
@@ -80,6 +82,14 @@ def sensitivity_job(
         f"{table.timings['total_s']:.0f} s: {paths['json']}, {paths['csv']}, {paths['html']}"
     )
     return table
+
+
+def _threads() -> int:
+    """Torch's CPU thread count here: the one the table is measured with, in this process or
+    in every shard (Ray trials set it from their configuration)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _measure_here(
@@ -133,8 +143,8 @@ def _resume(partial: Path, key: dict, resume: bool) -> dict:
         raise ArtefactError(f"{partial} is not valid JSON ({exc}); delete it") from exc
     if data.get("key") != json.loads(json.dumps(key)):
         raise ArtefactError(
-            f"{partial} was made with another model, menu, calibration or probe setting; "
-            "delete it or run with the same options"
+            f"{partial} was made with another model, menu, calibration, probe setting or torch "
+            "thread count; delete it or run with the same options (and threads)"
         )
     entries = [Entry(**e) for e in data.get("entries", [])]
     console.print(f"resuming: {len(entries)} entries already measured")

@@ -49,9 +49,14 @@ def shard_configs(
     probe: Any,
     execution: Execution,
     shards: int,
+    threads: int,
 ) -> list[tuple[str, dict[str, Any]]]:
     """One trial configuration per shard (plain JSON); the probe's own ``blocks`` is refused,
-    the shards choose them."""
+    the shards choose them. ``threads``: torch's CPU thread count every shard runs with (the
+    driver's): GPTQ's solves round differently at another count (issue 17), so it is part of
+    the configuration, not left to the worker (Ray gives a task one thread per CPU slot)."""
+    if threads < 1:
+        raise ConfigError(f"sensitivity shards need at least 1 thread, got {threads}")
     if probe.blocks is not None:
         raise ConfigError("a sensitivity run on Ray shards the blocks itself; give no blocks")
     base = {
@@ -60,6 +65,7 @@ def shard_configs(
         "menu": [s.to_dict() for s in menu],
         "calibration": text_json(calib),
         "runtime": runtime_json(execution),
+        "threads": threads,
     }
     return [
         (

@@ -16,7 +16,7 @@ first in-context exact plan and the iterated one (the best measured of the start
 rounds), measured from the `--start` plan (lowbit's rules: `uniform`, the costliest uniform
 plan within the budget, or `cheapest`). Needs the table of step 1 of bench/incontext.py
 (`--steps 1`). Writes bench/results/incontext/quick.json (`--start cheapest`, the first run's
-protocol) or quick-START.json.
+protocol) or quick-START.json (``-probeWxC`` added at another probe than 1 x 32).
 
 Usage: .venv/bin/python bench/incontext_quick.py [--probe-ctx 32] [--eval-windows 4]
        [--start uniform] [--no-greedy] [--probe-windows 1]
@@ -135,6 +135,8 @@ def main() -> None:
         "wall_s": time.perf_counter() - t0,
     }
     name = "quick.json" if args.start == "cheapest" else f"quick-{args.start}.json"
+    if (args.probe_windows, args.probe_ctx) != (1, 32):
+        name = name.replace(".json", f"-probe{args.probe_windows}x{args.probe_ctx}.json")
     write_result(OUT / name, record)
 
 

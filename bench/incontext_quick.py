@@ -19,18 +19,41 @@ plan within the budget, or `cheapest`). Needs the table of step 1 of bench/incon
 protocol) or quick-START.json (``-probeWxC`` added at another probe than 1 x 32).
 
 Usage: .venv/bin/python bench/incontext_quick.py [--probe-ctx 32] [--eval-windows 4]
-       [--start uniform] [--no-greedy] [--probe-windows 1]
+       [--start uniform] [--no-greedy] [--probe-windows 1] [--calib-windows 2]
+
+``--calib-windows N`` (other than 2): the proxies-only table of N × 128 calibration windows is
+measured first (``sens-rtn-234-calibN.json``, the same command as bench/incontext.py's step 1)
+and the result file is named ``…-calibN.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from common import RESULTS, write_result
 
 OUT = RESULTS / "incontext"
+
+
+def ensure_table(valid: str, windows: int) -> Path:
+    """The proxies-only RTN table of the calibration windows (bench/incontext.py's step 1 for
+    the 2 windows it uses; measured here, with the same command, for any other count)."""
+    if windows == 2:
+        return OUT / "sens-rtn-234.json"
+    path = OUT / f"sens-rtn-234-calib{windows}.json"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "lowbit.cli.main", "sensitivity", "smollm2-135m",
+               "--calib-text", valid, "--calib-windows", str(windows), "--ctx", "128",
+               "--algorithm", "rtn", "--bits", "2", "--bits", "3", "--bits", "4",
+               "--group-size", "64", "--proxies-only", "--probe-ctx", "64",
+               "-o", str(path)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+    return path
 
 
 def main() -> None:
@@ -42,6 +65,7 @@ def main() -> None:
     parser.add_argument("--boundary", type=int, default=12)
     parser.add_argument("--start", default="cheapest")
     parser.add_argument("--no-greedy", action="store_true")
+    parser.add_argument("--calib-windows", type=int, default=2)
     args = parser.parse_args()
     from lowbit import api
     from lowbit.allocation import AvgBits, build_problem
@@ -55,11 +79,11 @@ def main() -> None:
     t0 = time.perf_counter()
     data = data_dir()
     handle = api.load("smollm2-135m")
-    table = api.load_table(OUT / "sens-rtn-234.json", handle)
+    valid = str(data / "wikitext-2" / "wiki.valid.tokens")
+    table = api.load_table(ensure_table(valid, args.calib_windows), handle)
     calib = api.text_windows(
-        handle, api.TextConfig(str(data / "wikitext-2" / "wiki.valid.tokens"), 128, 2, 0, "auto"),
-        calibration=True,
-    )  # fmt: skip
+        handle, api.TextConfig(valid, 128, args.calib_windows, 0, "auto"), calibration=True
+    )
     check_calibration(table, calib)
     held = api.text_windows(
         handle,
@@ -126,8 +150,9 @@ def main() -> None:
         "protocol": (
             f"reduced, in-process: RTN INT2/3/4 g64; in-context from the {args.start!r} start, "
             f"probe {args.probe_windows} x {args.probe_ctx} tokens "
-            f"of the first calibration windows; held-out {args.eval_windows} x 128 WikiText-2 "
-            "raw test; plans scored by weight swap (see docstring)"
+            f"of the first of {args.calib_windows} x 128 calibration windows; held-out "
+            f"{args.eval_windows} x 128 WikiText-2 raw test; plans scored by weight swap "
+            "(see docstring)"
         ),
         "round0": round0,
         "points": rows,
@@ -135,6 +160,8 @@ def main() -> None:
         "wall_s": time.perf_counter() - t0,
     }
     name = "quick.json" if args.start == "cheapest" else f"quick-{args.start}.json"
+    if args.calib_windows != 2:
+        name = name.replace(".json", f"-calib{args.calib_windows}.json")
     if (args.probe_windows, args.probe_ctx) != (1, 32):
         name = name.replace(".json", f"-probe{args.probe_windows}x{args.probe_ctx}.json")
     write_result(OUT / name, record)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from common import RESULTS, write_result
 
@@ -31,6 +32,15 @@ LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
 
 def run(cmd: list[str]) -> dict:
     return {"command": "lowbit " + " ".join(cmd[3:]), **run_command(cmd)}
+
+
+def table_command(valid: str, windows: int, out: Path) -> list[str]:
+    """Step 1: the proxies-only RTN table (INT2/3/4 g64) of ``windows`` × 128 calibration
+    windows of ``valid`` (also bench/incontext_quick.py's, at other window counts)."""
+    return [*LOWBIT, "sensitivity", "smollm2-135m", "--calib-text", valid, "--calib-windows",
+            str(windows), "--ctx", "128", "--algorithm", "rtn", "--bits", "2", "--bits", "3",
+            "--bits", "4", "--group-size", "64", "--proxies-only", "--probe-ctx", "64",
+            "-o", str(out), "--overwrite"]  # fmt: skip
 
 
 def summary(sweep: dict) -> list[dict]:
@@ -80,10 +90,7 @@ def main() -> None:
         f"1 x {args.probe_ctx} tokens (see docstring)"
     )
     if 1 in steps:
-        cmd = [*LOWBIT, "sensitivity", "smollm2-135m", *calib, "--algorithm", "rtn",
-               "--bits", "2", "--bits", "3", "--bits", "4", "--group-size", "64",
-               "--proxies-only", "--probe-ctx", "64", "-o", str(table), "--overwrite"]  # fmt: skip
-        record["sensitivity"] = run(cmd)
+        record["sensitivity"] = run(table_command(valid, 2, table))
     if 2 in steps:
         cmd = [*LOWBIT, "pareto", "smollm2-135m", "--table", str(table), "-o", str(OUT / "sweep"),
                "--overwrite", *calib, "--eval-text", test, "--windows", str(args.eval_windows),

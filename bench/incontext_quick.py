@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from common import RESULTS, write_result
+from incontext import table_command
 
 OUT = RESULTS / "incontext"
 
@@ -47,12 +47,7 @@ def ensure_table(valid: str, windows: int) -> Path:
         return OUT / "sens-rtn-234.json"
     path = OUT / f"sens-rtn-234-calib{windows}.json"
     if not path.exists():
-        cmd = [sys.executable, "-m", "lowbit.cli.main", "sensitivity", "smollm2-135m",
-               "--calib-text", valid, "--calib-windows", str(windows), "--ctx", "128",
-               "--algorithm", "rtn", "--bits", "2", "--bits", "3", "--bits", "4",
-               "--group-size", "64", "--proxies-only", "--probe-ctx", "64",
-               "-o", str(path)]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        subprocess.run(table_command(valid, windows, path), check=True)
     return path
 
 

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-a, b = (torch.load(p, weights_only=False) for p in sys.argv[1:3])
+a, b = (torch.load(p, weights_only=True) for p in sys.argv[1:3])
 print("threads", a["threads"], b["threads"], "omp", a["omp"], b["omp"])
 
 

@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lowbit.errors import ConfigError
 from lowbit.sweep.driver import default_store, run_sweep
 from lowbit.sweep.executors import LocalExecutor
+from lowbit.sweep.grid import expand
 from lowbit.sweep.spec import load_sweep
-from lowbit.sweep.store import open_store
+from lowbit.sweep.store import config_hash, open_store
 from lowbit.sweep.trial import run_trial
+from tests.sweep.conftest import write_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,3 +126,30 @@ def test_driver_killed_mid_sweep_then_resumed_equals_uninterrupted(
     assert resumed.returncode == 0, resumed.stderr
     assert "2 already done" in " ".join((resumed.stdout + resumed.stderr).split())
     assert _rows(killed) == _rows(clean)
+
+
+def test_a_sweep_runs_its_trials_with_the_threads_it_asks_for(tmp_path, tiny_llama):
+    """``runtime: {threads: 1}``: the trial runs (and records) one torch thread, then the driver
+    gets its own count back; the thread count is part of the trial's hash."""
+    import torch
+
+    sweep = write_sweep(tmp_path / "s.yaml", tiny_llama, ["int4"], [32])
+    data = yaml.safe_load(sweep.read_text())
+    spec = load_sweep(sweep)
+    data["runtime"]["threads"] = 1
+    sweep.write_text(yaml.safe_dump(data))
+    one = load_sweep(sweep)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ((_, cfg_default),), ((_, cfg_one),) = expand(spec), expand(one)
+        run_sweep(one, tmp_path / "one.sqlite", LocalExecutor(run_trial))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert (cfg_default["threads"], cfg_one["threads"]) == (2, 1)
+    assert config_hash(cfg_default) != config_hash(cfg_one)
+    store = open_store(tmp_path / "one.sqlite", create=False)
+    ((t),) = store.trials()
+    store.close()
+    assert (t.status, t.config["threads"], t.provenance["runtime"]["threads"]) == ("done", 1, 1)

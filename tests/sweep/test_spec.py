@@ -49,6 +49,8 @@ F = {**M, "formats": ["int4"]}
         ({"models": [], "formats": ["int4"]}, "models is empty"),
         ({**F, "group_sizes": [True]}, "group_sizes: expected int"),
         ({**M, "budgets": [4.0]}, "budgets need a sensitivity table"),
+        ({**F, "runtime": {"threads": -1}}, "runtime.threads: -1 is negative"),
+        ({**F, "runtime": {"threads": "2"}}, "runtime.threads: expected int"),
         (["models"], "a mapping of fields"),
     ],
 )

@@ -1,8 +1,9 @@
 """The execution core: the device and dtype policy, and the one block runner every stage uses.
 
 ``RuntimeConfig`` (no torch) is imported eagerly; ``Runtime``, ``resolve_runtime``,
-``cgroup_headroom`` and the device helpers (``device_name``, ``is_gpu``, ``synchronize``,
-``total_memory``) load torch and are imported on first use.
+``cgroup_headroom``, the device helpers (``device_name``, ``is_gpu``, ``synchronize``,
+``total_memory``) and the CPU thread count (``cpu_threads``, ``using_cpu_threads``) load torch
+and are imported on first use.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
         HOST,
         Runtime,
         cgroup_headroom,
+        cpu_threads,
         device_name,
         is_gpu,
         resolve_runtime,
         synchronize,
         total_memory,
+        using_cpu_threads,
     )
 
 __all__ = [
@@ -29,11 +32,13 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "cgroup_headroom",
+    "cpu_threads",
     "device_name",
     "is_gpu",
     "resolve_runtime",
     "synchronize",
     "total_memory",
+    "using_cpu_threads",
 ]
 _POLICY = frozenset(__all__) - {"Offload", "RuntimeConfig"}
 

@@ -22,6 +22,8 @@ is the code that CI runs on the CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,24 @@ def cgroup_headroom() -> int | None:
                     break
                 return max(int(raw) - usage, 0)
     return None
+
+
+def cpu_threads() -> int:
+    """Torch's CPU thread count in this process: what work handed to other processes (Ray
+    trials, sensitivity shards) is told to run with, since GPTQ's solves and long sums round
+    differently at another count (issue 17)."""
+    return torch.get_num_threads()
+
+
+@contextmanager
+def using_cpu_threads(n: int) -> Iterator[None]:
+    """Torch runs with ``n`` CPU threads inside the block (a Ray worker would otherwise run one
+    per CPU slot); the previous count is restored after it."""
+    if n < 1:
+        raise ConfigError(f"a CPU thread count is at least 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from typing import Any
 from lowbit import api
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.plan import Plan
+from lowbit.runtime import cpu_threads
 from lowbit.sweep.spec import SweepSpec, TaskChoice, task_dict, text_dict
 
 TrialConfig = dict[str, Any]
@@ -63,8 +64,12 @@ def _check_tasks(choices: tuple[TaskChoice, ...]) -> None:
 
 
 def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
-    """(name, configuration) of every trial, in grid order: models × plans × texts × tasks."""
+    """(name, configuration) of every trial, in grid order: models × plans × texts × tasks.
+    Each runs with ``runtime.threads`` torch threads, by default the driver's (recorded in the
+    configuration, so a store resumed at another thread count runs its trials again)."""
     _check_tasks(spec.tasks)
+    runtime = asdict(spec.runtime)
+    threads = runtime.pop("threads") or cpu_threads()
     trials = []
     for model in spec.models:
         source = _resolve(spec, model)
@@ -76,7 +81,8 @@ def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
                     "plan": plan.to_dict(),
                     "calibration": calib,
                     "eval": text_dict(text),
-                    "runtime": asdict(spec.runtime),
+                    "runtime": runtime,
+                    "threads": threads,  # GPTQ's figures depend on it; a Ray worker has one
                 }
                 name = f"{model} | {label} | {text.source}"
                 if not spec.tasks:  # no "tasks" key: stores begun before the axis still resume

@@ -11,6 +11,7 @@ from typing import Any
 
 from lowbit import api
 from lowbit.plan import LayerSpec
+from lowbit.runtime import using_cpu_threads
 from lowbit.sweep.grid import TrialConfig
 
 
@@ -18,10 +19,12 @@ def probe_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, 
     """Measure one shard (``config["probe"]["blocks"]``) of a sensitivity table with
     ``config["threads"]`` torch threads (recorded in the provenance's runtime); the partial
     table is written to ``artefacts/HASH.json``."""
-    import torch
+    with using_cpu_threads(config["threads"]):  # the driver's (the figures depend on it)
+        return _probe_trial(digest, config, artefacts)
 
+
+def _probe_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
-    torch.set_num_threads(config["threads"])  # the driver's (the figures depend on it)
     rt = api.runtime(api.RuntimeConfig(**config["runtime"]))
     handle = api.load(config["model"])
     menu = tuple(LayerSpec.from_dict(s) for s in config["menu"])

@@ -121,6 +121,14 @@ def _beside(here: Path, name: str) -> str:
 class RuntimeChoice:
     device: str = "auto"
     dtype: str = "auto"
+    threads: int = 0  # torch's CPU threads per trial; 0: the driver's count (issue 17)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(
+                f"runtime.threads: {self.threads} is negative; give a thread count per trial, "
+                "or 0 for the driver's"
+            )
 
 
 @dataclass(frozen=True)

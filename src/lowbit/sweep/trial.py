@@ -16,11 +16,18 @@ from typing import Any
 
 from lowbit import api
 from lowbit.plan import Plan
+from lowbit.runtime import using_cpu_threads
 from lowbit.sweep.grid import TrialConfig, task_config
 
 
 def run_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, Any]:
-    """Quantize and evaluate one trial; ``{"metrics", "artefacts", "provenance", "seconds"}``."""
+    """Quantize and evaluate one trial with ``config["threads"]`` torch threads (recorded in
+    the provenance's runtime); ``{"metrics", "artefacts", "provenance", "seconds"}``."""
+    with using_cpu_threads(config["threads"]):
+        return _run_trial(digest, config, artefacts)
+
+
+def _run_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     rt = api.runtime(api.RuntimeConfig(**config["runtime"]))
     handle = api.load(config["model"])

@@ -14,6 +14,7 @@ from lowbit._io import write_json
 from lowbit.errors import ConfigError
 from lowbit.plan import Plan
 from lowbit.report.console import progress_bar
+from lowbit.runtime import cpu_threads
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, quantize_windows
 
 
@@ -36,13 +37,15 @@ Runner = Callable[[list[tuple[str, dict[str, Any]]]], dict[str, dict[str, Any]]]
 def trial_config(
     plan: Plan, model: str, calib: api.TextConfig, evalcfg: api.TextConfig, execution: Execution
 ) -> dict[str, Any]:
-    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape)."""
+    """A point as a sweep trial's configuration (plain JSON, the sweep grid's shape), run with
+    this process's torch thread count (GPTQ's figures depend on it)."""
     return {
         "model": model,
         "plan": plan.to_dict(),
         "calibration": text_json(calib) if plan.needs_calibration() else None,
         "eval": text_json(evalcfg),
         "runtime": runtime_json(execution),
+        "threads": cpu_threads(),
     }
 
 

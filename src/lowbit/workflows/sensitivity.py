@@ -15,6 +15,7 @@ from lowbit.errors import ArtefactError, OutputExistsError
 from lowbit.plan import LayerSpec
 from lowbit.report.combined import combined_report
 from lowbit.report.console import console, progress_bar
+from lowbit.runtime import cpu_threads
 from lowbit.workflows.incontext import windows_sha256
 from lowbit.workflows.shards import Runner, merge_shards, shard_configs
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
@@ -55,7 +56,7 @@ def sensitivity_job(
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
     windows = text_windows(handle, calib, calibration=True)
-    threads = _threads()
+    threads = cpu_threads()
     key = {**_run_key(handle, menu, windows, probe), "threads": threads}
     if runner is not None:
         t0 = time.perf_counter()
@@ -82,14 +83,6 @@ def sensitivity_job(
         f"{table.timings['total_s']:.0f} s: {paths['json']}, {paths['csv']}, {paths['html']}"
     )
     return table
-
-
-def _threads() -> int:
-    """Torch's CPU thread count here: the one the table is measured with, in this process or
-    in every shard (Ray trials set it from their configuration)."""
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _measure_here(

@@ -150,19 +150,26 @@ def ray(work: Path) -> dict[str, Any]:
     runs = {"one_process": ["--local"], "ray_1_worker": ["--workers", "1"]}
     if TINY or "--two-workers" in sys.argv:
         runs["ray_2_workers"] = ["--workers", "2"]
+    load = {"before": os.getloadavg()}
     walls = {n: _run([*base, *a, "--store", str(work / f"{n}.sqlite")]) for n, a in runs.items()}
+    load["after"] = os.getloadavg()
     local = _rows(work / "one_process.sqlite")
     trial_s = {n: _trial_seconds(work / f"{n}.sqlite") for n in runs}
+    one_at_a_time = [n for n in runs if n != "ray_2_workers"]  # trials in sequence
     return {
         "trials": len(local),
         "wall_s": walls,
         "ray_1_worker_over_one_process": walls["ray_1_worker"] / walls["one_process"],
+        "over_one_process": {n: walls[n] / walls["one_process"] for n in runs},
         "sum_of_trial_seconds": trial_s,
-        "outside_trials_s": {n: walls[n] - trial_s[n] for n in runs},
+        "outside_trials_s": {n: walls[n] - trial_s[n] for n in one_at_a_time},
         "ray_fixed_costs_s": _ray_profile(),
         "stores_equal_trial_by_trial": {n: _rows(work / f"{n}.sqlite") == local for n in runs},
+        "load_average_1_5_15_min": load,
         "note": "each wall time is the whole `lowbit sweep` command (Python start, Ray start "
-        "and shutdown included); 2 CPU cores shared with other jobs",
+        "and shutdown included); every trial runs with the driver's torch thread count "
+        "(OMP_NUM_THREADS=1 here), so 2 workers use both cores; the time outside the trials is "
+        "given for the runs whose trials run one at a time",
     }
 
 

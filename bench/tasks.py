@@ -13,7 +13,10 @@ Steps (outputs under bench/results/tasks):
     wiki.valid.tokens, seed 0): `lowbit eval --tasks` of each and of the reference, then
     `lowbit compare ref.json quant.json`; text KL on WikiText-2 raw test, 40 × 512.
 
-Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M] [--cost-only]
+Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M] [--cost-only | --models-only]
+
+``--models-only``: step (3) alone (the reference's and each model's runs), e.g. to re-measure
+the models after a change of the quantization grid without the parity and cost steps.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=25)
     parser.add_argument("--mmlu-limit", type=int, default=2)
     parser.add_argument("--cost-only", action="store_true", help="steps (1) and (2) only")
+    parser.add_argument("--models-only", action="store_true", help="step (3) only")
     args = parser.parse_args()
     from lowbit.evaluation.text import data_dir
 
@@ -152,12 +156,14 @@ def main() -> None:
     test = str(data / "wikitext-2-raw" / "wiki.test.raw")
     OUT.mkdir(parents=True, exist_ok=True)
     record: dict = {"limit": args.limit, "mmlu_limit": args.mmlu_limit}
-    record |= parity_and_cost(MAIN, args.limit)
-    print(json.dumps(record, indent=1), flush=True)
+    if not args.models_only:
+        record |= parity_and_cost(MAIN, args.limit)
+        print(json.dumps(record, indent=1), flush=True)
     if args.cost_only:
         write_result(OUT / "cost.json", record)
         return
     sets = {"main": (",".join(MAIN), args.limit), "mmlu": ("mmlu", args.mmlu_limit)}
+    result = "tasks-models.json" if args.models_only else "tasks.json"
     for part, (tasks, limit) in sets.items():
         t = run(["eval", "smollm2-135m", "--tasks", tasks, "--limit", str(limit),
                  "-o", f"ref-{part}.json", "--overwrite"])  # fmt: skip
@@ -180,9 +186,9 @@ def main() -> None:
                     k: res[k] for k in ("perplexity", "kl", "top1_agreement", "delta_p")
                 }
         record[name] = entry
-        write_result(OUT / "tasks.json", record)
-    write_result(OUT / "tasks.json", record)
-    print("written", OUT / "tasks.json")
+        write_result(OUT / result, record)
+    write_result(OUT / result, record)
+    print("written", OUT / result)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ import pytest
 from lowbit.allocation import AvgBits, build_problem, solve_exact
 from lowbit.allocation.greedy import cheapest, greedy
 from lowbit.allocation.iterate import (
+    STARTS,
     IterateConfig,
+    additive_start,
     cheapest_start,
     check_reachable,
     iterate,
     uniform_start,
+    unit_choice,
 )
 from lowbit.errors import ConfigError, UnknownNameError
 from tests.allocation.test_solve import random_table
@@ -148,6 +151,25 @@ def test_the_start_plan_wins_when_no_round_measures_better():
     assert result.start.startswith("uniform ") and result.base_kl == 1.0
     with pytest.raises(UnknownNameError, match="unknown in-context start plan 'middle'"):
         IterateConfig(start="middle")
+
+
+def test_the_additive_start_is_the_exact_plan_and_never_measures_worse():
+    """``additive``: the first context is the exact plan on the problem's own (single-layer)
+    losses; the result is the start or a round that measured below it."""
+    assert STARTS.get("additive").reads_losses and not STARTS.get("uniform").reads_losses
+    for seed, bpw in itertools.product(range(3), (2.75, 3.25)):
+        problem = build_problem(random_table(seed, n_blocks=3), "kl")
+        budget = AvgBits(bpw)
+        start = additive_start(problem, budget)
+        assert start.choice == unit_choice(problem, solve_exact(problem, budget))
+        model = Interacting(problem, seed, c=8.0)
+        result = iterate(problem, budget, model, IterateConfig(3, 2, "additive"))
+        assert result.start == "additive (the exact single-layer plan)"
+        assert result.base_kl == model.kl(start.choice)
+        assert result.best.info["measured_kl"] == min(
+            [result.base_kl, *(r.measured_kl for r in result.rounds)]
+        )
+        assert result.best.bits <= bpw * problem.n_weights
 
 
 def test_iteration_records_rounds_and_is_deterministic():

@@ -5,6 +5,7 @@ reach, a table from other calibration windows) is named and leaves nothing behin
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -74,6 +75,24 @@ def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, co
     assert "greedy:" in run.stderr
 
 
+def test_the_additive_start_is_the_single_layer_plan_corrected(table, tiny_llama, tmp_path, corpus):
+    """``--start additive --metric hessian``: the exact plan on the table's Hessian proxies is
+    measured first, and the result measures no worse than it (it is one of the candidates)."""
+    _, ca = corpus
+    out = tmp_path / "plan.yaml"
+    args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4", "--start", "additive"]
+    run = _plan(tiny_llama, table, tmp_path, ca, *args, "--metric", "hessian", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stderr.split())
+    assert "start plan: additive (the exact single-layer plan)" in text
+    start = re.search(
+        r"start plan: additive \(the exact single-layer plan\), measured KL (\S+)", text
+    )
+    rounds = re.findall(r"round \d+: predicted KL \S+ measured (\S+) \(", text)
+    assert start and rounds and out.exists()
+    assert float(start.group(1)) > 0 and all(float(x) > 0 for x in rounds)
+
+
 def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus):
     _, ca = corpus
     recorded = json.loads(table.read_text())["probe"]["calibration_sha256"]
@@ -83,6 +102,8 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         (["--calib-windows", "4", "--ctx", "32", "--avg-bits", "4"], recorded),
         ([*CALIB, "--avg-bits", "4", "--rounds", "0"], "rounds must be at least 1"),
         ([*CALIB, "--avg-bits", "4", "--start", "middle"], "unknown in-context start plan"),
+        # the additive start solves on the table's --metric values: a proxies-only table has no KL
+        ([*CALIB, "--avg-bits", "4", "--start", "additive"], "has no 'kl' values"),
     ]
     for args, message in cases:
         out = tmp_path / "bad.yaml"

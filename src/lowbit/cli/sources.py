@@ -29,7 +29,8 @@ StartPlan = Annotated[
     typer.Option(
         "--start",
         help="In context: the plan measured first: uniform (the costliest uniform plan within "
-        "the budget) or cheapest (every layer at the menu's cheapest spec).",
+        "the budget), additive (the exact plan on the table's --metric values, then corrected "
+        "in context) or cheapest (every layer at the menu's cheapest spec).",
     ),
 ]
 Rounds = Annotated[int, typer.Option(help="In context: allocations at most.")]

@@ -122,7 +122,7 @@ def _in_context(
     cfg: InContext, table: Any, budget: Any, method: str, options: dict[str, Any], inputs: Inputs
 ) -> Allocated:
     from lowbit.allocation import build_problem
-    from lowbit.allocation.iterate import check_reachable
+    from lowbit.allocation.iterate import STARTS, check_reachable
     from lowbit.allocation.to_plan import to_plan
     from lowbit.report.console import progress_bar
 
@@ -131,12 +131,17 @@ def _in_context(
     check_calibration(table, inputs.windows)
     fuse, pins, c = options.get("fuse", True), options.get("pins"), options.get("constraints")
     limits = {} if c is None else {"fuse": fuse or c.fuse, "ties": c.ties, "allowed": c.allowed}
-    # units and bits only (the losses are measured); a deployment target's ties and menu hold
-    problem = build_problem(table, "hessian", **{"fuse": fuse, "pins": pins, **limits})
+    # units and bits (the losses are measured), and the table's losses of the user's metric
+    # for a start rule that solves on them; a deployment target's ties and menu hold
+    reads = method == "exact" and STARTS.get(cfg.start).reads_losses
+    metric = options.get("metric", "kl") if reads else "hessian"
+    problem = build_problem(table, metric, **{"fuse": fuse, "pins": pins, **limits})
     check_reachable(problem, budget)
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
     record: dict[str, Any] = {"sensitivity": "in-context", "probe": vars(cfg.probe)}
+    if reads:
+        record["start_metric"] = metric
     before = probe.stats()
     with progress_bar(f"in-context {method}: blocks measured", None) as update:
         probe.progress = update

@@ -14,7 +14,8 @@ additive exact plan (the table's Fisher proxy), the llama.cpp-style plan, the Ex
 greedy on the in-context measurements in the cheapest plan (left out with `--no-greedy`), the
 first in-context exact plan and the iterated one (the best measured of the start plan and its
 rounds), measured from the `--start` plan (lowbit's rules: `uniform`, the costliest uniform
-plan within the budget, or `cheapest`). Needs the table of step 1 of bench/incontext.py
+plan within the budget, `additive`, the exact plan on the table's Fisher proxy (the additive
+row), or `cheapest`). Needs the table of step 1 of bench/incontext.py
 (`--steps 1`). Writes bench/results/incontext/quick.json (`--start cheapest`, the first run's
 protocol) or quick-START.json (``-probeWxC`` added at another probe than 1 x 32).
 
@@ -23,7 +24,9 @@ Usage: .venv/bin/python bench/incontext_quick.py [--probe-ctx 32] [--eval-window
 
 ``--calib-windows N`` (other than 2): the proxies-only table of N × 128 calibration windows is
 measured first (``sens-rtn-234-calibN.json``, the same command as bench/incontext.py's step 1)
-and the result file is named ``…-calibN.json``.
+and the result file is named ``…-calibN.json``. ``--select-windows K``: the iterated plan is
+chosen among the start plan and the rounds by the KL on the K calibration windows after the
+probe's (cut to ``--probe-ctx``), as ``lowbit plan --select-windows`` does (``…-selectK.json``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--start", default="cheapest")
     parser.add_argument("--no-greedy", action="store_true")
     parser.add_argument("--calib-windows", type=int, default=2)
+    parser.add_argument("--select-windows", type=int, default=0)
     args = parser.parse_args()
     from lowbit import api
     from lowbit.allocation import AvgBits, build_problem
@@ -93,6 +97,11 @@ def main() -> None:
         ContextConfig(args.probe_windows, args.probe_ctx), rt, calib.bos,
     )  # fmt: skip
     scorer = probe.on_windows(held.ids, held.bos)
+    selector = None
+    if args.select_windows:
+        first, n = args.probe_windows, args.select_windows
+        assert first + n <= args.calib_windows, "the selection windows follow the probe's"
+        selector = probe.on_windows(calib.ids[first : first + n, : args.probe_ctx], calib.bos)
     round0: dict = {}
     if not args.no_greedy:  # the ExLlamaV3-style greedy measures in the cheapest plan
         start = tuple(cheapest(problem))
@@ -128,7 +137,7 @@ def main() -> None:
             score(f"greedy in-context {b:g}", b, greedy(in_context, budget))
         t1 = time.perf_counter()
         cfg = IterateConfig(args.rounds, args.boundary, args.start)
-        result = iterate(problem, budget, probe, cfg)
+        result = iterate(problem, budget, probe, cfg, selector=selector)
         rounds = [
             {"round": r.index, "predicted_kl": r.predicted_kl, "measured_kl": r.measured_kl,
              "units_measured_before": r.remeasured, "decoder_passes": r.stats["decoder_passes"]}
@@ -137,6 +146,7 @@ def main() -> None:
         extra = {
             "rounds": rounds, "stopped": result.stopped, "start": result.start,
             "start_plan_kl": result.base_kl, "best_round": int(result.best.info["round"]),
+            "selection_kl_by_round": result.selection,
             "wall_s": time.perf_counter() - t1,
         }  # fmt: skip
         score(f"in-context first plan {b:g}", b, result.first)
@@ -147,7 +157,12 @@ def main() -> None:
             f"probe {args.probe_windows} x {args.probe_ctx} tokens "
             f"of the first of {args.calib_windows} x 128 calibration windows; held-out "
             f"{args.eval_windows} x 128 WikiText-2 raw test; plans scored by weight swap "
-            "(see docstring)"
+            "(see docstring); iterated plan chosen by "
+            + (
+                f"the KL on the next {args.select_windows} calibration windows"
+                if args.select_windows
+                else "the probe's KL"
+            )
         ),
         "round0": round0,
         "points": rows,
@@ -159,6 +174,8 @@ def main() -> None:
         name = name.replace(".json", f"-calib{args.calib_windows}.json")
     if (args.probe_windows, args.probe_ctx) != (1, 32):
         name = name.replace(".json", f"-probe{args.probe_windows}x{args.probe_ctx}.json")
+    if args.select_windows:
+        name = name.replace(".json", f"-select{args.select_windows}.json")
     write_result(OUT / name, record)
 
 

@@ -172,6 +172,35 @@ def test_the_additive_start_is_the_exact_plan_and_never_measures_worse():
         assert result.best.bits <= bpw * problem.n_weights
 
 
+def test_a_selector_chooses_among_the_start_and_the_rounds_by_its_own_kl():
+    """With a selector (held-out windows) the result is the candidate of least KL there, not on
+    the measurements the rounds fitted: a selector that prefers the start plan gets it, one
+    that agrees with the measurer changes nothing; each candidate is scored once."""
+    problem = build_problem(random_table(4, n_blocks=3), "kl")
+    budget = AvgBits(3.25)
+    model = Interacting(problem, 4, c=8.0)
+    plain = iterate(problem, budget, model, IterateConfig(3, 2))
+    assert plain.selection is None and plain.best.info["round"] > 0  # a round won
+    start = uniform_start(problem, budget).choice
+
+    class PrefersStart:
+        def __init__(self):
+            self.scored = []
+
+        def kl(self, context):
+            self.scored.append(context)
+            return 0.5 if context == start else 1.0 + model.kl(context)
+
+    chooser = PrefersStart()
+    picked = iterate(problem, budget, model, IterateConfig(3, 2), selector=chooser)
+    assert picked.best.info == {"round": 0.0, "measured_kl": picked.base_kl, "selection_kl": 0.5}
+    assert unit_choice(problem, picked.best) == start
+    assert sorted(picked.selection) == list(range(len(picked.rounds) + 1))
+    assert len(chooser.scored) == len(picked.rounds) + 1
+    same = iterate(problem, budget, model, IterateConfig(3, 2), selector=model)
+    assert same.best.choice == plain.best.choice
+
+
 def test_iteration_records_rounds_and_is_deterministic():
     problem = build_problem(random_table(3, n_blocks=3), "kl")
     runs = [

@@ -75,22 +75,30 @@ def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, co
     assert "greedy:" in run.stderr
 
 
-def test_the_additive_start_is_the_single_layer_plan_corrected(table, tiny_llama, tmp_path, corpus):
-    """``--start additive --metric hessian``: the exact plan on the table's Hessian proxies is
-    measured first, and the result measures no worse than it (it is one of the candidates)."""
+def test_the_additive_start_chosen_on_selection_windows(table, tiny_llama, tmp_path, corpus):
+    """``--start additive --metric hessian --select-windows 1``: the exact plan on the table's
+    Hessian proxies is measured first; the start plan and every round's plan are scored on the
+    calibration window after the two probe windows, and the one of least KL there is chosen."""
     _, ca = corpus
     out = tmp_path / "plan.yaml"
     args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4", "--start", "additive"]
-    run = _plan(tiny_llama, table, tmp_path, ca, *args, "--metric", "hessian", "-o", str(out))
+    more = ["--metric", "hessian", "--select-windows", "1", "-o", str(out)]
+    run = _plan(tiny_llama, table, tmp_path, ca, *args, *more)
     assert run.returncode == 0, run.stderr
     text = " ".join(run.stderr.split())
-    assert "start plan: additive (the exact single-layer plan)" in text
     start = re.search(
         r"start plan: additive \(the exact single-layer plan\), measured KL (\S+)", text
     )
     rounds = re.findall(r"round \d+: predicted KL \S+ measured (\S+) \(", text)
     assert start and rounds and out.exists()
-    assert float(start.group(1)) > 0 and all(float(x) > 0 for x in rounds)
+    chosen = re.search(
+        r"chosen on 1 selection windows \(24 tokens\): round (\d+) \(KL (.*?); round 0", text
+    )
+    assert chosen, text
+    scores = dict(re.findall(r"round (\d+): (\S+?)(?:,|$)", chosen.group(2)))
+    assert set(scores) == {str(k) for k in range(len(rounds) + 1)}  # the start and each round
+    best = min(scores, key=lambda k: (float(scores[k]), int(k)))
+    assert chosen.group(1) == best
 
 
 def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus):
@@ -104,6 +112,8 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         ([*CALIB, "--avg-bits", "4", "--start", "middle"], "unknown in-context start plan"),
         # the additive start solves on the table's --metric values: a proxies-only table has no KL
         ([*CALIB, "--avg-bits", "4", "--start", "additive"], "has no 'kl' values"),
+        ([*CALIB, "--avg-bits", "4", "--select-windows", "2"], "do not fit in the 3 calibration"),
+        ([*CALIB, "--avg-bits", "4", "--select-windows", "-1"], "must be 0 (none) or more"),
     ]
     for args, message in cases:
         out = tmp_path / "bad.yaml"

@@ -43,8 +43,15 @@ from lowbit.errors import ConfigError
 Curves = dict[int, dict[int, float]]  # unit index → option → measured KL
 
 
-class Measurer(Protocol):
+class Scorer(Protocol):
     """Measured KL of plans given as one option per unit of the problem."""
+
+    def kl(self, context: tuple[int, ...]) -> float: ...
+
+
+class Measurer(Protocol):
+    """Measured KL of plans given as one option per unit of the problem, and of each unit's
+    options inside a plan."""
 
     def kl(self, context: tuple[int, ...]) -> float: ...
 
@@ -146,6 +153,7 @@ class Iterated:
     base_kl: float  # the start plan's measured KL
     start: str  # the start plan, described
     curves: Curves = field(repr=False, default_factory=dict)
+    selection: dict[int, float] | None = None  # round → KL on the selection windows
 
 
 Solver = Callable[[Problem, Budget], Allocation]
@@ -180,10 +188,13 @@ def iterate(
     measurer: Measurer,
     cfg: IterateConfig = IterateConfig(),
     solve: Solver = solve_exact,
+    selector: Scorer | None = None,
 ) -> Iterated:
     """Allocate with ``solve`` on in-context measurements, re-measuring the boundary units
     after each allocation (see the module's docstring). The plan of least measured KL among
-    the start plan and every round's wins (round 0: the start plan)."""
+    the start plan and every round's wins (round 0: the start plan); with a ``selector``, the
+    plan of least KL on its windows (held out from the measurements the rounds fitted, so the
+    choice among them is not biased towards the one that fits the probe's noise best)."""
     check_reachable(problem, budget)
     begin = STARTS.get(cfg.start).pick(problem, budget)
     base = measurer.kl(begin.choice)
@@ -192,10 +203,14 @@ def iterate(
     state.record(begin.choice, everyone, base)
     rounds, first, stopped = _rounds(problem, budget, measurer, cfg, solve, state, begin, base)
     candidates = [Round(0, begin.choice, base, base, 0, {}), *rounds]
-    best = min(candidates, key=lambda x: (x.measured_kl, x.index))
+    selection = None if selector is None else {c.index: selector.kl(c.choice) for c in candidates}
+    score = selection or {c.index: c.measured_kl for c in candidates}
+    best = min(candidates, key=lambda x: (score[x.index], x.index))
     names = {n: s for u, s in zip(problem.units, best.choice, strict=True) for n in u.layers}
     final = evaluate_choice(problem, names, "in-context")
     info = {"round": float(best.index), "measured_kl": best.measured_kl}
+    if selection is not None:
+        info["selection_kl"] = selection[best.index]
     return Iterated(
         Allocation(final.method, final.choice, final.bits, best.predicted_kl, info),
         first,
@@ -204,6 +219,7 @@ def iterate(
         base,
         begin.describe,
         state.curves,
+        selection,
     )
 
 

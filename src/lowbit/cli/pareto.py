@@ -66,6 +66,7 @@ def pareto(
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
     start: sources.StartPlan = "uniform",
+    select_windows: sources.SelectWindows = 0,
     ray: UseRay = False,
     workers: Workers = 1,
     address: Address = None,
@@ -99,7 +100,13 @@ def pareto(
         overwrite=overwrite,
         target=target,
         sensitivity=sources.sensitivity_config(
-            sensitivity, rounds, boundary, probe_windows, probe_ctx, start
+            sensitivity,
+            rounds=rounds,
+            boundary=boundary,
+            probe_windows=probe_windows,
+            probe_ctx=probe_ctx,
+            start=start,
+            select_windows=select_windows,
         ),
         runner=runner,
     )

@@ -58,6 +58,7 @@ def plan(
     probe_windows: sources.ProbeWindows = 2,
     probe_ctx: sources.ProbeCtx = 128,
     start: sources.StartPlan = "uniform",
+    select_windows: sources.SelectWindows = 0,
     calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
@@ -95,7 +96,13 @@ def plan(
         overwrite=overwrite,
         target=target,
         sensitivity=sources.sensitivity_config(
-            sensitivity, rounds, boundary, probe_windows, probe_ctx, start
+            sensitivity,
+            rounds=rounds,
+            boundary=boundary,
+            probe_windows=probe_windows,
+            probe_ctx=probe_ctx,
+            start=start,
+            select_windows=select_windows,
         ),
         calib=TextConfig(calib_text, ctx, calib_windows, seed, bos),
         execution=Execution(runtime_config(device, dtype, "auto", None)),

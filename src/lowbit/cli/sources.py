@@ -39,6 +39,13 @@ Boundary = Annotated[
 ]
 ProbeWindows = Annotated[int, typer.Option(help="In context: calibration windows the KL uses.")]
 ProbeCtx = Annotated[int, typer.Option(help="In context: tokens of each probe window.")]
+SelectWindows = Annotated[
+    int,
+    typer.Option(
+        help="In context: calibration windows after the probe's on which the start plan and "
+        "each round's plan are scored to choose the result (0: by the probe's own KL)."
+    ),
+]
 
 
 def _single_layer(**_: Any) -> Any:
@@ -47,11 +54,14 @@ def _single_layer(**_: Any) -> Any:
     return SingleLayer()
 
 
-def _in_context(rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str) -> Any:
+def _in_context(
+    rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str, select_windows: int
+) -> Any:
     from lowbit.sensitivity.incontext import ContextConfig
     from lowbit.workflows.incontext import InContext
 
-    return InContext(rounds, boundary, ContextConfig(probe_windows, probe_ctx), start)
+    probe = ContextConfig(probe_windows, probe_ctx)
+    return InContext(rounds, boundary, probe, start, select_windows)
 
 
 SOURCES: dict[Source, Callable[..., Any]] = {
@@ -60,14 +70,8 @@ SOURCES: dict[Source, Callable[..., Any]] = {
 }
 
 
-def sensitivity_config(
-    source: Source, rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str
-) -> Any:
-    """The validated configuration of ``source``."""
-    return SOURCES[source](
-        rounds=rounds,
-        boundary=boundary,
-        probe_windows=probe_windows,
-        probe_ctx=probe_ctx,
-        start=start,
-    )
+def sensitivity_config(source: Source, **options: Any) -> Any:
+    """The validated configuration of ``source`` from the command's in-context options (rounds,
+    boundary, probe_windows, probe_ctx, start, select_windows; a single-layer source ignores
+    them)."""
+    return SOURCES[source](**options)

@@ -87,6 +87,13 @@ def plan_job(
             f"round {r['round']}: predicted KL {r['predicted_kl']:.4g}, measured "
             f"{r['measured_kl']:.4g} ({r['decoder_passes']:.0f} decoder passes so far)"
         )
+    if "selection" in done.record:
+        sel, best = done.record["selection"], done.record["best_round"]
+        scores = ", ".join(f"round {k}: {v:.4g}" for k, v in sel["kl_by_round"].items())
+        console.print(
+            f"chosen on {sel['windows']} selection windows ({sel['tokens']} tokens): round "
+            f"{best} (KL {scores}; round 0 is the start plan)"
+        )
     console.print(
         f"{alloc.method}: {summary['bits_per_weight_linear']:.4f} bits per weight over the "
         f"linear layers, {summary['model_bytes'] / 1e6:.2f} MB in all, predicted "

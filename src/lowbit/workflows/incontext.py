@@ -35,16 +35,23 @@ class SingleLayer:
 class InContext:
     """Measured in context from the ``start`` plan (a rule of
     :data:`lowbit.allocation.iterate.STARTS`); ``rounds`` allocations at most, each followed by
-    re-measuring ``boundary`` units in the new plan."""
+    re-measuring ``boundary`` units in the new plan. ``select_windows``: the calibration windows
+    after the probe's (cut to its length) on which the start plan and the rounds' plans are
+    scored to choose among them; 0: chosen by the probe's own KL."""
 
     rounds: int = 3
     boundary: int = 16
     probe: ContextConfig = field(default_factory=ContextConfig)
     start: str = "uniform"
+    select_windows: int = 0
     in_context: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.iterate_config()  # validates
+        if self.select_windows < 0:
+            raise ConfigError(
+                f"in-context selection windows must be 0 (none) or more, got {self.select_windows}"
+            )
 
     def iterate_config(self) -> Any:
         from lowbit.allocation.iterate import IterateConfig
@@ -63,7 +70,7 @@ class Inputs:
     handle: Any = None
     windows: Any = None
     runtime: Any = None
-    sessions: dict[int, Any] = field(default_factory=dict)  # the in-context probe, reused
+    sessions: dict[Any, Any] = field(default_factory=dict)  # in-context probes, reused
 
 
 @dataclass
@@ -139,6 +146,7 @@ def _in_context(
     check_reachable(problem, budget)
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
+    selector = _selector(cfg, probe, inputs) if method == "exact" else None
     record: dict[str, Any] = {"sensitivity": "in-context", "probe": vars(cfg.probe)}
     if reads:
         record["start_metric"] = metric
@@ -146,7 +154,7 @@ def _in_context(
     with progress_bar(f"in-context {method}: blocks measured", None) as update:
         probe.progress = update
         try:
-            alloc = _run(cfg, problem, budget, method, probe, record)
+            alloc = _run(cfg, problem, budget, method, (probe, selector), record)
         finally:
             probe.progress = None
     # this allocation's own cost (what earlier ones measured in the same session is reused)
@@ -157,20 +165,28 @@ def _in_context(
 
 
 def _run(
-    cfg: InContext, problem: Any, budget: Any, method: str, probe: Any, record: dict[str, Any]
+    cfg: InContext, problem: Any, budget: Any, method: str, probes: Any, record: dict[str, Any]
 ) -> Any:
-    """The greedy on the measurements in the cheapest plan, or the iterated exact plan."""
+    """The greedy on the measurements in the cheapest plan, or the iterated exact plan
+    (``probes``: the in-context probe, and the selection windows' scorer or None)."""
     from lowbit.allocation.greedy import cheapest, greedy
     from lowbit.allocation.iterate import curves_problem, iterate
 
+    probe, selector = probes
     if method == "greedy":
         start = tuple(cheapest(problem))
         curves = probe.curves(start, list(range(len(problem.units))))
         alloc = greedy(curves_problem(problem, curves, probe.kl(start)), budget)
         record |= {"rounds": [], "stats": probe.stats()}
     else:
-        result = iterate(problem, budget, probe, cfg.iterate_config())
+        result = iterate(problem, budget, probe, cfg.iterate_config(), selector=selector)
         alloc = result.best
+        if result.selection is not None:
+            record["selection"] = {
+                "windows": cfg.select_windows,
+                "tokens": cfg.select_windows * cfg.probe.probe_ctx,
+                "kl_by_round": {str(k): v for k, v in result.selection.items()},
+            }
         record |= {
             "stopped": result.stopped,
             "start": result.start,
@@ -209,6 +225,26 @@ def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
             inputs.runtime,
             inputs.windows.bos,
         )
+    return inputs.sessions[key]
+
+
+def _selector(cfg: InContext, probe: Any, inputs: Inputs) -> Any:
+    """The probe scoring plans on the ``select_windows`` calibration windows after its own
+    (made once per ``inputs``), or None when no selection windows are asked for."""
+    if not cfg.select_windows:
+        return None
+    ids = inputs.windows.ids
+    first, n = cfg.probe.probe_windows, cfg.select_windows
+    if first + n > ids.shape[0]:
+        raise ConfigError(
+            f"in-context selection: {n} windows after the {first} probe windows do not fit in "
+            f"the {ids.shape[0]} calibration windows; give --calib-windows {first + n} or more "
+            "(and a sensitivity table measured on them), or fewer --select-windows"
+        )
+    key = ("select", id(probe), first, n)
+    if key not in inputs.sessions:
+        chosen = ids[first : first + n, : cfg.probe.probe_ctx]
+        inputs.sessions[key] = probe.on_windows(chosen, inputs.windows.bos)
     return inputs.sessions[key]
 
 

@@ -16,7 +16,8 @@ Steps (outputs under bench/results/tasks):
 Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M] [--cost-only | --models-only]
 
 ``--models-only``: step (3) alone (the reference's and each model's runs), e.g. to re-measure
-the models after a change of the quantization grid without the parity and cost steps.
+the models after a change of the quantization grid without the parity and cost steps;
+``--only "RTN W4 g64" ...``: of step (3), these models.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--mmlu-limit", type=int, default=2)
     parser.add_argument("--cost-only", action="store_true", help="steps (1) and (2) only")
     parser.add_argument("--models-only", action="store_true", help="step (3) only")
+    parser.add_argument("--only", nargs="+", choices=list(MODELS), help="these models of (3)")
     args = parser.parse_args()
     from lowbit.evaluation.text import data_dir
 
@@ -170,6 +172,8 @@ def main() -> None:
         record[f"reference {part} s"] = t
     calib = ["--calib-text", valid, "--calib-windows", "128", "--ctx", "512", "--seed", "0"]
     for name, (algo, bits) in MODELS.items():
+        if args.only and name not in args.only:
+            continue
         d = f"{algo}-w{bits}g64"
         q = ["quantize", "smollm2-135m", "-o", d, "--bits", str(bits), "--group-size", "64"]
         entry = {"quantize_s": run([*q, "--algorithm", algo, *calib, "--overwrite"])}

@@ -101,6 +101,8 @@ def main() -> None:
     if args.select_windows:
         first, n = args.probe_windows, args.select_windows
         assert first + n <= args.calib_windows, "the selection windows follow the probe's"
+        # lowbit refuses it too: the additive start is fitted on the table's (all) windows
+        assert args.start != "additive", "no calibration window is held out from the table"
         selector = probe.on_windows(calib.ids[first : first + n, : args.probe_ctx], calib.bos)
     round0: dict = {}
     if not args.no_greedy:  # the ExLlamaV3-style greedy measures in the cheapest plan

@@ -147,8 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=25)
     parser.add_argument("--mmlu-limit", type=int, default=2)
-    parser.add_argument("--cost-only", action="store_true", help="steps (1) and (2) only")
-    parser.add_argument("--models-only", action="store_true", help="step (3) only")
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--cost-only", action="store_true", help="steps (1) and (2) only")
+    steps.add_argument("--models-only", action="store_true", help="step (3) only")
     parser.add_argument("--only", nargs="+", choices=list(MODELS), help="these models of (3)")
     args = parser.parse_args()
     from lowbit.evaluation.text import data_dir
@@ -166,6 +167,8 @@ def main() -> None:
         return
     sets = {"main": (",".join(MAIN), args.limit), "mmlu": ("mmlu", args.mmlu_limit)}
     result = "tasks-models.json" if args.models_only else "tasks.json"
+    if args.only:  # a partial set of models never replaces the whole set's file
+        result = result.replace(".json", "-only.json")
     for part, (tasks, limit) in sets.items():
         t = run(["eval", "smollm2-135m", "--tasks", tasks, "--limit", str(limit),
                  "-o", f"ref-{part}.json", "--overwrite"])  # fmt: skip

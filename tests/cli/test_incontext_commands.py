@@ -75,28 +75,34 @@ def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, co
     assert "greedy:" in run.stderr
 
 
-def test_the_additive_start_chosen_on_selection_windows(table, tiny_llama, tmp_path, corpus):
-    """``--start additive --metric hessian --select-windows 1``: the exact plan on the table's
-    Hessian proxies is measured first; the start plan and every round's plan are scored on the
-    calibration window after the two probe windows, and the one of least KL there is chosen."""
+def test_the_additive_start_and_selection_windows(table, tiny_llama, tmp_path, corpus):
+    """``--start additive --metric hessian``: the exact plan on the table's Hessian proxies is
+    measured first. ``--select-windows 1`` (uniform start): the start plan and every round's
+    plan are scored on the calibration window after the two probe windows (other figures than
+    the probe's), and the one of least KL there is chosen."""
     _, ca = corpus
-    out = tmp_path / "plan.yaml"
-    args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4", "--start", "additive"]
-    more = ["--metric", "hessian", "--select-windows", "1", "-o", str(out)]
+    out, out2 = tmp_path / "plan.yaml", tmp_path / "selected.yaml"
+    args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4"]
+    more = ["--start", "additive", "--metric", "hessian", "-o", str(out)]
     run = _plan(tiny_llama, table, tmp_path, ca, *args, *more)
     assert run.returncode == 0, run.stderr
     text = " ".join(run.stderr.split())
     start = re.search(
         r"start plan: additive \(the exact single-layer plan\), measured KL (\S+)", text
     )
+    assert start and float(start.group(1)) > 0 and out.exists()
+    run = _plan(tiny_llama, table, tmp_path, ca, *args, "--select-windows", "1", "-o", str(out2))
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stderr.split())
+    start = re.search(r"start plan: uniform [^,]+, measured KL (\S+)", text)
     rounds = re.findall(r"round \d+: predicted KL \S+ measured (\S+) \(", text)
-    assert start and rounds and out.exists()
     chosen = re.search(
-        r"chosen on 1 selection windows \(24 tokens\): round (\d+) \(KL (.*?); round 0", text
+        r"chosen on the selection windows \(1, 24 tokens\): round (\d+) \(KL (.*?); round 0", text
     )
-    assert chosen, text
+    assert start and rounds and chosen, text
     scores = dict(re.findall(r"round (\d+): (\S+?)(?:,|$)", chosen.group(2)))
     assert set(scores) == {str(k) for k in range(len(rounds) + 1)}  # the start and each round
+    assert scores["0"] != start.group(1)  # scored on other windows than the probe's
     best = min(scores, key=lambda k: (float(scores[k]), int(k)))
     assert chosen.group(1) == best
 
@@ -114,6 +120,20 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         ([*CALIB, "--avg-bits", "4", "--start", "additive"], "has no 'kl' values"),
         ([*CALIB, "--avg-bits", "4", "--select-windows", "2"], "do not fit in the 3 calibration"),
         ([*CALIB, "--avg-bits", "4", "--select-windows", "-1"], "must be 0 (none) or more"),
+        (
+            [
+                *CALIB,
+                "--avg-bits",
+                "4",
+                "--start",
+                "additive",
+                "--metric",
+                "hessian",
+                "--select-windows",
+                "1",
+            ],
+            "no window is held out from it",
+        ),
     ]
     for args, message in cases:
         out = tmp_path / "bad.yaml"

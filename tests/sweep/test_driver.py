@@ -153,3 +153,17 @@ def test_a_sweep_runs_its_trials_with_the_threads_it_asks_for(tmp_path, tiny_lla
     ((t),) = store.trials()
     store.close()
     assert (t.status, t.config["threads"], t.provenance["runtime"]["threads"]) == ("done", 1, 1)
+
+
+def test_the_thread_count_is_restored_after_a_failing_trial():
+    import torch
+
+    from lowbit.runtime import using_cpu_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="trial failed"), using_cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("trial failed")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="at least 1, got 0"), using_cpu_threads(0):
+        pass

@@ -81,7 +81,7 @@ def test_task_axis_matches_direct_evaluation(tiny_llama, tmp_path, monkeypatch):
 
 def test_no_tasks_keeps_the_old_configurations(tiny_llama, tmp_path):
     spec = parse_sweep({"models": [str(tiny_llama)], "formats": ["int4"]})
-    assert all("tasks" not in c for _, c in expand(spec))  # stores begun earlier still resume
+    assert all("tasks" not in c for _, c in expand(spec))  # a sweep without tasks: no key
 
 
 @pytest.mark.parametrize(

@@ -81,11 +81,11 @@ def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
                     "plan": plan.to_dict(),
                     "calibration": calib,
                     "eval": text_dict(text),
-                    "runtime": runtime,
+                    "runtime": dict(runtime),
                     "threads": threads,  # GPTQ's figures depend on it; a Ray worker has one
                 }
                 name = f"{model} | {label} | {text.source}"
-                if not spec.tasks:  # no "tasks" key: stores begun before the axis still resume
+                if not spec.tasks:  # no "tasks" key: a sweep without tasks keeps its hashes
                     trials.append((name, config))
                 for choice in spec.tasks:
                     trials.append((f"{name} | {choice.label}",

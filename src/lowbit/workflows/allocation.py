@@ -91,7 +91,7 @@ def plan_job(
         sel, best = done.record["selection"], done.record["best_round"]
         scores = ", ".join(f"round {k}: {v:.4g}" for k, v in sel["kl_by_round"].items())
         console.print(
-            f"chosen on {sel['windows']} selection windows ({sel['tokens']} tokens): round "
+            f"chosen on the selection windows ({sel['windows']}, {sel['tokens']} tokens): round "
             f"{best} (KL {scores}; round 0 is the start plan)"
         )
     console.print(

@@ -144,6 +144,7 @@ def _in_context(
     metric = options.get("metric", "kl") if reads else "hessian"
     problem = build_problem(table, metric, **{"fuse": fuse, "pins": pins, **limits})
     check_reachable(problem, budget)
+    _check_selection(cfg, reads, inputs)
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
     selector = _selector(cfg, probe, inputs) if method == "exact" else None
@@ -228,6 +229,28 @@ def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
     return inputs.sessions[key]
 
 
+def _check_selection(cfg: InContext, reads_losses: bool, inputs: Inputs) -> None:
+    """Selection windows must fit after the probe's, and be held out from what the start plan
+    was fitted on: a start that solves on the table's values was fitted on the calibration
+    windows the table was measured on (the Hessian proxy reads all of them), so it is refused."""
+    if not cfg.select_windows:
+        return
+    if reads_losses:
+        raise ConfigError(
+            f"--select-windows with --start {cfg.start}: the start plan solves on the table's "
+            "values, measured on these calibration windows, so no window is held out from it; "
+            "use --start uniform or cheapest with --select-windows, or no selection windows"
+        )
+    n_windows = 0 if inputs.windows is None else int(inputs.windows.ids.shape[0])
+    first, n = cfg.probe.probe_windows, cfg.select_windows
+    if first + n > n_windows:
+        raise ConfigError(
+            f"in-context selection: {n} windows after the {first} probe windows do not fit in "
+            f"the {n_windows} calibration windows; give --calib-windows {first + n} or more "
+            "(and a sensitivity table measured on them), or fewer --select-windows"
+        )
+
+
 def _selector(cfg: InContext, probe: Any, inputs: Inputs) -> Any:
     """The probe scoring plans on the ``select_windows`` calibration windows after its own
     (made once per ``inputs``), or None when no selection windows are asked for."""
@@ -235,12 +258,6 @@ def _selector(cfg: InContext, probe: Any, inputs: Inputs) -> Any:
         return None
     ids = inputs.windows.ids
     first, n = cfg.probe.probe_windows, cfg.select_windows
-    if first + n > ids.shape[0]:
-        raise ConfigError(
-            f"in-context selection: {n} windows after the {first} probe windows do not fit in "
-            f"the {ids.shape[0]} calibration windows; give --calib-windows {first + n} or more "
-            "(and a sensitivity table measured on them), or fewer --select-windows"
-        )
     key = ("select", id(probe), first, n)
     if key not in inputs.sessions:
         chosen = ids[first : first + n, : cfg.probe.probe_ctx]

@@ -69,7 +69,8 @@ def test_in_context_plan_fits_and_reports_rounds(table, tiny_llama, tmp_path, co
     n = sum(x["out_features"] * x["in_features"] for x in data["layers"])
     assert bits <= 4.0 * n
     greedy = tmp_path / "greedy.yaml"
-    args = [*CALIB, *IN_CONTEXT, *PROBE, "--method", "greedy", "--avg-bits", "4"]
+    greedy_args = ["--sensitivity", "in-context", "--method", "greedy"]  # no option of rounds
+    args = [*CALIB, *greedy_args, *PROBE, "--avg-bits", "4"]
     run = _plan(tiny_llama, table, tmp_path, ca, *args, "-o", str(greedy))
     assert run.returncode == 0, run.stderr
     assert "greedy:" in run.stderr
@@ -140,6 +141,21 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         run = _plan(tiny_llama, table, tmp_path, ca, *IN_CONTEXT, *PROBE, *args, "-o", str(out))
         assert run.returncode == 2, (args, run.stderr)
         assert message in run.stderr, (args, run.stderr)
+        assert not out.exists()
+    # options the allocation would ignore are refused (before the model loads), by flag
+    ignored = [
+        (["--method", "greedy", *IN_CONTEXT], "--boundary 3: options of the iterated exact"),
+        (["--method", "greedy", "--sensitivity", "in-context", "--start", "additive"],
+         "--start additive: options of the iterated exact plan"),
+        (["--select-windows", "2", "--rounds", "4"],
+         "--rounds 4, --probe-ctx 24, --select-windows 2: in-context options, which"),
+    ]  # fmt: skip
+    for args, message in ignored:
+        out = tmp_path / "bad.yaml"
+        run = _plan(tiny_llama, table, tmp_path, ca, *CALIB, *PROBE, *args, "--avg-bits", "4",
+                    "-o", str(out))  # fmt: skip
+        assert run.returncode == 2, (args, run.stderr)
+        assert message in " ".join(run.stderr.split()), (args, run.stderr)
         assert not out.exists()
     # the other calibration set's hash is named beside the table's
     run = _plan(

@@ -72,9 +72,12 @@ def test_in_context_kl_equals_a_whole_model_evaluation(setup):
     assert curves[0][0] == probe.kl(context)  # the context's own option: the plan's KL
     other = calib[2:4, :20]  # windows the allocation never saw, scored with the same weights
     plan = (1,) * n
+    before = probe.stats()
     assert probe.on_windows(other).kl(plan) == pytest.approx(
         whole_model_kl(model, _planned(model, table, problem, plan), other), rel=1e-4, abs=2e-7
     )
+    after = probe.stats()  # the other windows' cost is counted in the probe's own
+    assert after["plans"] == before["plans"] + 1 and after["measure_s"] > before["measure_s"]
 
 
 def test_decoder_passes_are_counted_and_measurements_reused(setup):

@@ -167,3 +167,42 @@ def test_the_thread_count_is_restored_after_a_failing_trial():
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="at least 1, got 0"), using_cpu_threads(0):
         pass
+
+
+class _Fake:
+    """An executor whose trials return at once (the driver's bookkeeping alone)."""
+
+    def prepare(self) -> None:
+        pass
+
+    def run(self, jobs, artefacts):
+        for digest, _ in jobs:
+            yield digest, {"metrics": {"kl_mean": 1.0}, "artefacts": {}, "provenance": {},
+                           "seconds": 0.0}  # fmt: skip
+
+
+def _trials(threads: int | None) -> list[tuple[str, dict]]:
+    base = [("a", {"model": "m", "plan": {"bits": 4}}), ("b", {"model": "m", "plan": {"bits": 3}})]
+    return [(n, c if threads is None else {**c, "threads": threads}) for n, c in base]
+
+
+def test_resuming_at_another_thread_count_is_refused_naming_both(tmp_path):
+    from lowbit.sweep.driver import run_trials
+
+    store = tmp_path / "s.results.sqlite"
+    assert run_trials(_trials(1), store, _Fake()).done == 2
+    with pytest.raises(ConfigError, match=r"run at 1 torch threads, this run uses 2") as err:
+        run_trials(_trials(2), store, _Fake(), resume=True)
+    assert "OMP_NUM_THREADS=1" in str(err.value) and "'a'" in str(err.value)
+    assert len(_rows(store)) == 2  # nothing added beside the old rows
+    assert run_trials(_trials(1), store, _Fake(), resume=True).skipped == 2
+
+
+def test_resuming_a_store_without_thread_counts_is_refused(tmp_path):
+    from lowbit.sweep.driver import run_trials
+
+    store = tmp_path / "old.results.sqlite"
+    run_trials(_trials(None), store, _Fake())  # as an earlier lowbit recorded them
+    with pytest.raises(ConfigError, match="recorded no torch thread count; this run uses 2"):
+        run_trials(_trials(2), store, _Fake(), resume=True)
+    assert len(_rows(store)) == 2

@@ -77,6 +77,7 @@ def pareto(
 
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
+    source = sources.of_command(locals())  # refused here, before the model loads
     from lowbit import api
     from lowbit.workflows import pareto_job
     from lowbit.workflows.spine import Execution
@@ -99,14 +100,6 @@ def pareto(
         execution=Execution(runtime_config(device, dtype, offload, max_memory)),
         overwrite=overwrite,
         target=target,
-        sensitivity=sources.sensitivity_config(
-            sensitivity,
-            rounds=rounds,
-            boundary=boundary,
-            probe_windows=probe_windows,
-            probe_ctx=probe_ctx,
-            start=start,
-            select_windows=select_windows,
-        ),
+        sensitivity=source,
         runner=runner,
     )

@@ -75,11 +75,15 @@ def plan(
     In context (--sensitivity in-context) the losses are measured inside the quantized model
     on the table's calibration windows (give the same calibration options as the table).
     """
+    source = sources.of_command(locals())  # refused here, before the model loads
     from lowbit.api import AvgBits, MaxBytes, TextConfig
     from lowbit.cli.menu import parse_pins, parse_size
     from lowbit.errors import ConfigError
     from lowbit.workflows import plan_job
+    from lowbit.workflows.incontext import check_method
     from lowbit.workflows.spine import Execution
+
+    check_method(source, method.value)
 
     if (avg_bits is None) == (max_bytes is None):
         raise ConfigError("give exactly one budget: --avg-bits or --max-bytes")
@@ -95,15 +99,7 @@ def plan(
         pins=parse_pins(pin),
         overwrite=overwrite,
         target=target,
-        sensitivity=sources.sensitivity_config(
-            sensitivity,
-            rounds=rounds,
-            boundary=boundary,
-            probe_windows=probe_windows,
-            probe_ctx=probe_ctx,
-            start=start,
-            select_windows=select_windows,
-        ),
+        sensitivity=source,
         calib=TextConfig(calib_text, ctx, calib_windows, seed, bos),
         execution=Execution(runtime_config(device, dtype, "auto", None)),
     )

@@ -48,9 +48,20 @@ SelectWindows = Annotated[
 ]
 
 
-def _single_layer(**_: Any) -> Any:
-    from lowbit.workflows.incontext import SingleLayer
+def _single_layer(**options: Any) -> Any:
+    """The single-layer source; an in-context option given with it (a value other than its
+    default) would be ignored, so it is refused."""
+    from lowbit.errors import ConfigError
+    from lowbit.workflows.incontext import InContext, SingleLayer
 
+    default = InContext()
+    defaults = {**vars(default), **vars(default.probe)}
+    given = [f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v != defaults.get(k, v)]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: in-context options, which --sensitivity single-layer would "
+            "ignore; add --sensitivity in-context, or drop them"
+        )
     return SingleLayer()
 
 
@@ -70,8 +81,16 @@ SOURCES: dict[Source, Callable[..., Any]] = {
 }
 
 
+OPTIONS = ("rounds", "boundary", "probe_windows", "probe_ctx", "start", "select_windows")
+
+
 def sensitivity_config(source: Source, **options: Any) -> Any:
-    """The validated configuration of ``source`` from the command's in-context options (rounds,
-    boundary, probe_windows, probe_ctx, start, select_windows; a single-layer source ignores
-    them)."""
+    """The validated configuration of ``source`` from the in-context options :data:`OPTIONS`
+    (refused with a single-layer source unless at their defaults)."""
     return SOURCES[source](**options)
+
+
+def of_command(params: dict[str, Any]) -> Any:
+    """The configuration of a command's ``--sensitivity`` from its parameters (``locals()`` of
+    a command that declares ``sensitivity`` and every option of :data:`OPTIONS`)."""
+    return sensitivity_config(params["sensitivity"], **{k: params[k] for k in OPTIONS})

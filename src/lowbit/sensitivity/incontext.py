@@ -196,13 +196,13 @@ class ContextProbe:
         self.inputs = capture(lazy, ids, cfg.probe_windows, home)
         self.progress: Callable[[int, int], None] | None = None  # (blocks done, blocks)
         self.counts = {"block_forwards": 0, "heads": 0, "candidates": 0, "plans": 0}
-        self.seconds = 0.0
+        self.timer = {"measure_s": 0.0}  # shared, like the counts, with on_windows' copies
         self.plan_kl: dict[tuple[int, ...], float] = {}
         self.option_kl: dict[tuple[tuple[int, ...], int, int], float] = {}  # (plan, unit, option)
 
     def on_windows(self, ids: torch.Tensor, bos: BosChoice = NO_BOS) -> ContextProbe:
         """This probe scoring plans on other windows ``ids`` (n, ctx), e.g. held-out text,
-        with the same cached weights and counters."""
+        with the same cached weights, counters and clock."""
         other = copy.copy(self)
         reference, _ = reference_windows(self.handle, ids, self.lazy.runtime, bos)
         home = self.probe.home
@@ -218,7 +218,7 @@ class ContextProbe:
             "decoder_passes": self.counts["block_forwards"] / self.n,
             "block_loads": float(self.store.loads + self.originals.loads),
             "quantize_s": self.store.cache.seconds,
-            "measure_s": self.seconds,
+            "measure_s": self.timer["measure_s"],
         }
 
     def _use(self, context: tuple[int, ...]) -> None:
@@ -241,7 +241,7 @@ class ContextProbe:
         self.counts["block_forwards"] += self.n
         self.counts["heads"] += 1
         self.counts["plans"] += 1
-        self.seconds += time.perf_counter() - t0
+        self.timer["measure_s"] += time.perf_counter() - t0
         self.plan_kl[context] = kl
         return kl
 
@@ -249,8 +249,8 @@ class ContextProbe:
         """For each of ``units`` (indices), the measured KL with that unit at each option and
         every other unit at ``context``'s (the context's own option: the plan's KL); what was
         measured in this context before is not measured again."""
+        base = self.kl(context)  # timed by kl
         t0 = time.perf_counter()
-        base = self.kl(context)
         self._use(context)
         todo: dict[int, list[tuple[int, int]]] = {}  # block → (unit, option)
         for u in units:
@@ -272,7 +272,7 @@ class ContextProbe:
             for s in range(len(self.menu)):
                 if s != context[u]:
                     out[u][s] = self.option_kl[(context, u, s)]
-        self.seconds += time.perf_counter() - t0
+        self.timer["measure_s"] += time.perf_counter() - t0
         return out
 
     def _record(self, blocks: list[int]) -> dict[int, torch.Tensor]:

@@ -16,7 +16,7 @@ from lowbit.errors import ConfigError
 from lowbit.sweep.executors import Finished, Job
 from lowbit.sweep.grid import TrialConfig, expand
 from lowbit.sweep.spec import SweepSpec
-from lowbit.sweep.store import open_store
+from lowbit.sweep.store import config_hash, open_store
 
 
 class Executor(Protocol):
@@ -69,6 +69,7 @@ def run_trials(
                 f"results store {store_path} already holds trials; pass --resume to continue "
                 "the sweep (done trials are kept), or choose another store"
             )
+        check_threads(store, trials)
         configs = {store.add(name, cfg): cfg for name, cfg in trials}
         todo = store.todo(list(configs))
         artefacts = store_path.with_name(f"{store_path.stem}.trials")
@@ -85,6 +86,35 @@ def run_trials(
                             len(todo) - len(failed), failed)  # fmt: skip
     finally:
         store.close()
+
+
+def check_threads(store: Any, trials: list[tuple[str, TrialConfig]]) -> None:
+    """Refuse to resume a store whose trials were run at another torch thread count (or by a
+    lowbit that recorded none): their hashes differ, so they would be run again beside the old
+    rows instead of being kept."""
+    wanted = {_without_threads(cfg): cfg.get("threads") for _, cfg in trials}
+    for old in store.trials():
+        key = _without_threads(old.config)
+        if key not in wanted or old.config.get("threads") == wanted[key]:
+            continue
+        have, want = old.config.get("threads"), wanted[key]
+        fix = "start a new store (--store), or remove this one"
+        if have is None:
+            raise ConfigError(
+                f"results store {store.path}: trial {old.name!r} was run by an earlier lowbit "
+                f"that recorded no torch thread count; this run uses {want} threads, so every "
+                f"trial would be run again beside the old rows; {fix}"
+            )
+        raise ConfigError(
+            f"results store {store.path}: trial {old.name!r} was run at {have} torch threads, "
+            f"this run uses {want}; GPTQ's figures depend on the count, so its trials would be "
+            f"run again beside the old rows. Resume at {have} threads (`runtime: {{threads: "
+            f"{have}}}` in a sweep file, or OMP_NUM_THREADS={have} for the driver), or {fix}"
+        )
+
+
+def _without_threads(config: dict[str, Any]) -> str:
+    return config_hash({k: v for k, v in config.items() if k != "threads"})
 
 
 def _record(store: Any, finished: Finished, failed: dict[str, str]) -> None:

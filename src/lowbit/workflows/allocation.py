@@ -24,6 +24,7 @@ from lowbit.workflows.incontext import (
     Sensitivity,
     SingleLayer,
     allocate_with,
+    greedy_config,
 )
 from lowbit.workflows.points import Point, Runner, measure_here, slug, trial_config, trial_row
 from lowbit.workflows.spine import DEFAULT_EXECUTION, Execution, text_windows
@@ -152,7 +153,8 @@ def sweep_points(
     seen: set[tuple] = set()
     runs: list[tuple[str, Sensitivity, str]] = [("exact", SingleLayer(), "exact")]
     if sensitivity.in_context:
-        runs += [("in-context", sensitivity, "exact"), ("greedy", sensitivity, "greedy")]
+        greedy = greedy_config(sensitivity)  # the options of the rounds are not the greedy's
+        runs += [("in-context", sensitivity, "exact"), ("greedy", greedy, "greedy")]
     runs.append(("llamacpp", SingleLayer(), "llamacpp"))
     options = {"metric": metric, "fuse": fuse, "constraints": limits}
     for b in budgets:

@@ -135,6 +135,7 @@ def _in_context(
 
     if method == "llamacpp":
         return _single_layer(SingleLayer(), table, budget, method, options, inputs)
+    check_method(cfg, method)
     check_calibration(table, inputs.windows)
     fuse, pins, c = options.get("fuse", True), options.get("pins"), options.get("constraints")
     limits = {} if c is None else {"fuse": fuse or c.fuse, "ties": c.ties, "allowed": c.allowed}
@@ -206,6 +207,33 @@ def _run(
             "stats": probe.stats(),
         }
     return alloc
+
+
+ITERATION_OPTIONS = ("rounds", "boundary", "start", "select_windows")
+
+
+def greedy_config(cfg: InContext) -> InContext:
+    """``cfg`` as the greedy reads it: its probe, and no option of the iterated plan."""
+    return InContext(probe=cfg.probe)
+
+
+def check_method(cfg: Sensitivity, method: str) -> None:
+    """Refuse options that ``method`` would ignore: the greedy allocates once, on the
+    measurements in the cheapest plan, so an option of the iterated exact plan is refused."""
+    if method != "greedy" or not cfg.in_context:
+        return
+    default = greedy_config(cfg)
+    given = [
+        f"--{name.replace('_', '-')} {getattr(cfg, name)}"
+        for name in ITERATION_OPTIONS
+        if getattr(cfg, name) != getattr(default, name)
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: options of the iterated exact plan, which the greedy would "
+            "ignore (it allocates once, on the measurements in the cheapest plan); drop them, "
+            "or use --method exact"
+        )
 
 
 def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:

@@ -14,6 +14,7 @@ Steps (outputs under bench/results/tasks):
     `lowbit compare ref.json quant.json`; text KL on WikiText-2 raw test, 40 × 512.
 
 Usage: .venv/bin/python bench/tasks.py [--limit N] [--mmlu-limit M] [--cost-only | --models-only]
+       .venv/bin/python bench/tasks.py --markdown bench/results/tasks/tasks-models.json
 
 ``--models-only``: step (3) alone (the reference's and each model's runs), e.g. to re-measure
 the models after a change of the quantization grid without the parity and cost steps;
@@ -143,6 +144,49 @@ def bare_forward_seconds(lm, model, samples: dict, batch: int = 16) -> dict:
     return {"bare_forward_s": time.perf_counter() - t0, "sequences": len(ordered), "tokens": tokens}
 
 
+def markdown(path: Path) -> str:
+    """BENCHMARKS.md's tables of step (3) from its result file ``path``."""
+    record = json.loads(path.read_text())
+    out = []
+    for name in MODELS:
+        if name not in record:
+            continue
+        e, t = record[name], record[name]["text"]
+        kl, dp = t["kl"], t["delta_p"]
+        out += [
+            f"**{name}** — quantized in {e['quantize_s']:.0f} s; tasks + text evaluated in "
+            f"{e['eval main s']:.0f} s, MMLU in {e['eval mmlu s']:.0f} s (wall).",
+            "",
+            "| text | perplexity | KL mean | median | p90 | p99 | max | Δp mean | Δp RMS "
+            "| same top token |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| WikiText-2 (fp32 28.69) | {t['perplexity']:.2f} | {kl['mean']:.4f} | "
+            f"{kl['median']:.4f} | {kl['p90']:.4f} | {kl['p99']:.3f} | {kl['max']:.2f} | "
+            f"{dp['mean']:.4f} | {dp['rms']:.4f} | {100 * t['top1_agreement']:.2f}% |",
+            "",
+            "| task | n | acc ref | acc quant | right→wrong | wrong→right | flips | error Jaccard "
+            "| McNemar p | FP/FN ref → quant |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        rows = {**e["main"]["tasks"], **{k: v for k, v in e["mmlu"]["tasks"].items()
+                                           if not k.startswith("mmlu_")}}  # fmt: skip
+        for task, r in sorted(rows.items(), key=lambda kv: (kv[0].startswith("mmlu"), kv[0])):
+            f = r.get("fp_fn")
+            fpfn = "–" if not f else (
+                f"{f['reference']['fp']}/{f['reference']['fn']} → "
+                f"{f['quantized']['fp']}/{f['quantized']['fn']}"
+            )  # fmt: skip
+            out.append(
+                f"| {task} | {r['n']} | {r['acc_ref']:.3f} | {r['acc_quant']:.3f} | "
+                f"{r['flips_to_wrong']} | {r['flips_to_right']} | {100 * r['flip_rate']:.1f}% | "
+                f"{r['error_jaccard']:.2f} | {r['mcnemar']['p_exact']:.2f} | {fpfn} |"
+            )
+        groups = e["main"]["categories"] + e["mmlu"]["categories"]
+        by = "; ".join(f"{g['group']} {g['acc_ref']:.3f} → {g['acc_quant']:.3f}" for g in groups)
+        out += ["", f"By group: {by}.", ""]
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=25)
@@ -151,7 +195,11 @@ def main() -> None:
     steps.add_argument("--cost-only", action="store_true", help="steps (1) and (2) only")
     steps.add_argument("--models-only", action="store_true", help="step (3) only")
     parser.add_argument("--only", nargs="+", choices=list(MODELS), help="these models of (3)")
+    parser.add_argument("--markdown", type=Path, help="print the tables of a result file, only")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown))
+        return
     from lowbit.evaluation.text import data_dir
 
     data = data_dir()

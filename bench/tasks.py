@@ -160,7 +160,7 @@ def markdown(path: Path) -> str:
             "| text | perplexity | KL mean | median | p90 | p99 | max | Δp mean | Δp RMS "
             "| same top token |",
             "|---|---|---|---|---|---|---|---|---|---|",
-            f"| WikiText-2 (fp32 28.69) | {t['perplexity']:.2f} | {kl['mean']:.4f} | "
+            f"| WikiText-2 | {t['perplexity']:.2f} | {kl['mean']:.4f} | "
             f"{kl['median']:.4f} | {kl['p90']:.4f} | {kl['p99']:.3f} | {kl['max']:.2f} | "
             f"{dp['mean']:.4f} | {dp['rms']:.4f} | {100 * t['top1_agreement']:.2f}% |",
             "",

@@ -147,6 +147,8 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
         (["--method", "greedy", *IN_CONTEXT], "--boundary 3: options of the iterated exact"),
         (["--method", "greedy", "--sensitivity", "in-context", "--start", "additive"],
          "--start additive: options of the iterated exact plan"),
+        (["--method", "llamacpp", "--sensitivity", "in-context"],
+         "--method llamacpp: the llama.cpp-style mix is fixed by rule"),
         (["--select-windows", "2", "--rounds", "4"],
          "--rounds 4, --probe-ctx 24, --select-windows 2: in-context options, which"),
     ]  # fmt: skip
@@ -188,3 +190,20 @@ def test_pareto_in_context_points_record_rounds(table, tiny_llama, tmp_path, cor
     assert best <= record["rounds"][0]["measured_kl"]
     assert points["in-context 4"]["bits_per_weight_linear"] <= 4.0 + 1e-9
     assert points["greedy 4"]["bits_per_weight_linear"] <= 4.0 + 1e-9
+
+
+@pytest.mark.parametrize("command", ["plan", "pareto"])
+def test_the_commands_in_context_defaults_are_the_configurations(command):
+    """A single-layer run refuses in-context options other than their defaults, which are
+    InContext's: a command whose own defaults drifted from them would refuse every run."""
+    import inspect
+
+    from lowbit.cli.pareto import pareto
+    from lowbit.cli.plan import plan
+    from lowbit.workflows.incontext import InContext
+
+    params = inspect.signature({"plan": plan, "pareto": pareto}[command]).parameters
+    default = InContext()
+    expected = {**vars(default), **vars(default.probe)}
+    for name in ("rounds", "boundary", "probe_windows", "probe_ctx", "start", "select_windows"):
+        assert params[name].default == expected[name], name

@@ -206,3 +206,13 @@ def test_resuming_a_store_without_thread_counts_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="recorded no torch thread count; this run uses 2"):
         run_trials(_trials(2), store, _Fake(), resume=True)
     assert len(_rows(store)) == 2
+    # a store that also holds them at this run's count (as an earlier resume added them
+    # beside the old rows) resumes: nothing to run, the old rows stay
+    db = open_store(store)
+    for name, cfg in _trials(2):
+        digest = db.add(name, cfg)
+        db.start(digest)
+        db.finish(digest, {"kl_mean": 1.0}, {}, {}, 0.0)
+    db.close()
+    summary = run_trials(_trials(2), store, _Fake(), resume=True)
+    assert (summary.skipped, summary.done, len(_rows(store))) == (2, 0, 4)

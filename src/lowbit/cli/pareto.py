@@ -77,7 +77,8 @@ def pareto(
 
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
-    source = sources.of_command(locals())  # refused here, before the model loads
+    args = (sensitivity, rounds, boundary, probe_windows, probe_ctx, start, select_windows)
+    source = sources.sensitivity_config(*args)  # refused here, before the model loads
     from lowbit import api
     from lowbit.workflows import pareto_job
     from lowbit.workflows.spine import Execution

@@ -75,7 +75,8 @@ def plan(
     In context (--sensitivity in-context) the losses are measured inside the quantized model
     on the table's calibration windows (give the same calibration options as the table).
     """
-    source = sources.of_command(locals())  # refused here, before the model loads
+    args = (sensitivity, rounds, boundary, probe_windows, probe_ctx, start, select_windows)
+    source = sources.sensitivity_config(*args)  # refused here, before the model loads
     from lowbit.api import AvgBits, MaxBytes, TextConfig
     from lowbit.cli.menu import parse_pins, parse_size
     from lowbit.errors import ConfigError

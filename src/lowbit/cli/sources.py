@@ -52,11 +52,10 @@ def _single_layer(**options: Any) -> Any:
     """The single-layer source; an in-context option given with it (a value other than its
     default) would be ignored, so it is refused."""
     from lowbit.errors import ConfigError
-    from lowbit.workflows.incontext import InContext, SingleLayer
+    from lowbit.workflows.incontext import InContext, SingleLayer, options_given
 
     default = InContext()
-    defaults = {**vars(default), **vars(default.probe)}
-    given = [f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v != defaults.get(k, v)]
+    given = options_given(options, {**vars(default), **vars(default.probe)})
     if given:
         raise ConfigError(
             f"{', '.join(given)}: in-context options, which --sensitivity single-layer would "
@@ -81,16 +80,22 @@ SOURCES: dict[Source, Callable[..., Any]] = {
 }
 
 
-OPTIONS = ("rounds", "boundary", "probe_windows", "probe_ctx", "start", "select_windows")
-
-
-def sensitivity_config(source: Source, **options: Any) -> Any:
-    """The validated configuration of ``source`` from the in-context options :data:`OPTIONS`
-    (refused with a single-layer source unless at their defaults)."""
-    return SOURCES[source](**options)
-
-
-def of_command(params: dict[str, Any]) -> Any:
-    """The configuration of a command's ``--sensitivity`` from its parameters (``locals()`` of
-    a command that declares ``sensitivity`` and every option of :data:`OPTIONS`)."""
-    return sensitivity_config(params["sensitivity"], **{k: params[k] for k in OPTIONS})
+def sensitivity_config(
+    source: Source,
+    rounds: int,
+    boundary: int,
+    probe_windows: int,
+    probe_ctx: int,
+    start: str,
+    select_windows: int,
+) -> Any:
+    """The validated configuration of ``source`` from a command's in-context options (refused
+    with a single-layer source unless at their defaults, which are :class:`InContext`'s)."""
+    return SOURCES[source](
+        rounds=rounds,
+        boundary=boundary,
+        probe_windows=probe_windows,
+        probe_ctx=probe_ctx,
+        start=start,
+        select_windows=select_windows,
+    )

@@ -90,26 +90,30 @@ def run_trials(
 
 def check_threads(store: Any, trials: list[tuple[str, TrialConfig]]) -> None:
     """Refuse to resume a store whose trials were run at another torch thread count (or by a
-    lowbit that recorded none): their hashes differ, so they would be run again beside the old
-    rows instead of being kept."""
-    wanted = {_without_threads(cfg): cfg.get("threads") for _, cfg in trials}
-    for old in store.trials():
-        key = _without_threads(old.config)
-        if key not in wanted or old.config.get("threads") == wanted[key]:
+    lowbit that recorded none) and not at this run's: their hashes differ, so they would be
+    run again beside the old rows instead of being kept."""
+    old = store.trials()
+    present = {t.hash for t in old}
+    wanted = {
+        _without_threads(c): c.get("threads") for _, c in trials if config_hash(c) not in present
+    }
+    for trial in old:
+        key = _without_threads(trial.config)
+        if key not in wanted or trial.config.get("threads") == wanted[key]:
             continue
-        have, want = old.config.get("threads"), wanted[key]
-        fix = "start a new store (--store), or remove this one"
+        have, want = trial.config.get("threads"), wanted[key]
+        fix = f"delete {store.path} (or give another store) to run them again"
         if have is None:
             raise ConfigError(
-                f"results store {store.path}: trial {old.name!r} was run by an earlier lowbit "
-                f"that recorded no torch thread count; this run uses {want} threads, so every "
-                f"trial would be run again beside the old rows; {fix}"
+                f"results store {store.path}: trial {trial.name!r} was run by an earlier lowbit "
+                f"that recorded no torch thread count; this run uses {want}, so the trial would "
+                f"be run again beside the old row; {fix}"
             )
         raise ConfigError(
-            f"results store {store.path}: trial {old.name!r} was run at {have} torch threads, "
-            f"this run uses {want}; GPTQ's figures depend on the count, so its trials would be "
-            f"run again beside the old rows. Resume at {have} threads (`runtime: {{threads: "
-            f"{have}}}` in a sweep file, or OMP_NUM_THREADS={have} for the driver), or {fix}"
+            f"results store {store.path}: trial {trial.name!r} was run at {have} torch threads, "
+            f"this run uses {want}; GPTQ's figures depend on the count, so it would be run "
+            f"again beside the old row. Resume at {have} threads (OMP_NUM_THREADS={have} for "
+            f"the driver, or `runtime: {{threads: {have}}}` in a sweep file), or {fix}"
         )
 
 

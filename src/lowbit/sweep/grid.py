@@ -66,7 +66,7 @@ def _check_tasks(choices: tuple[TaskChoice, ...]) -> None:
 def expand(spec: SweepSpec) -> list[tuple[str, TrialConfig]]:
     """(name, configuration) of every trial, in grid order: models × plans × texts × tasks.
     Each runs with ``runtime.threads`` torch threads, by default the driver's (recorded in the
-    configuration, so a store resumed at another thread count runs its trials again)."""
+    configuration and its hash; resuming a store at another count is refused by the driver)."""
     _check_tasks(spec.tasks)
     runtime = asdict(spec.runtime)
     threads = runtime.pop("threads") or cpu_threads()

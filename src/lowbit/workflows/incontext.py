@@ -133,8 +133,6 @@ def _in_context(
     from lowbit.allocation.to_plan import to_plan
     from lowbit.report.console import progress_bar
 
-    if method == "llamacpp":
-        return _single_layer(SingleLayer(), table, budget, method, options, inputs)
     check_method(cfg, method)
     check_calibration(table, inputs.windows)
     fuse, pins, c = options.get("fuse", True), options.get("pins"), options.get("constraints")
@@ -218,22 +216,33 @@ def greedy_config(cfg: InContext) -> InContext:
 
 
 def check_method(cfg: Sensitivity, method: str) -> None:
-    """Refuse options that ``method`` would ignore: the greedy allocates once, on the
+    """Refuse options that ``method`` would ignore: the llama.cpp-style mix reads no
+    sensitivity, so an in-context source is refused; the greedy allocates once, on the
     measurements in the cheapest plan, so an option of the iterated exact plan is refused."""
-    if method != "greedy" or not cfg.in_context:
+    if not cfg.in_context:
+        return
+    if method == "llamacpp":
+        raise ConfigError(
+            "--sensitivity in-context with --method llamacpp: the llama.cpp-style mix is fixed "
+            "by rule and reads no sensitivity; drop --sensitivity in-context, or use --method "
+            "exact or greedy"
+        )
+    if method != "greedy":
         return
     default = greedy_config(cfg)
-    given = [
-        f"--{name.replace('_', '-')} {getattr(cfg, name)}"
-        for name in ITERATION_OPTIONS
-        if getattr(cfg, name) != getattr(default, name)
-    ]
+    given = options_given({n: getattr(cfg, n) for n in ITERATION_OPTIONS}, vars(default))
     if given:
         raise ConfigError(
             f"{', '.join(given)}: options of the iterated exact plan, which the greedy would "
             "ignore (it allocates once, on the measurements in the cheapest plan); drop them, "
             "or use --method exact"
         )
+
+
+def options_given(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """``--name value`` for each of ``values`` other than its default (names as the command
+    line spells them)."""
+    return [f"--{k.replace('_', '-')} {v}" for k, v in values.items() if v != defaults.get(k, v)]
 
 
 def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:

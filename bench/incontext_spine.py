@@ -19,6 +19,7 @@ what it measured):
 
 Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-windows 2]
        [--probe-ctx 128] [--start additive] [--steps 1,2,3] [--only NAME ...] [--smoke]
+       .venv/bin/python bench/incontext_spine.py --markdown bench/results/incontext/spine-gptq.json
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ def main() -> None:
     parser.add_argument("--start", default="additive")
     parser.add_argument("--only", nargs="+", help="step 3: these models only")
     parser.add_argument("--smoke", action="store_true", help="4 + 2 windows, under /tmp")
+    parser.add_argument("--markdown", type=Path, help="print the tables of a result file, only")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown))
+        return
     global OUT, RESULT
     if args.smoke:
         OUT, RESULT = Path("/tmp/incontext_spine_smoke"), Path("/tmp/incontext_spine_smoke.json")
@@ -161,6 +166,37 @@ def main() -> None:
             write_result(RESULT, record)
             print(name, json.dumps(record["models"][name]), flush=True)
     write_result(RESULT, record)
+
+
+def markdown(path: Path) -> str:
+    """BENCHMARKS.md's tables from the result file ``path``."""
+    record = json.loads(path.read_text())
+    plans, models = record.get("plans", {}), record.get("models", {})
+    bits = {"uniform GPTQ W4 g128": 4.125, "uniform GPTQ W3 g64": 3.25}
+    bits |= {n: p["bits_per_weight_linear"] for n, p in plans.items()}
+    base = {4.0: "uniform GPTQ W4 g128", 3.25: "uniform GPTQ W3 g64"}
+    out = ["| model | bits/w (linear) | perplexity | KL mean | top-1 | KL / uniform baseline |",
+           "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name in sorted(models, key=_order):
+        m = models[name]
+        budget = next((b for b in base if name.endswith(f" {b:g}")), None)
+        ref = models.get(base.get(budget, ""), {}).get("kl", {}).get("mean")
+        ratio = f"{m['kl']['mean'] / ref:.3f}×" if ref and budget else "–"
+        kl, top1 = m["kl"]["mean"], 100 * m["top1_agreement"]
+        out.append(f"| {name} | {bits[name]:.3f} | {m['perplexity']:.2f} | {kl:.4f} | "
+                   f"{top1:.2f}% | {ratio} |")  # fmt: skip
+    out += ["", "| in-context plan | start plan's probe KL | rounds' probe KL (predicted → "
+            "measured) | best | decoder passes | measure s | wall s |",
+            "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, p in plans.items():
+        r = p["record"]
+        if "rounds" not in r:
+            continue
+        rounds = "; ".join(f"{x['predicted_kl']:.4f} → {x['measured_kl']:.4f}" for x in r["rounds"])
+        out.append(f"| {name} | {r['start_plan_kl']:.4f} | {rounds} | {r['best_round']} | "
+                   f"{r['cost']['decoder_passes']:.1f} | {r['cost']['measure_s']:.0f} | "
+                   f"{p['wall_s']:.0f} |")  # fmt: skip
+    return "\n".join(out)
 
 
 def _order(name: str) -> tuple[int, str]:

@@ -5,7 +5,8 @@ calibration 128 × 512 windows of wiki.valid.tokens (seed 0), evaluation WikiTex
 Steps (outputs under bench/results/incontext/spine/, the result file
 bench/results/incontext/spine-gptq.json, rewritten after every step so a stopped run keeps
 what it measured):
-(1) the proxies-only GPTQ table of the menu INT2/3/4 g64 (`lowbit sensitivity --proxies-only`,
+(1) the proxies-only GPTQ table of the menu (``--menu g64``: INT2/3/4 g64; ``groups``: also
+    INT3 g128 and INT4 g128, the uniform baselines' formats) (`lowbit sensitivity --proxies-only`,
     which records the calibration windows' hash the in-context probe checks);
 (2) in this process, through lowbit's own workflow functions (as `lowbit plan --sensitivity
     in-context` runs them, but with one probe session, so the GPTQ weights of every unit × spec
@@ -19,6 +20,7 @@ what it measured):
 
 Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-windows 2]
        [--probe-ctx 128] [--start additive] [--steps 1,2,3] [--only NAME ...] [--smoke]
+       [--menu g64|groups] (groups: written to spine-groups/ and spine-gptq-groups.json)
        .venv/bin/python bench/incontext_spine.py --markdown bench/results/incontext/spine-gptq.json
 """
 
@@ -39,6 +41,12 @@ RESULT = RESULTS / "incontext" / "spine-gptq.json"
 WINDOWS = {"calib": 128, "eval": 40}  # --smoke: 4 and 2 (a check of the script, not figures)
 LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
 UNIFORM = {"uniform GPTQ W4 g128": ("4", "128"), "uniform GPTQ W3 g64": ("3", "64")}
+# --menu: the specs of the table (bits, group); "g64" the first run's, "groups" adds group 128
+# at 3 and 4 bits, the uniform baselines' own formats
+MENUS = {
+    "g64": ((2, 64), (3, 64), (4, 64)),
+    "groups": ((2, 64), (3, 64), (3, 128), (4, 64), (4, 128)),
+}
 
 
 def texts() -> tuple[str, str]:
@@ -54,10 +62,15 @@ def calib_options(valid: str) -> list[str]:
     return ["--calib-text", valid, "--calib-windows", n, "--ctx", "512", "--seed", "0"]
 
 
-def table_step(valid: str, table: Path) -> dict:
-    cmd = [*LOWBIT, "sensitivity", "smollm2-135m", *calib_options(valid), "--algorithm", "gptq",
-           "--bits", "2", "--bits", "3", "--bits", "4", "--group-size", "64", "--proxies-only",
-           "--probe-ctx", "64", "-o", str(table), "--overwrite"]  # fmt: skip
+def table_step(valid: str, table: Path, menu: str) -> dict:
+    specs = [{"format": {"type": "int", "bits": b, "symmetric": True},
+              "granularity": {"type": "group", "size": g}, "algorithm": {"name": "gptq"}}
+             for b, g in MENUS[menu]]  # fmt: skip
+    menu_file = OUT / f"menu-{menu}.json"
+    menu_file.write_text(json.dumps(specs))
+    cmd = [*LOWBIT, "sensitivity", "smollm2-135m", *calib_options(valid), "--menu",
+           str(menu_file), "--proxies-only", "--probe-ctx", "64", "-o", str(table),
+           "--overwrite"]  # fmt: skip
     return {"command": "lowbit " + " ".join(cmd[3:]), **run_command(cmd)}
 
 
@@ -122,27 +135,33 @@ def main() -> None:
     parser.add_argument("--start", default="additive")
     parser.add_argument("--only", nargs="+", help="step 3: these models only")
     parser.add_argument("--smoke", action="store_true", help="4 + 2 windows, under /tmp")
+    parser.add_argument("--menu", choices=list(MENUS), default="g64")
     parser.add_argument("--markdown", type=Path, help="print the tables of a result file, only")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(args.markdown))
         return
     global OUT, RESULT
+    if args.menu != "g64":  # the first run's files keep their names
+        OUT, RESULT = (
+            OUT.with_name(f"spine-{args.menu}"),
+            RESULT.with_stem(f"spine-gptq-{args.menu}"),
+        )
     if args.smoke:
         OUT, RESULT = Path("/tmp/incontext_spine_smoke"), Path("/tmp/incontext_spine_smoke.json")
         WINDOWS.update(calib=4, eval=2)
     steps = {int(s) for s in args.steps.split(",")}
     valid, test = texts()
     OUT.mkdir(parents=True, exist_ok=True)
-    table = OUT / "sens-gptq-234-spine.json"
+    table = OUT / ("sens-gptq-234-spine.json" if args.menu == "g64" else f"sens-{args.menu}.json")
     record: dict = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     record.pop("provenance", None)
     record["protocol"] = (
         f"GPTQ, calibration {WINDOWS['calib']} x 512 wiki.valid.tokens seed 0, eval WikiText-2 "
-        f"raw test {WINDOWS['eval']} x 512; menu INT2/3/4 g64"
+        f"raw test {WINDOWS['eval']} x 512; menu (bits, group) {MENUS[args.menu]}"
     )
     if 1 in steps:
-        record["table"] = table_step(valid, table)
+        record["table"] = table_step(valid, table, args.menu)
         write_result(RESULT, record)
     if 2 in steps:
         record["plans"] = plans_step(valid, table, args)

@@ -5,7 +5,8 @@ handlers: :class:`SingleLayer` (the sensitivity table's single-layer values, sum
 
 Methods: ``exact`` (the MILP; iterated in context), ``greedy`` (ExLlamaV3-style; in context on
 the measurements in the cheapest plan, as ExLlamaV3 does), ``llamacpp`` (the heuristic mix: it
-reads no sensitivity, so both sources give the same plan).
+reads no sensitivity, so it takes the single-layer source only). Options a method would ignore
+are refused (:func:`check_method`).
 """
 
 from __future__ import annotations

@@ -40,9 +40,14 @@ def _read_back(qw) -> np.ndarray:
     return dequantize(data, GGMLQuantizationType[qw.fmt.kind.upper()])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_gptq_beats_rtn_in_the_same_blocks(kind):
-    fmt = GGMLFormat(kind)
+FORMATS = [GGMLFormat(k) for k in KINDS] + [
+    GGMLFormat(k, rule="cover") for k in ("q4_k", "q5_k", "q6_k")
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f.kind}-{f.rule}")
+def test_gptq_beats_rtn_in_the_same_blocks(fmt):
+    """Under either k-quant rule (the sweep refreshes each sub-block by the format's own rule)."""
     gran = PerGroup(fmt.spec.block)
     W, X, H = _problem()
     rtn = rtn_quantize(W, fmt, gran)

@@ -1,9 +1,12 @@
 """GGML formats (Q4_K, Q5_K, Q6_K and the fallbacks Q5_0, Q5_1, Q8_0) against the gguf library
 (gguf-py, llama.cpp's own Python package) as the independent reference: its dequantizers read
-lowbit's blocks back bit for bit, its quantizers give the same bytes for the fallback types
-(gguf-py has no k-quant quantizer), and the bits per weight are the bytes of a block."""
+lowbit's blocks back bit for bit, its quantizers give the same bytes for the fallback types,
+and the bits per weight are the bytes of a block. gguf-py has no k-quant quantizer: the k-quant
+bytes are checked against llama.cpp's C (a committed fixture)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,12 @@ from lowbit.formats import GGMLFormat, MSEClip, PerGroup, format_from_dict, form
 from lowbit.formats import ggml_params as P
 from lowbit.formats.quantize import quantize_weight
 
+# llama.cpp's own k-quant bytes (ggml-quants.c's quantize_row_q{4,5,6}_K_ref, compiled from the
+# llama-cpp-python 0.3.16 sdist) for synthetic weights; made by bench/kquant_reference.py --fixture
+LLAMA_KQUANT = Path(__file__).parent / "data" / "llama_kquant.safetensors"
+
 KINDS = ["q4_k", "q5_k", "q6_k", "q5_0", "q5_1", "q8_0"]
+COVER = [GGMLFormat(k, rule="cover") for k in ("q4_k", "q5_k", "q6_k")]
 BPW = {"q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625, "q5_0": 5.5, "q5_1": 6.0, "q8_0": 8.5}
 
 
@@ -41,9 +49,8 @@ def _gguf(qw) -> np.ndarray:
 
 
 @pytest.mark.parametrize("clipping", [None, MSEClip(8, 0.3)], ids=["minmax", "mse"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_gguf_reads_back_the_evaluated_weight_bit_exactly(kind, clipping):
-    fmt = GGMLFormat(kind)
+@pytest.mark.parametrize("fmt", [GGMLFormat(k) for k in KINDS] + COVER, ids=lambda f: f"{f.kind}-{f.rule}")
+def test_gguf_reads_back_the_evaluated_weight_bit_exactly(fmt, clipping):
     qw = quantize_weight(_weight(), fmt, PerGroup(fmt.spec.block), clipping)
     assert qw.fmt == fmt
     assert np.array_equal(_gguf(qw), qw.dequantize().numpy())
@@ -129,9 +136,9 @@ def test_scale_min_packing_is_ggmls_layout():
 
 @pytest.mark.parametrize(("kind", "steps"), [("q4_k", 0.5), ("q5_k", 0.5), ("q6_k", 1.0)])
 def test_k_quants_clip_nothing_inside_the_range(kind, steps):
-    """Min-max k-quants round scales up: every weight is within half a step of its value
-    (Q6_K: one step, its symmetric grid ends at +31 where the extreme sits on -32)."""
-    fmt = GGMLFormat(kind)
+    """Min-max k-quants under the cover rule round scales up: every weight is within half a step
+    of its value (Q6_K: one step, its symmetric grid ends at +31 where the extreme sits on -32)."""
+    fmt = GGMLFormat(kind, rule="cover")
     W = _weight()
     qw = quantize_weight(W, fmt, PerGroup(256))
     step, _ = P.affine(kind, qw.scale)
@@ -146,3 +153,50 @@ def test_more_bits_are_closer():
         for k in ("q4_k", "q5_k", "q6_k")
     }
     assert err["q4_k"] > err["q5_k"] > err["q6_k"] > 0
+
+
+def _llama_cases() -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(LLAMA_KQUANT), "np") as f:
+        return sorted(k for k in f.keys() if not k.startswith("x."))
+
+
+@pytest.mark.parametrize("key", _llama_cases())
+def test_llama_rule_writes_llama_cpps_bytes(key):
+    """The default rule is llama.cpp's reference k-quant quantizer: byte for byte on synthetic
+    weights with an all-zero super-block, zero and tiny sub-blocks, no negatives, heavy tails."""
+    from safetensors.numpy import load_file
+
+    data = load_file(str(LLAMA_KQUANT))
+    kind, case = key.split(".")
+    W = torch.from_numpy(data[f"x.{case}"])
+    qw = quantize_weight(W, GGMLFormat(kind), PerGroup(256))
+    ours = ggml_blocks(kind, qw.codes.numpy(), qw.scale.numpy())
+    assert ours.shape == data[key].shape
+    assert np.array_equal(ours, data[key])
+
+
+@pytest.mark.parametrize("kind", ["q4_k", "q5_k", "q6_k"])
+def test_llama_rule_has_less_error_than_covering(kind):
+    """llama.cpp's search fits each sub-block's grid by least squares; covering the range
+    wastes levels on the extremes, so its weight error is larger overall."""
+    W = torch.randn(32, 1024, generator=torch.Generator().manual_seed(1)) * 0.02
+    err = {}
+    for rule in ("llama", "cover"):
+        Wq = quantize_weight(W, GGMLFormat(kind, rule=rule), PerGroup(256)).dequantize()
+        err[rule] = float(((Wq - W) ** 2).sum())
+    assert err["llama"] < 0.95 * err["cover"]
+
+
+def test_unknown_rule_is_refused_with_the_rules_named():
+    with pytest.raises(ConfigError, match="llama"):
+        GGMLFormat("q4_k", rule="nearest")
+    with pytest.raises(ConfigError, match="k-quants"):
+        GGMLFormat("q5_0", rule="cover")
+
+
+def test_rule_survives_a_format_round_trip():
+    fmt = GGMLFormat("q5_k", rule="cover")
+    assert format_from_dict(format_to_dict(fmt)) == fmt
+    assert format_from_dict({"type": "ggml", "kind": "q5_k"}).rule == "llama"

@@ -2,8 +2,9 @@
 
 The grid is the k-quant's own: every block's parameter bytes are chosen up front on the
 original weight (the super-block's fp16 d and dmin, each sub-block's 6-bit scale and min, as
-RTN chooses them), and when the sweep reaches a sub-block its scale and min are chosen anew on
-its updated columns under the super-block's d and dmin (a fallback block is chosen anew whole).
+RTN chooses them under the format's rule), and when the sweep reaches a sub-block its scale and
+min are chosen anew on its updated columns by the same rule (llama.cpp's search, or the covering
+range) under the super-block's d and dmin (a fallback block is chosen anew whole).
 The sweep then rounds each column to the nearest value of its sub-block's grid
 step·(q - center) (+ offset), computed exactly as :meth:`GGMLFormat.decode` computes it, and
 feeds the error forward. The sweep's groups are the sub-blocks (32 columns; 16 for Q6_K).
@@ -16,7 +17,7 @@ import torch
 from lowbit.formats import GGMLFormat, Granularity, PerGroup, QuantizedWeight
 from lowbit.formats import ggml_params as P
 from lowbit.formats.clipping import minmax_range
-from lowbit.formats.ggml import encode_blocks, nearest_codes
+from lowbit.formats.ggml import KQUANT_RULES, encode_blocks, nearest_codes
 
 
 def sweep_granularity(fmt: object, granularity: Granularity, in_features: int) -> Granularity:
@@ -42,12 +43,12 @@ class GGMLGrid:
     def refresh(self, g: int, cols: torch.Tensor) -> None:
         """Choose sub-block ``g``'s parameters on its current columns ``cols`` (out, sub)."""
         b, j = divmod(g, self.per)
-        lo, hi = cols.amin(dim=1), cols.amax(dim=1)
         if self.spec.block == self.spec.sub:  # Q5_0, Q5_1, Q8_0: the whole block
+            lo, hi = cols.amin(dim=1), cols.amax(dim=1)
             header = encode_blocks(self.fmt, cols, lo[:, None], hi[:, None])[0]
         else:
             block = self.header[:, b : b + 1]
-            header = P.sub_header(self.fmt.kind, block, j, lo, hi, self.spec.qmax)
+            header = KQUANT_RULES.get(self.fmt.rule).refresh(self.fmt.kind, block, j, cols)
         self.header[:, b : b + 1] = header
         step, offset = P.affine(self.fmt.kind, header)
         self.step[:, b * self.per : (b + 1) * self.per] = step

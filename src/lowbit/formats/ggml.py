@@ -12,25 +12,35 @@ multiple of 256 cannot hold super-blocks, so Q4_K falls back to Q5_0, Q5_K to Q5
 Q8_0 (32-wide blocks; a width that is not a multiple of 32 is refused). The fallback is the
 weight's own format (``qw.fmt``), so the saved model, its bits and the export all name it.
 
-Parameters from the per-group clipping range (granularity: the block, 256 or 32 columns):
-each sub-block's range is its own min and max clipped to its block's range. K-quants (lowbit's
-rule; gguf has no k-quant quantizer to copy): the super-block's fp16 d (and dmin) rounded up so
-the largest sub-block scale (and min) is 63 (Q6_K: 127), each sub-block's 6-bit scale and min
-rounded *up* so its range is covered (nothing clipped inside it; Q6_K's signed scale puts the
-extreme of largest magnitude on code -32, so the opposite side may lose one step at +31, as
-lowbit's symmetric integer "extreme" rule does), codes to nearest. Q5_0,
-Q5_1, Q8_0: ggml's reference quantizer exactly (fp32 d, codes from 1/d, d stored as fp16), so
-with min-max ranges the bytes equal ``gguf.quants.quantize``'s.
+Parameters from the per-group clipping range (granularity: the block, 256 or 32 columns).
+K-quants follow one of two rules (``rule``):
+
+- ``llama`` (default): llama.cpp's reference quantizer (``quantize_row_q{4,5,6}_K_ref``, see
+  :mod:`lowbit.formats.ggml_search`): each sub-block's scale and minimum searched for the least
+  weighted squared error, stored to nearest; with min-max ranges the bytes equal llama.cpp's (a
+  narrower clipping range clips the weights the search sees; codes are rounded from the
+  weights themselves);
+- ``cover``: the super-block's fp16 d (and dmin) rounded up so the largest sub-block scale (and
+  min) is 63 (Q6_K: 127), each sub-block's 6-bit scale and min rounded *up* so its range is
+  covered (nothing clipped inside it; Q6_K's signed scale puts the extreme of largest magnitude
+  on code -32, so the opposite side may lose one step at +31, as lowbit's symmetric integer
+  "extreme" rule does), codes to nearest.
+
+Q5_0, Q5_1, Q8_0 (either rule): ggml's reference quantizer exactly (fp32 d, codes from 1/d, d
+stored as fp16), so with min-max ranges the bytes equal ``gguf.quants.quantize``'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from lowbit._registry import Registry
 from lowbit.errors import ConfigError
 from lowbit.formats import ggml_params as P
+from lowbit.formats import ggml_search as search
 from lowbit.formats.granularity import Granularity, PerGroup
 from lowbit.formats.scaling import columns, require_group
 from lowbit.formats.tensor import QuantizedWeight
@@ -62,16 +72,24 @@ KINDS: dict[str, _Kind] = {
 
 @dataclass(frozen=True)
 class GGMLFormat:
-    """One of GGML's block types (``kind``: q4_k, q5_k, q6_k, q5_0, q5_1, q8_0)."""
+    """One of GGML's block types (``kind``: q4_k, q5_k, q6_k, q5_0, q5_1, q8_0); ``rule``: how
+    a k-quant chooses its parameters (``llama`` or ``cover``; the fallbacks have one rule)."""
 
     kind: str = "q4_k"
+    rule: str = "llama"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"no GGML type {self.kind!r}; known: {', '.join(KINDS)}")
+        KQUANT_RULES.get(self.rule)  # an unknown rule: UnknownNameError listing the rules
+        if self.rule != "llama" and self.spec.block == self.spec.sub:
+            raise ConfigError(
+                f"{self.kind.upper()} has one rule (ggml's reference quantizer); rule "
+                f"{self.rule!r} applies to the k-quants q4_k, q5_k, q6_k: drop it"
+            )
 
     scale_bits = 8  # ``scale`` holds the blocks' parameter bytes
-    in_name = ("kind",)  # labels name the type already (Q5_K g256), not "kind=q5_k"
+    in_name = ("kind", "rule")  # labels name both already (Q5_K g256 cover), not "kind=q5_k"
 
     @property
     def spec(self) -> _Kind:
@@ -122,7 +140,8 @@ class GGMLFormat:
         require_group(self.kind.upper(), granularity, self.spec.block, "GGML block")
 
     def describe(self, granularity: Granularity) -> str:
-        return f"{self.kind.upper()} g{self.spec.block}"
+        rule = f" {self.rule}" if self.rule != "llama" else ""
+        return f"{self.kind.upper()} g{self.spec.block}{rule}"
 
     def encode(
         self, W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, granularity: Granularity
@@ -149,6 +168,8 @@ def encode_blocks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Parameter bytes (out, blocks, header) and codes (out, in) as floats of ``W`` (out, in),
     a whole number of ``fmt``'s blocks, for sub-block ranges ``lo``/``hi`` (out, in/sub)."""
+    if fmt.spec.block != fmt.spec.sub:  # a k-quant: its rule chooses the parameters
+        return KQUANT_RULES.get(fmt.rule).encode(W, lo, hi, fmt.kind)
     return _ENCODERS[fmt.kind](W, lo, hi, fmt.spec)
 
 
@@ -188,22 +209,47 @@ def sub_ranges(
 _Encoded = tuple[torch.Tensor, torch.Tensor]  # parameter bytes, codes (as floats)
 
 
-def _kquant(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _Encoded:
+def _cover(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kind: str) -> _Encoded:
+    spec = KINDS[kind]
     rows, per = W.shape[0], spec.block // spec.sub
     lo, hi = lo.reshape(rows, -1, per), hi.reshape(rows, -1, per)
     if spec.center:  # Q6_K: signed scales, no minimum
         d = P.q6k_super(lo, hi)
         header = P.q6k_header(d, P.q6k_sub(lo, hi, d[..., None]))
-        kind = "q6_k"
     else:
         d, dmin = P.kquant_super(lo, hi, spec.qmax)
         sc, m = P.kquant_sub(lo, hi, d[..., None], dmin[..., None], spec.qmax)
         header = P.kquant_header(d, dmin, sc, m)
-        kind = "q4_k" if spec.bits == 4 else "q5_k"
     step, offset = P.affine(kind, header)
     sub = PerGroup(spec.sub)
     off = None if offset is None else columns(offset, sub, W.shape[1])
     return header, nearest_codes(W, columns(step, sub, W.shape[1]), off, spec)
+
+
+def _llama(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, kind: str) -> _Encoded:
+    sub, width = PerGroup(KINDS[kind].sub), W.shape[1]
+    clipped = torch.minimum(torch.maximum(W, columns(lo, sub, width)), columns(hi, sub, width))
+    return search.encode(clipped, W, kind)
+
+
+def _cover_refresh(kind: str, header: torch.Tensor, j: int, cols: torch.Tensor) -> torch.Tensor:
+    lo, hi = cols.amin(dim=1), cols.amax(dim=1)
+    return P.sub_header(kind, header, j, lo, hi, KINDS[kind].qmax)
+
+
+@dataclass(frozen=True)
+class KQuantRule:
+    """How a k-quant chooses its parameters: ``encode`` (W, sub-block lo, hi, kind) → (header
+    bytes, codes) for whole blocks; ``refresh`` (kind, one block's header, sub-block j, its
+    columns (rows, sub)) → the header with sub-block j's parameters chosen anew (GPTQ)."""
+
+    encode: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str], _Encoded]
+    refresh: Callable[[str, torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+KQUANT_RULES: Registry[KQuantRule] = Registry("GGML k-quant rule")
+KQUANT_RULES.register("llama", KQuantRule(_llama, search.sub_params))
+KQUANT_RULES.register("cover", KQuantRule(_cover, _cover_refresh))
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -250,5 +296,4 @@ def _q8_0(W: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: _Kind) -> _
     return P.fp16_bytes(d), q
 
 
-_ENCODERS = {"q4_k": _kquant, "q5_k": _kquant, "q6_k": _kquant}
-_ENCODERS.update({"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0})
+_ENCODERS = {"q5_0": _q5_0, "q5_1": _q5_1, "q8_0": _q8_0}

@@ -32,6 +32,11 @@ def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).contiguous().view(torch.uint8).reshape(*x.shape, 2)
 
 
+def fp16_round(x: torch.Tensor) -> torch.Tensor:
+    """fp32 → the nearest fp16 (ties to even, as ggml's GGML_FP32_TO_FP16), back as fp32."""
+    return x.to(torch.float16).float()
+
+
 def fp16_values(b: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fp16_bytes`: bytes (rows, n, 2) → fp32 (rows, n)."""
     return b.contiguous().view(torch.float16)[..., 0].float()

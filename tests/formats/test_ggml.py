@@ -49,7 +49,9 @@ def _gguf(qw) -> np.ndarray:
 
 
 @pytest.mark.parametrize("clipping", [None, MSEClip(8, 0.3)], ids=["minmax", "mse"])
-@pytest.mark.parametrize("fmt", [GGMLFormat(k) for k in KINDS] + COVER, ids=lambda f: f"{f.kind}-{f.rule}")
+@pytest.mark.parametrize(
+    "fmt", [GGMLFormat(k) for k in KINDS] + COVER, ids=lambda f: f"{f.kind}-{f.rule}"
+)
 def test_gguf_reads_back_the_evaluated_weight_bit_exactly(fmt, clipping):
     qw = quantize_weight(_weight(), fmt, PerGroup(fmt.spec.block), clipping)
     assert qw.fmt == fmt

@@ -401,7 +401,22 @@ def score_reference(ref: ReferenceWindow, acc: ScoreSink) -> None:
 _ROWS = 64  # tokens whose KL terms are formed at once (bounds the (rows, V) temporaries)
 
 
-def _kl_rows(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+def check_window(shape: tuple[int, ...], ref: ReferenceWindow, target: torch.Tensor) -> None:
+    """Refuses a candidate's log-probs of ``shape`` (T, V) predicting ``target`` (T,) that the
+    cached window ``ref`` cannot score: another vocabulary or ctx, or other tokens."""
+    if shape != tuple(ref.logp.shape):
+        raise ArtefactError(
+            f"candidate log-probs {shape} do not match the cached reference "
+            f"{tuple(ref.logp.shape)}: another vocabulary or ctx; delete the cache to recompute"
+        )
+    if not torch.equal(target.cpu(), ref.target):
+        raise ArtefactError(
+            "the window's tokens differ from the cached reference's (text or tokenizer changed);"
+            " delete the cache to recompute the reference"
+        )
+
+
+def kl_rows(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """Σ_v p_v (log p_v − log q_v) per row of (T, V) log-probs, ``_ROWS`` rows at a time;
     entries with p_v = 0 contribute nothing."""
     out = torch.empty(ref_logp.shape[0], dtype=ref_logp.dtype, device=ref_logp.device)
@@ -421,20 +436,11 @@ def score_cached(
 
     ``logp`` (T, V) is the candidate's log-probs (nats) predicting ``target`` (T,).
     """
-    if logp.shape != ref.logp.shape:
-        raise ArtefactError(
-            f"candidate log-probs {tuple(logp.shape)} do not match the cached reference "
-            f"{tuple(ref.logp.shape)}: another vocabulary or ctx; delete the cache to recompute"
-        )
-    if not torch.equal(target.cpu(), ref.target):
-        raise ArtefactError(
-            "the window's tokens differ from the cached reference's (text or tokenizer changed);"
-            " delete the cache to recompute the reference"
-        )
+    check_window(tuple(logp.shape), ref, target)
     device = logp.device
     ref_logp = ref.logp.to(device)
     lp_target = logp.gather(1, target.to(device)[:, None])[:, 0]
     acc.nll.append(-lp_target)
-    acc.kl.append(_kl_rows(ref_logp, logp).clamp_min_(0.0))
+    acc.kl.append(kl_rows(ref_logp, logp).clamp_min_(0.0))
     acc.agree.append(ref.argmax.to(device) == logp.argmax(-1))
     acc.dp.append(lp_target.exp() - ref.target_logp.to(device).exp())

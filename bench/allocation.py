@@ -83,6 +83,9 @@ def main() -> None:
                 "--overwrite",
             ]
         )
+        # the run's own breakdown (sweep, Hessians, Fisher, probes) from the table it wrote
+        table = json.loads((OUT / "sens-2348.json").read_text())
+        record["sensitivity_int2348_g64"]["timings_s"] = table["timings_s"]
     if 2 in steps:
         menu = OUT / "extra-menu.json"
         menu.write_text(json.dumps(EXTRA_MENU))

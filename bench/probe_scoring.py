@@ -8,11 +8,12 @@ each at the machine's thread count:
   ``score_cached`` (NLL, KL term by term, top-1 agreement, Δp; the probe used the KL only);
 - ``reference_kl``: :class:`lowbit.sensitivity.measured.ReferenceKL`: Σ p log p once per
   reference window, then one product and one sum per candidate.
-Both are compared token by token (the same float32 operations in the same order: identical),
-and with the KL taken in float64 from both models' logits (no cache, float64 normalisation on
-both sides: the error of the cache's encoding and of float32 normalisation, the same for both),
-on real candidates: RTN INT3 and INT8 g64 of ``model.layers.0.mlp.up_proj`` (a large and a
-tiny KL).
+The head's matrix product is timed for 768 tokens in calls of one 192-token window and in one
+call (``HEAD_ROWS``). Both scorers are compared token by token (the same float32 operations in
+the same order: identical), and with the KL taken in float64 from both models' logits (no cache,
+float64 normalisation on both sides: the error of the cache's encoding and of float32
+normalisation, the same for both), on real candidates: RTN INT3 and INT8 g64 of
+``model.layers.0.mlp.up_proj`` (a large and a tiny KL).
 
     .venv/bin/python bench/probe_scoring.py     # writes bench/results/probe_scoring.json
 """
@@ -116,7 +117,30 @@ def main() -> None:
             },
         }
         print(f"INT{bits} g64 {LAYER}: {record[f'int{bits}_g64']}")
+    record["head"] = _head(model, reference)
+    print(f"head: {record['head']}")
     write_result(RESULTS / "probe_scoring.json", record)
+
+
+def _head(model, reference) -> dict[str, float]:
+    """The model's head on 768 tokens of hidden states: 4 calls of one 192-token window
+    against one call of 4 windows (``measured.HEAD_ROWS``), interleaved, median of 9."""
+    h = torch.randn(
+        4, 192, int(model.config.hidden_size), generator=torch.Generator().manual_seed(0)
+    )
+    head = model.get_output_embeddings()
+
+    def per_window() -> None:
+        for k in range(4):
+            head(h[k : k + 1])
+
+    with torch.inference_mode():
+        one, four = [], []
+        for _ in range(3):
+            one.append(_median_ms(per_window, 3))
+            four.append(_median_ms(lambda: head(h), 3))
+    a, b = statistics.median(one), statistics.median(four)
+    return {"ms_768_tokens_192_per_call": a, "ms_768_tokens_768_per_call": b, "ratio": a / b}
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Each candidate window's logits (V = 49,152) are scored two ways, interleaved, me
 each at the machine's thread count:
 - ``term_by_term``: what the probe did before: log-softmax, then the evaluation's
   ``score_cached`` (NLL, KL term by term, top-1 agreement, Δp; the probe used the KL only);
-- ``reference_kl``: :class:`lowbit.sensitivity.measured.ReferenceKL`: Σ p log p once per
-  reference window, then one product and one sum per candidate.
+- ``reference_kl``: :class:`lowbit.sensitivity.measured.ReferenceKL`: p = exp(log p) once per
+  reference window, then the terms formed in place in each candidate's log-probabilities.
 The head's matrix product is timed for 768 tokens in calls of one 192-token window and in one
 call (``HEAD_ROWS``). Both scorers are compared token by token (the same float32 operations in
 the same order: identical), and with the KL taken in float64 from both models' logits (no cache,
@@ -124,7 +124,8 @@ def main() -> None:
 
 def _head(model, reference) -> dict[str, float]:
     """The model's head on 768 tokens of hidden states: 4 calls of one 192-token window
-    against one call of 4 windows (``measured.HEAD_ROWS``), interleaved, median of 9."""
+    against one call of 4 windows (``measured.HEAD_ROWS``), interleaved: the median of 3
+    medians of 3 runs each."""
     h = torch.randn(
         4, 192, int(model.config.hidden_size), generator=torch.Generator().manual_seed(0)
     )

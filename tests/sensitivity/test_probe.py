@@ -185,3 +185,17 @@ def test_probe_windows_must_fit(tiny_llama, rt):
         measure(handle, RTN_MENU, _calib(handle, n=1), CFG, runtime=rt)
     with pytest.raises(ConfigError, match="at least 1"):
         ProbeConfig(batch=0)
+
+
+@pytest.mark.parametrize("head_rows", [1, 100])
+def test_the_head_call_size_does_not_change_the_table(llama_table, rt, monkeypatch, head_rows):
+    """One window per call of the head (1: a candidate's 2 windows in two calls), 2 candidates
+    of 2 × 24 tokens per call (100: 21 candidates a block, the last group short) and 16 (the
+    default, 768): the same KL values."""
+    from lowbit.sensitivity import measured
+
+    handle, calib, table = llama_table
+    monkeypatch.setattr(measured, "HEAD_ROWS", head_rows)
+    other = measure(handle, RTN_MENU, calib, CFG, runtime=rt)
+    for key, e in table.entries.items():
+        assert other.entries[key].kl == pytest.approx(e.kl, rel=1e-6, abs=1e-12), key

@@ -12,14 +12,14 @@ once (batches of up to ``batch`` candidates), and the model's own final norm and
 last outputs into log-probabilities, scored against the cache per token.
 
 Precision: a candidate's KL is the mean over every probe token of Σ_v p_v (log p_v − log q_v),
-in float32 as the evaluation computes it (the same operations in the same order, formed in
-place with p taken once per reference window: 4× faster than the evaluation's scorer, which
-also forms the NLL, top-1 agreement and Δp the probe does not use; ``bench/probe_scoring.py``).
-Against the KL taken in float64 from both models' logits, on the built-in model: 1e-3 relative
-for an INT8 layer (1.6717e-5 against 1.6734e-5 nats), 4e-6 for INT3, from the cache's encoding
-and each side's float32 normalisation (a floor of about 1e-7 nats on the tiny Llama, whose
-unchanged weights score 8e-8). Float64 removes the floor but costs 20–40% of the probe time on
-a CPU, for values far below any layer's real sensitivity.
+in float32 as the evaluation computes it (the same operations in the same order, formed in place
+with p taken once per reference window: identical on a CPU, tested; 4.4× faster than the
+evaluation's scorer, which also forms the NLL, top-1 agreement and Δp the probe does not use;
+``bench/probe_scoring.py``). Against the KL taken in float64 from both models' logits, on the
+built-in model: 1e-3 relative for an INT8 layer (1.6717e-5 against 1.6734e-5 nats), 4e-6 for
+INT3, from the cache's encoding and each side's float32 normalisation (a floor of about 1e-7
+nats on the tiny Llama, whose unchanged weights score 8e-8). Float64 removes the floor but costs
+20–40% of the probe time on a CPU, for values far below any layer's real sensitivity.
 """
 
 from __future__ import annotations
@@ -191,15 +191,17 @@ class KLProbe:
                 outputs[start : start + len(part)] = [h.to(self.home) for h in y.split(self.n)]
 
     def _score(self, outputs: list[torch.Tensor]) -> list[float]:
-        # candidates whose windows share one call of the head: up to HEAD_ROWS tokens
-        group = max(1, HEAD_ROWS // (self.n * int(self.ids.shape[1])))
+        # the head forms the logits of up to HEAD_ROWS tokens per call (one window at least),
+        # the windows of several candidates when they fit
+        per_call = max(1, HEAD_ROWS // int(self.ids.shape[1]))
+        group = max(1, per_call // self.n)
         chunks = [
             Chunk(torch.cat(outputs[a : a + group]), {}) for a in range(0, len(outputs), group)
         ]
         acts = Activations(chunks, self.device, self.home, self.as_tuple)
         per_token: list[list[torch.Tensor]] = [[] for _ in outputs]
         ids = self.ids.repeat(len(outputs), 1)
-        for w, logits in chunk_logits(self.lazy, acts, ids, windows_per_call=group * self.n):
+        for w, logits in chunk_logits(self.lazy, acts, ids, windows_per_call=per_call):
             for k in range(logits.shape[0]):
                 c, r = divmod(w + k, self.n)
                 per_token[c].append(self.reference[r].kl(logits[k, :-1]))
@@ -212,24 +214,26 @@ class ReferenceKL:
     """One cached reference window ``ref`` prepared to score many candidates predicting
     ``target`` (T,): p = exp(log p) (T, V) taken once, so that a candidate's KL per token is
     −Σ_v p_v (log q_v − log p_v), formed in place in its log-probabilities (see the module's
-    docstring)."""
+    docstring). Holds p beside the reference's log p: twice the reference's memory."""
 
     def __init__(self, ref: ReferenceWindow, target: torch.Tensor) -> None:
-        check_window(tuple(ref.logp.shape), ref, target)
+        check_window(tuple(ref.logp.shape), ref, target)  # the tokens
         self.ref, self.target = ref, target
         self.p = ref.logp.exp()
 
     def kl(self, logits: torch.Tensor) -> torch.Tensor:
         """KL divergence per token (T,), nats clamped at 0, of the candidate whose logits
-        (T, V) are ``logits``. A token with log p = −inf (p = 0: ∞ · 0) is scored term by term,
-        as the evaluation scores it; NaN logits stay NaN."""
+        (T, V) are ``logits`` (not modified). Where log p = −inf (p = 0: ∞ · 0) the window is
+        scored term by term, as the evaluation scores it, and those tokens taken from there;
+        NaN logits stay NaN."""
+        if logits.shape != self.p.shape:
+            check_window(tuple(logits.shape), self.ref, self.target)
         logq = torch.log_softmax(logits.float(), dim=-1)
-        check_window(tuple(logq.shape), self.ref, self.target)
         kl = logq.sub_(self.ref.logp).mul_(self.p).sum(-1).neg_()
         nan = torch.isnan(kl)
-        if bool(nan.any()):
-            redo = torch.log_softmax(logits[nan].float(), dim=-1)
-            kl[nan] = kl_rows(self.ref.logp[nan], redo)
+        if bool(nan.any()):  # the whole window, as a row's sum may depend on the rows beside it
+            whole = kl_rows(self.ref.logp, torch.log_softmax(logits.float(), dim=-1))
+            kl[nan] = whole[nan]
         return kl.clamp_min_(0.0)
 
 

@@ -27,13 +27,13 @@ of block i need blocks i+1 … N−1, so a full table loads a block about N²/2 
 Memory: one block (weights, one chunk in flight, its Hessians, its Fisher accumulators, one
 unit's quantized candidates for ``batch`` specs) or the modules outside the blocks (with the
 logits of up to ``measured.HEAD_ROWS`` tokens, one window at least), never two blocks; the
-reference's log-probabilities on the probe windows (probe windows × tokens × vocabulary); and
-the recorded activations: per block to probe, its inputs on the calibration, probe and Fisher
-windows (released as it is probed), one gradient per Fisher window, and the hidden states of one
-block's candidates on the probe windows. These live on the device or, by the runtime's offload
-policy, in CPU memory; ``timings["stored_bytes"]`` records their size and
-``timings["block_loads"]`` the blocks materialized (the reference's aside). The whole model's
-weights, or its gradients, are never held at once.
+reference's log-probabilities on the probe windows and their exponentials (twice probe windows ×
+tokens × vocabulary); and the recorded activations: per block to probe, its inputs on the
+calibration, probe and Fisher windows (released as it is probed), one gradient per Fisher
+window, and the hidden states of one block's candidates on the probe windows. These live on the
+device or, by the runtime's offload policy, in CPU memory; ``timings["stored_bytes"]`` records
+their size and ``timings["block_loads"]`` the blocks materialized (the reference's aside). The
+whole model's weights, or its gradients, are never held at once.
 """
 
 from __future__ import annotations

@@ -11,8 +11,13 @@ sees no calibration), the KL divergence to the original model, float64, on:
   calibration window (checked);
 - ``test``: the first 10 windows × 512 of WikiText-2 raw test (the spine evaluates 40).
 
-    .venv/bin/python bench/probe_bias.py [--calib-windows 8 32 128]
-    # writes bench/results/probe_bias.json
+``--runs original`` adds, for each N, GPTQ with every layer's Hessian taken from the original
+model's inputs (one forward of the unquantized model), the layers quantized independently and
+put together: how the probe's candidates are made (a unit's GPTQ from the original model's
+inputs), against true-sequential GPTQ, where each block sees the quantized blocks before it.
+
+    .venv/bin/python bench/probe_bias.py [--calib-windows 8 32 128] [--runs rtn gptq original]
+        [--out probe_bias.json]     # writes bench/results/OUT
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_result
 
-from lowbit.algorithms import GPTQConfig, RTNConfig
+from lowbit.algorithms import GPTQConfig, HessianAccumulator, RTNConfig
 from lowbit.api import fake_quant_model, quantize
 from lowbit.api.core import Windows
 from lowbit.evaluation import text as T
 from lowbit.formats import IntFormat, PerGroup
+from lowbit.models.layer_quant import quantize_weight
 from lowbit.models.sources import resolve_model
 from lowbit.plan import LayerSpec, uniform_plan
 from lowbit.runtime import RuntimeConfig, resolve_runtime
 
 CTX = 512
+RUNS = ("rtn", "gptq", "original")
 
 
 def starts(ids: torch.Tensor, n: int, seed: int) -> list[int]:
@@ -69,9 +76,46 @@ def kls(model: torch.nn.Module, sets: dict, refs: dict) -> dict[str, float]:
     return out
 
 
+def original_inputs(handle, rt, calib: torch.Tensor, spec: LayerSpec) -> torch.nn.Module:
+    """The model with every linear of the blocks quantized by ``spec`` from its Hessian on the
+    original model's inputs over ``calib`` (4 windows a forward), each layer independently."""
+    model = handle.load_model(rt)
+    path = handle.arch.blocks_path
+    stats: dict[str, HessianAccumulator] = {}
+    hooks = []
+    for i in range(len(handle.arch.blocks)):
+        for group in handle.arch.block(i).sequential_groups:
+            first = f"{path}.{i}.{group[0]}"
+            module = model.get_submodule(first)
+            stats[first] = HessianAccumulator(module.in_features)
+
+            def hook(_, args, key=first):
+                stats[key].add_batch(args[0])
+
+            hooks.append(module.register_forward_pre_hook(hook))
+    with torch.inference_mode():
+        for a in range(0, calib.shape[0], 4):
+            model(input_ids=calib[a : a + 4], use_cache=False)
+    for h in hooks:
+        h.remove()
+    for i in range(len(handle.arch.blocks)):
+        for group in handle.arch.block(i).sequential_groups:
+            H = stats.pop(f"{path}.{i}.{group[0]}").hessian()
+            for member in group:
+                name = f"{path}.{i}.{member}"
+                layer = model.get_submodule(name)
+                W = layer.weight.data
+                layer.weight.data = (
+                    quantize_weight(name, W, spec, H).weight.dequantize().to(W.dtype)
+                )
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calib-windows", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--runs", nargs="+", default=["rtn", "gptq"], choices=RUNS)
+    parser.add_argument("--out", default="probe_bias.json")
     args = parser.parse_args()
     rt = resolve_runtime(RuntimeConfig(dtype="float32"))
     handle = resolve_model("smollm2-135m")
@@ -93,20 +137,31 @@ def main() -> None:
     refs = {key: logp(model, ids) for key, ids in sets.items()}
     del model
     rows: dict[str, dict] = {}
-    runs = [("rtn", RTNConfig(), min(args.calib_windows))]
-    runs += [(f"gptq-calib{n}", GPTQConfig(), n) for n in args.calib_windows]
-    for name, algo, n in runs:
+    runs = [("rtn", "rtn", min(args.calib_windows))] if "rtn" in args.runs else []
+    runs += [(f"gptq-calib{n}", "gptq", n) for n in args.calib_windows if "gptq" in args.runs]
+    runs += [
+        (f"gptq-calib{n}-original-inputs", "original", n)
+        for n in args.calib_windows
+        if "original" in args.runs
+    ]
+    for name, kind, n in runs:
         t0 = time.perf_counter()
-        calib = Windows(T.calibration_windows(valid, CTX, n, 0, "wiki.valid.tokens"))
-        plan = uniform_plan(LayerSpec(IntFormat(4), PerGroup(128), algo))
-        qm = quantize(handle, plan, calib, rt=rt)
-        row = kls(fake_quant_model(handle, qm, rt), sets, refs)
+        calib = T.calibration_windows(valid, CTX, n, 0, "wiki.valid.tokens")
+        spec = LayerSpec(
+            IntFormat(4), PerGroup(128), RTNConfig() if kind == "rtn" else GPTQConfig()
+        )
+        if kind == "original":
+            model = original_inputs(handle, rt, calib, spec)
+        else:
+            qm = quantize(handle, uniform_plan(spec), Windows(calib), rt=rt)
+            model = fake_quant_model(handle, qm, rt)
+        row = kls(model, sets, refs)
         row["probe_over_test"] = row["probe"] / row["test"]
         row["held_out_over_test"] = row["held_out"] / row["test"]
         row["seconds"] = time.perf_counter() - t0
         rows[name] = row
         print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
-    write_result(RESULTS / "probe_bias.json", {"format": "INT4 g128 symmetric", "rows": rows})
+    write_result(RESULTS / args.out, {"format": "INT4 g128 symmetric", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,14 @@ def write_result(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     tmp.write_text(json.dumps(out, indent=1, default=str) + "\n")
     tmp.replace(path)
     return out
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 7) -> float:
+    """Milliseconds of ``fn()``: the median of ``repeat`` runs after one to warm up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)

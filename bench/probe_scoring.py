@@ -3,7 +3,7 @@ built-in model and the probe windows of ``bench/allocation.py`` (the first 2 of 
 calibration windows of wiki.valid.tokens, seed 0, cut to 192 tokens).
 
 Each candidate window's logits (V = 49,152) are scored two ways, interleaved, median of 9 runs
-each at the machine's thread count:
+each after one to warm up (``common.median_ms``), at the machine's thread count:
 - ``term_by_term``: what the probe did before: log-softmax, then the evaluation's
   ``score_cached`` (NLL, KL term by term, top-1 agreement, Δp; the probe used the KL only);
 - ``reference_kl``: :class:`lowbit.sensitivity.measured.ReferenceKL`: p = exp(log p) once per
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result
+from common import RESULTS, median_ms, write_result
 
 from lowbit.algorithms import rtn_quantize
 from lowbit.evaluation import text as T
@@ -47,15 +46,6 @@ def _old(logits: torch.Tensor, ref) -> torch.Tensor:
     acc = Accumulator()
     score_cached(logp, ref, ref.target, acc)
     return acc.kl[0]
-
-
-def _median_ms(fn, repeat: int = 9) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def _candidate_logits(model, ids: torch.Tensor, bits: int) -> torch.Tensor:
@@ -97,8 +87,8 @@ def main() -> None:
             rows.setdefault("kl_old", []).append(float(old.mean()))
             rows.setdefault("kl_new", []).append(float(new.mean()))
             for _ in range(2):  # interleaved: each form timed twice per window
-                rows["term_by_term_ms"].append(_median_ms(lambda x=x, ref=ref: _old(x, ref)))
-                rows["reference_kl_ms"].append(_median_ms(lambda x=x, r=r: prepared[r].kl(x)))
+                rows["term_by_term_ms"].append(median_ms(lambda x=x, ref=ref: _old(x, ref), 9))
+                rows["reference_kl_ms"].append(median_ms(lambda x=x, r=r: prepared[r].kl(x), 9))
         old_ms = statistics.median(rows["term_by_term_ms"])
         new_ms = statistics.median(rows["reference_kl_ms"])
         record[f"int{bits}_g64"] = {
@@ -138,8 +128,8 @@ def _head(model, reference) -> dict[str, float]:
     with torch.inference_mode():
         one, four = [], []
         for _ in range(3):
-            one.append(_median_ms(per_window, 3))
-            four.append(_median_ms(lambda: head(h), 3))
+            one.append(median_ms(per_window, 3))
+            four.append(median_ms(lambda: head(h), 3))
     a, b = statistics.median(one), statistics.median(four)
     return {"ms_768_tokens_192_per_call": a, "ms_768_tokens_768_per_call": b, "ratio": a / b}
 

@@ -13,30 +13,17 @@ beat, on this machine with one thread (median of 7 runs):
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result
+from common import RESULTS, median_ms, write_result
 
 from lowbit._tensor import all_finite
 from lowbit.algorithms.hessian import HessianAccumulator
 from lowbit.formats import packing
-
-
-def median_ms(fn: Callable[[], object], repeat: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def _unpack_words_signed(data: torch.Tensor, bits: int) -> torch.Tensor:

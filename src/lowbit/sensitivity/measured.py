@@ -13,7 +13,7 @@ last outputs into log-probabilities, scored against the cache per token.
 
 Precision: a candidate's KL is the mean over every probe token of Σ_v p_v (log p_v − log q_v),
 in float32 as the evaluation computes it (the same operations in the same order, formed in place
-with p taken once per reference window: identical on a CPU, tested; 4.1–4.6× faster than the
+with p taken once per reference window: identical on a CPU, tested; 4.0–4.6× faster than the
 evaluation's scorer, which also forms the NLL, top-1 agreement and Δp the probe does not use;
 ``bench/probe_scoring.py``). Against the KL taken in float64 from both models' logits, on the
 built-in model: 1e-3 relative for an INT8 layer (1.6717e-5 against 1.6734e-5 nats), 4e-6 for

@@ -21,6 +21,7 @@ what it measured):
 Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-windows 2]
        [--probe-ctx 128] [--start additive] [--steps 1,2,3] [--only NAME ...] [--smoke]
        [--menu g64|groups] (groups: written to spine-groups/ and spine-gptq-groups.json)
+       [--probe-held-out] (the probe's windows outside the calibration's; result *-heldout.json)
        .venv/bin/python bench/incontext_spine.py --markdown bench/results/incontext/spine-gptq.json
 """
 
@@ -85,15 +86,16 @@ def plans_step(valid: str, table: Path, args: argparse.Namespace) -> dict:
     handle = api.load("smollm2-135m")
     tab = api.load_table(table, handle)
     limits = target_constraints(tab, "any", handle)
-    cfg = InContext(args.rounds, args.boundary,
-                    ContextConfig(args.probe_windows, args.probe_ctx), args.start)  # fmt: skip
+    probe = ContextConfig(args.probe_windows, args.probe_ctx, held_out=args.probe_held_out)
+    cfg = InContext(args.rounds, args.boundary, probe, args.start)
     calib = api.TextConfig(valid, 512, WINDOWS["calib"], 0, "auto")
-    windows = text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, calib, calibration=True, held_out=cfg.held_out_windows)
+    label = "in-context held-out" if args.probe_held_out else "in-context"
     inputs = Inputs(handle, windows, api.runtime(DEFAULT_EXECUTION.runtime))
     options = {"metric": "fisher", "fuse": True, "constraints": limits}
     out: dict = {}
     for b in args.budgets:
-        for name, source in ((f"in-context {b:g}", cfg), (f"additive {b:g}", SINGLE_LAYER)):
+        for name, source in ((f"{label} {b:g}", cfg), (f"additive {b:g}", SINGLE_LAYER)):
             t0 = time.perf_counter()
             done = allocate_with(source, tab, api.AvgBits(b), "exact", options, inputs)
             path = OUT / f"plan-{name.replace(' ', '-')}.yaml"
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="step 3: these models only")
     parser.add_argument("--smoke", action="store_true", help="4 + 2 windows, under /tmp")
     parser.add_argument("--menu", choices=list(MENUS), default="g64")
+    parser.add_argument("--probe-held-out", action="store_true",
+                        help="probe windows outside the calibration windows; written to "
+                        "*-heldout.json, plans named 'in-context held-out B'")  # fmt: skip
     parser.add_argument("--markdown", type=Path, help="print the tables of a result file, only")
     args = parser.parse_args()
     if args.markdown:
@@ -147,6 +152,8 @@ def main() -> None:
             OUT.with_name(f"spine-{args.menu}"),
             RESULT.with_stem(f"spine-gptq-{args.menu}"),
         )
+    if args.probe_held_out:  # the table stays the menu's (in OUT)
+        RESULT = RESULT.with_stem(f"{RESULT.stem}-heldout")
     if args.smoke:
         OUT, RESULT = Path("/tmp/incontext_spine_smoke"), Path("/tmp/incontext_spine_smoke.json")
         WINDOWS.update(calib=4, eval=2)
@@ -167,9 +174,11 @@ def main() -> None:
         record["plans"] = plans_step(valid, table, args)
         record["allocation"] = (
             f"in context from the {args.start!r} start (metric of additive plans: the Fisher "
-            f"proxy), probe {args.probe_windows} x {args.probe_ctx}, rounds {args.rounds}, "
-            f"boundary {args.boundary}; wall_s of the first plan includes building the probe "
-            "session (GPTQ weights of every unit x spec), later plans reuse it: compare cost"
+            f"proxy), probe {args.probe_windows} x {args.probe_ctx} "
+            f"({'held-out' if args.probe_held_out else 'calibration'} windows), "
+            f"rounds {args.rounds}, boundary {args.boundary}; wall_s of the first plan includes "
+            "building the probe session (GPTQ weights of every unit x spec), later plans reuse "
+            "it: compare cost"
         )
         write_result(RESULT, record)
     if 3 in steps:
@@ -220,7 +229,8 @@ def markdown(path: Path) -> str:
 
 def _order(name: str) -> tuple[int, str]:
     """The headline first: in-context 4, its baseline, in-context 3.25, then the rest."""
-    first = ["in-context 4", "uniform GPTQ W4 g128", "in-context 3.25", "uniform GPTQ W3 g64"]
+    first = ["in-context 4", "in-context held-out 4", "uniform GPTQ W4 g128", "in-context 3.25",
+             "in-context held-out 3.25", "uniform GPTQ W3 g64"]  # fmt: skip
     return (first.index(name) if name in first else len(first), name)
 
 

@@ -108,6 +108,24 @@ def test_the_additive_start_and_selection_windows(table, tiny_llama, tmp_path, c
     assert chosen.group(1) == best
 
 
+def test_a_held_out_probe_with_the_additive_start_and_selection(
+    table, tiny_llama, tmp_path, corpus
+):
+    """``--probe-held-out``: the probe's and the selection's windows are drawn outside the
+    calibration windows, so selection windows may go with a start fitted on the table; the
+    plan records the probe's configuration."""
+    _, ca = corpus
+    out = tmp_path / "held.yaml"
+    args = [*CALIB, *IN_CONTEXT, *PROBE, "--avg-bits", "4", "--probe-held-out"]
+    more = ["--start", "additive", "--metric", "hessian", "--select-windows", "1"]
+    run = _plan(tiny_llama, table, tmp_path, ca, *args, *more, "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stderr.split())
+    assert "chosen on the selection windows (1, 24 tokens)" in text and out.exists()
+    assert "in-context probe: 2 × 24 tokens of held-out windows: seeded random offsets" in text
+    assert "overlapping no calibration window" in text
+
+
 def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus):
     _, ca = corpus
     recorded = json.loads(table.read_text())["probe"]["calibration_sha256"]
@@ -151,6 +169,7 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
          "--method llamacpp: the llama.cpp-style mix is fixed by rule"),
         (["--select-windows", "2", "--rounds", "4"],
          "--rounds 4, --probe-ctx 24, --select-windows 2: in-context options, which"),
+        (["--probe-held-out"], "--probe-held-out True: in-context options, which"),
     ]  # fmt: skip
     for args, message in ignored:
         out = tmp_path / "bad.yaml"

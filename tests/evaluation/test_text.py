@@ -26,6 +26,32 @@ def test_calibration_draw_is_seeded():
     assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(10, 63, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bos", [None, 9999])
+def test_held_out_windows_overlap_no_calibration_window(bos):
+    """The held-out draw is seeded, leaves the calibration draw as it was, and each window's
+    text (ids are positions here) shares no token with a calibration window nor another."""
+    ids = torch.arange(5000)
+    calib = T.calibration_windows(ids, 64, 20, 3, "t", bos=bos)
+    held = T.held_out_windows(ids, 64, 12, 3, 20, "t", bos=bos)
+    assert torch.equal(held, T.held_out_windows(ids, 64, 12, 3, 20, "t", bos=bos))
+    assert torch.equal(calib, T.calibration_windows(ids, 64, 20, 3, "t", bos=bos))
+    assert held.shape == (12, 64)
+    text = 0 if bos is None else 1
+    if bos is not None:
+        assert torch.equal(held[:, 0], torch.full((12,), bos))
+    seen = set(calib[:, text:].reshape(-1).tolist())
+    held_text = held[:, text:].reshape(-1).tolist()
+    assert not seen & set(held_text) and len(set(held_text)) == len(held_text)
+    steps = held[:, text + 1 :] - held[:, text:-1]  # consecutive text
+    assert torch.equal(steps, torch.ones_like(steps))
+
+
+def test_held_out_windows_that_do_not_fit_are_refused():
+    ids = torch.arange(700)
+    with pytest.raises(DataError, match=r"text x: found \d+ of 20 held-out windows of 64"):
+        T.held_out_windows(ids, 64, 20, 0, 8, "text x")
+
+
 def test_bos_windows_are_bos_and_consecutive_text():
     """With BOS each window is [BOS] + ctx−1 text tokens; consecutive windows advance by ctx−1,
     so every text token of the windows is a target exactly once."""

@@ -113,3 +113,23 @@ def test_probe_windows_must_fit_the_calibration(setup):
         ContextProbe(handle, MENU, table.layers, units, calib, ContextConfig(8, 24), rt)
     with pytest.raises(ConfigError, match="batch must be at least 1"):
         ContextConfig(batch=0)
+
+
+def test_a_held_out_probe_scores_the_held_out_windows(setup):
+    """With ``held_out`` the probe's windows are cut from the held-out ones (its KL is a
+    whole-model evaluation there), not from the calibration windows the weights were fitted on;
+    without held-out windows, or too few, it is refused."""
+    handle, rt, calib, table, problem, _ = setup
+    units = [u.layers for u in problem.units]
+    g = torch.Generator().manual_seed(1)
+    held = torch.randint(0, handle.config.vocab_size, (3, 28), generator=g)
+    cfg = ContextConfig(probe_windows=2, probe_ctx=24, batch=2, chunk_size=3, held_out=True)
+    probe = ContextProbe(handle, MENU, table.layers, units, calib, cfg, rt, held_out=held)
+    model = handle.load_model(rt)
+    plan = tuple(1 for _ in units)
+    ref = whole_model_kl(model, _planned(model, table, problem, plan), held[:2, :24])
+    assert probe.kl(plan) == pytest.approx(ref, rel=1e-4, abs=2e-7)
+    with pytest.raises(ConfigError, match="on held-out windows, but none were drawn"):
+        ContextProbe(handle, MENU, table.layers, units, calib, cfg, rt)
+    with pytest.raises(ConfigError, match="do not fit in the 1 × 28 held-out windows"):
+        ContextProbe(handle, MENU, table.layers, units, calib, cfg, rt, held_out=held[:1])

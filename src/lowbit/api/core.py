@@ -64,6 +64,7 @@ class Windows:
     ids: torch.Tensor
     info: JsonDict = field(default_factory=dict)
     bos: BosChoice = field(default_factory=BosChoice)
+    held_out: torch.Tensor | None = None  # calibration only, when asked: windows outside ids'
 
 
 def load(model: str, *, allow_pickle: bool = False) -> ModelHandle:
@@ -81,10 +82,16 @@ def runtime(cfg: RuntimeConfig | None = None) -> Runtime:
     return resolve_runtime(cfg)
 
 
-def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> Windows:
+def text_windows(
+    handle: ModelHandle, cfg: TextConfig, *, calibration: bool, held_out: int = 0
+) -> Windows:
     """Tokenize ``cfg.source`` once and cut evaluation (consecutive) or calibration (seeded
     random) windows, each starting with BOS when ``cfg.bos`` resolves so for the model's
-    tokenizer; records the source's fingerprint, the selection and the BOS choice."""
+    tokenizer; records the source's fingerprint, the selection and the BOS choice.
+    ``held_out`` (calibration only): also that many windows of the same text overlapping no
+    calibration window (:func:`lowbit.evaluation.text.held_out_windows`), in ``held_out``."""
+    if held_out and not calibration:
+        raise ConfigError("held-out windows are drawn beside calibration windows only")
     from lowbit.evaluation import text as T
     from lowbit.evaluation.bos import resolve_bos
 
@@ -106,6 +113,10 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
         windows = T.calibration_windows(ids, cfg.ctx, n, cfg.seed, what, bos.token_id)
     else:
         windows = T.eval_windows(ids, cfg.ctx, cfg.windows, what, bos.token_id)
+    extra = None
+    if held_out:
+        n = cfg.windows or 128
+        extra = T.held_out_windows(ids, cfg.ctx, held_out, cfg.seed, n, what, bos.token_id)
     info = {
         "source": source.describe(),
         "fingerprint": T.text_fingerprint(raw),
@@ -118,6 +129,12 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
         "bos": bos.to_dict(),
         "source_given": not cfg.defaulted,
     }
+    if held_out:
+        info["held_out"] = {
+            "windows": held_out,
+            "selection": f"seeded random offsets (seed {cfg.seed} + {T.HELD_OUT_SALT:#x}) "
+            "overlapping no calibration window",
+        }
     if cfg.defaulted:
         option, use = (
             ("--calib-text", "calibrated") if calibration else ("--eval-text", "evaluated")
@@ -126,7 +143,7 @@ def text_windows(handle: ModelHandle, cfg: TextConfig, *, calibration: bool) -> 
             f"no {option} given: {use} on the default text {source.describe()} (lowbit's "
             f"built-in Python documentation); give {option} to choose the text"
         )
-    return Windows(windows, info, bos)
+    return Windows(windows, info, bos, extra)
 
 
 def check_distinct_texts(evaluation: Windows, calibration: Windows) -> None:

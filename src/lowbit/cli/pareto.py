@@ -67,6 +67,7 @@ def pareto(
     probe_ctx: sources.ProbeCtx = 128,
     start: sources.StartPlan = "uniform",
     select_windows: sources.SelectWindows = 0,
+    probe_held_out: sources.ProbeHeldOut = False,
     ray: UseRay = False,
     workers: Workers = 1,
     address: Address = None,
@@ -78,7 +79,8 @@ def pareto(
     Example: lowbit pareto smollm2-135m --table sens.json -o sweep --budget 3.5 --budget 4
     """
     args = (sensitivity, rounds, boundary, probe_windows, probe_ctx, start, select_windows)
-    source = sources.sensitivity_config(*args)  # refused here, before the model loads
+    # refused here, before the model loads
+    source = sources.sensitivity_config(*args, probe_held_out)
     from lowbit import api
     from lowbit.workflows import pareto_job
     from lowbit.workflows.spine import Execution

@@ -59,6 +59,7 @@ def plan(
     probe_ctx: sources.ProbeCtx = 128,
     start: sources.StartPlan = "uniform",
     select_windows: sources.SelectWindows = 0,
+    probe_held_out: sources.ProbeHeldOut = False,
     calib_text: CalibText = None,
     calib_windows: CalibWindows = 128,
     ctx: Ctx = 512,
@@ -73,10 +74,12 @@ def plan(
     Example: lowbit plan smollm2-135m --table sens.json --avg-bits 3.25 -o plan.yaml
 
     In context (--sensitivity in-context) the losses are measured inside the quantized model
-    on the table's calibration windows (give the same calibration options as the table).
+    on the table's calibration windows (give the same calibration options as the table), or
+    with --probe-held-out on windows of the same text that overlap none of them.
     """
     args = (sensitivity, rounds, boundary, probe_windows, probe_ctx, start, select_windows)
-    source = sources.sensitivity_config(*args)  # refused here, before the model loads
+    # refused here, before the model loads
+    source = sources.sensitivity_config(*args, probe_held_out)
     from lowbit.api import AvgBits, MaxBytes, TextConfig
     from lowbit.cli.menu import parse_pins, parse_size
     from lowbit.errors import ConfigError

@@ -39,6 +39,15 @@ Boundary = Annotated[
 ]
 ProbeWindows = Annotated[int, typer.Option(help="In context: calibration windows the KL uses.")]
 ProbeCtx = Annotated[int, typer.Option(help="In context: tokens of each probe window.")]
+ProbeHeldOut = Annotated[
+    bool,
+    typer.Option(
+        "--probe-held-out/--probe-in-calibration",
+        help="In context: draw the probe's (and selection's) windows from the calibration text "
+        "where they overlap no calibration window, so GPTQ's candidates are not scored on the "
+        "text they were fitted on (default: the first calibration windows).",
+    ),
+]
 SelectWindows = Annotated[
     int,
     typer.Option(
@@ -55,7 +64,8 @@ def _single_layer(**options: Any) -> Any:
     from lowbit.workflows.incontext import InContext, SingleLayer, options_given
 
     default = InContext()
-    given = options_given(options, {**vars(default), **vars(default.probe)})
+    defaults = {**vars(default), **vars(default.probe), "probe_held_out": default.probe.held_out}
+    given = options_given(options, defaults)
     if given:
         raise ConfigError(
             f"{', '.join(given)}: in-context options, which --sensitivity single-layer would "
@@ -65,12 +75,18 @@ def _single_layer(**options: Any) -> Any:
 
 
 def _in_context(
-    rounds: int, boundary: int, probe_windows: int, probe_ctx: int, start: str, select_windows: int
+    rounds: int,
+    boundary: int,
+    probe_windows: int,
+    probe_ctx: int,
+    start: str,
+    select_windows: int,
+    probe_held_out: bool,
 ) -> Any:
     from lowbit.sensitivity.incontext import ContextConfig
     from lowbit.workflows.incontext import InContext
 
-    probe = ContextConfig(probe_windows, probe_ctx)
+    probe = ContextConfig(probe_windows, probe_ctx, held_out=probe_held_out)
     return InContext(rounds, boundary, probe, start, select_windows)
 
 
@@ -88,6 +104,7 @@ def sensitivity_config(
     probe_ctx: int,
     start: str,
     select_windows: int,
+    probe_held_out: bool = False,
 ) -> Any:
     """The validated configuration of ``source`` from a command's in-context options (refused
     with a single-layer source unless at their defaults, which are :class:`InContext`'s)."""
@@ -98,4 +115,5 @@ def sensitivity_config(
         probe_ctx=probe_ctx,
         start=start,
         select_windows=select_windows,
+        probe_held_out=probe_held_out,
     )

@@ -153,9 +153,44 @@ def calibration_windows(
     """``n`` windows (n, ctx) at seeded random offsets (the usual GPTQ calibration draw); with
     ``bos`` (a token id), each is ``[bos]`` and ``ctx - 1`` text tokens from its offset."""
     span = _span(ids, ctx, what, bos)
+    starts = calibration_starts(ids, span, n, seed)
+    return _with_bos(torch.stack([ids[s : s + span] for s in starts]), bos)
+
+
+def calibration_starts(ids: torch.Tensor, span: int, n: int, seed: int) -> list[int]:
+    """The text offsets of :func:`calibration_windows`' ``n`` windows of ``span`` text tokens."""
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - span + 1, (n,), generator=gen)
-    return _with_bos(torch.stack([ids[s : s + span] for s in starts.tolist()]), bos)
+    return torch.randint(0, ids.numel() - span + 1, (n,), generator=gen).tolist()
+
+
+HELD_OUT_SALT = 0x6C6F77  # the held-out draw's generator: seed + this, apart from the calibration's
+HELD_OUT_TRIES = 1000  # offsets drawn per window asked for before the text is called too full
+
+
+def held_out_windows(
+    ids: torch.Tensor, ctx: int, n: int, seed: int, calib_n: int, what: str, bos: int | None = None
+) -> torch.Tensor:
+    """``n`` windows (n, ctx) of the same text as :func:`calibration_windows` (``calib_n``
+    windows, ``seed``) at seeded random offsets whose text overlaps none of those calibration
+    windows' text nor each other's: text the calibration never saw, for scoring what was fitted
+    on it. Deterministic in (text, ctx, n, seed, calib_n); the calibration draw is unchanged."""
+    span = _span(ids, ctx, what, bos)
+    taken = calibration_starts(ids, span, calib_n, seed)
+    gen = torch.Generator().manual_seed(seed + HELD_OUT_SALT)
+    chosen: list[int] = []
+    for _ in range(HELD_OUT_TRIES * max(n, 1)):
+        if len(chosen) == n:
+            break
+        s = int(torch.randint(0, ids.numel() - span + 1, (1,), generator=gen))
+        if all(s + span <= t or s >= t + span for t in (*taken, *chosen)):
+            chosen.append(s)
+    if len(chosen) < n:
+        raise DataError(
+            f"{what}: found {len(chosen)} of {n} held-out windows of {ctx} tokens outside the "
+            f"{calib_n} calibration windows (after {HELD_OUT_TRIES * n} tries); use a longer "
+            "text, fewer calibration or held-out windows, or a smaller --ctx"
+        )
+    return _with_bos(torch.stack([ids[s : s + span] for s in chosen]), bos)
 
 
 def _with_bos(text: torch.Tensor, bos: int | None) -> torch.Tensor:

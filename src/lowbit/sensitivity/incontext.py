@@ -51,14 +51,18 @@ from lowbit.sensitivity.units import relative_members
 
 @dataclass(frozen=True)
 class ContextConfig:
-    """``probe_windows`` × ``probe_ctx`` tokens (the first calibration windows, cut) for the
-    measured KL; ``batch`` options of one unit share one run of a block; GPTQ's Hessians use
-    every calibration window, ``chunk_size`` per chunk."""
+    """``probe_windows`` × ``probe_ctx`` tokens for the measured KL: the first calibration
+    windows, cut, or with ``held_out`` the first windows of the calibration text that overlap no
+    calibration window (:func:`lowbit.evaluation.text.held_out_windows`), so the GPTQ
+    candidates are not scored on the text they were fitted on; ``batch`` options of one unit
+    share one run of a block; GPTQ's Hessians use every calibration window, ``chunk_size`` per
+    chunk."""
 
     probe_windows: int = 2
     probe_ctx: int = 128
     batch: int = 2
     chunk_size: int = 8
+    held_out: bool = False
 
     def __post_init__(self) -> None:
         for name in ("probe_windows", "batch", "chunk_size"):
@@ -149,6 +153,26 @@ class PlannedStore(CountingStore):
         return block
 
 
+def _probe_text(
+    calib: torch.Tensor, cfg: ContextConfig, held_out: torch.Tensor | None
+) -> torch.Tensor:
+    """The windows the probe's are cut from (calibration or held-out ones), checked."""
+    what = "calibration"
+    if cfg.held_out:
+        if held_out is None:
+            raise ConfigError(
+                "in-context probe on held-out windows, but none were drawn: draw them beside "
+                "the calibration windows (lowbit.api.text_windows(..., held_out=N))"
+            )
+        calib, what = held_out, "held-out"
+    if cfg.probe_windows > calib.shape[0] or cfg.probe_ctx > calib.shape[1]:
+        raise ConfigError(
+            f"in-context probe windows {cfg.probe_windows} × {cfg.probe_ctx} do not fit in "
+            f"the {calib.shape[0]} × {calib.shape[1]} {what} windows; give more or shorter ones"
+        )
+    return calib
+
+
 def _set_weight(block: nn.Module, member: str, W: torch.Tensor) -> None:
     block.get_submodule(member).weight = nn.Parameter(W, requires_grad=False)
 
@@ -167,19 +191,15 @@ class ContextProbe:
         cfg: ContextConfig,
         runtime: Runtime,
         bos: BosChoice = NO_BOS,
+        held_out: torch.Tensor | None = None,
     ) -> None:
-        if cfg.probe_windows > calib.shape[0] or cfg.probe_ctx > calib.shape[1]:
-            raise ConfigError(
-                f"in-context probe windows {cfg.probe_windows} × {cfg.probe_ctx} do not fit in "
-                f"the {calib.shape[0]} × {calib.shape[1]} calibration windows; give more or "
-                "shorter ones"
-            )
+        text = _probe_text(calib, cfg, held_out)
         self.menu, self.cfg, self.handle = menu, cfg, handle
         self.layers = {x.name: x for x in layers}
         self.units = [tuple(u) for u in units]
         lazy = handle.lazy(runtime)
         self.lazy, self.n = lazy, len(lazy)
-        ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
+        ids = text[: cfg.probe_windows, : cfg.probe_ctx]
         home, _ = plan_memory(
             lazy,
             {"calibration": calib, "probe": ids},

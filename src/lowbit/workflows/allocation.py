@@ -80,6 +80,11 @@ def plan_job(
         "layers_per_spec": dict(counts),
         **done.record,
     }
+    if "probe_text" in done.record:
+        r, c = done.record, done.record["probe"]
+        console.print(
+            f"in-context probe: {c['probe_windows']} × {c['probe_ctx']} tokens of {r['probe_text']}"
+        )
     if "start" in done.record:
         r = done.record
         console.print(f"start plan: {r['start']}, measured KL {r['start_plan_kl']:.4g}")
@@ -187,7 +192,7 @@ def _inputs(
         return Inputs(handle)
     if calib is None:
         raise ConfigError("in-context sensitivity needs calibration text (--calib-text)")
-    windows = text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, calib, calibration=True, held_out=sensitivity.held_out_windows)
     return Inputs(handle, windows, api.runtime(execution.runtime))
 
 
@@ -219,7 +224,8 @@ def pareto_job(
     table = api.load_table(table_path, handle)
     limits = target_constraints(table, target, handle)
     windows = text_windows(handle, evalcfg, calibration=False)
-    calib_w = text_windows(handle, calib, calibration=True)
+    held = sensitivity.held_out_windows
+    calib_w = text_windows(handle, calib, calibration=True, held_out=held)
     api.check_distinct_texts(windows, calib_w)
     inputs = Inputs(handle, calib_w, api.runtime(execution.runtime))
     points = sweep_points(

@@ -30,15 +30,17 @@ class SingleLayer:
     """The table's single-layer measurements, assumed to add up."""
 
     in_context: ClassVar[bool] = False
+    held_out_windows: ClassVar[int] = 0  # measures nothing on held-out text
 
 
 @dataclass(frozen=True)
 class InContext:
     """Measured in context from the ``start`` plan (a rule of
     :data:`lowbit.allocation.iterate.STARTS`); ``rounds`` allocations at most, each followed by
-    re-measuring ``boundary`` units in the new plan. ``select_windows``: the calibration windows
-    after the probe's (cut to its length) on which the start plan and the rounds' plans are
-    scored to choose among them; 0: chosen by the probe's own KL."""
+    re-measuring ``boundary`` units in the new plan. ``select_windows``: the windows after the
+    probe's (calibration or, with ``probe.held_out``, held-out ones; cut to its length) on which
+    the start plan and the rounds' plans are scored to choose among them; 0: chosen by the
+    probe's own KL."""
 
     rounds: int = 3
     boundary: int = 16
@@ -58,6 +60,12 @@ class InContext:
         from lowbit.allocation.iterate import IterateConfig
 
         return IterateConfig(self.rounds, self.boundary, self.start)
+
+    @property
+    def held_out_windows(self) -> int:
+        """Held-out windows to draw beside the calibration ones: the probe's and the
+        selection's, when the probe is held out; else none."""
+        return self.probe.probe_windows + self.select_windows if self.probe.held_out else 0
 
 
 Sensitivity = SingleLayer | InContext
@@ -148,7 +156,11 @@ def _in_context(
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
     selector = _selector(cfg, probe, inputs) if method == "exact" else None
-    record: dict[str, Any] = {"sensitivity": "in-context", "probe": vars(cfg.probe)}
+    record: dict[str, Any] = {
+        "sensitivity": "in-context",
+        "probe": vars(cfg.probe),
+        "probe_text": _probe_text_info(cfg, inputs),
+    }
     if reads:
         record["start_metric"] = metric
     before = probe.stats()
@@ -263,29 +275,58 @@ def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
             cfg.probe,
             inputs.runtime,
             inputs.windows.bos,
+            inputs.windows.held_out,
         )
     return inputs.sessions[key]
+
+
+def _probe_text(cfg: InContext, inputs: Inputs) -> tuple[Any, str]:
+    """The windows the probe's and the selection's are cut from, and what they are."""
+    if cfg.probe.held_out:
+        held = None if inputs.windows is None else inputs.windows.held_out
+        if held is None:
+            raise ConfigError(
+                "in-context probe on held-out windows, but none were drawn beside the "
+                "calibration windows"
+            )
+        return held, "held-out"
+    return (None if inputs.windows is None else inputs.windows.ids), "calibration"
+
+
+def _probe_text_info(cfg: InContext, inputs: Inputs) -> str:
+    """Where the probe's windows come from, in words."""
+    if not cfg.probe.held_out:
+        return "the first calibration windows"
+    return f"held-out windows: {inputs.windows.info['held_out']['selection']}"
 
 
 def _check_selection(cfg: InContext, reads_losses: bool, inputs: Inputs) -> None:
     """Selection windows must fit after the probe's, and be held out from what the start plan
     was fitted on: a start that solves on the table's values was fitted on the calibration
-    windows the table was measured on (the Hessian proxy reads all of them), so it is refused."""
+    windows the table was measured on (the Hessian proxy reads all of them), so calibration
+    selection windows are refused with it (held-out ones are not)."""
     if not cfg.select_windows:
         return
-    if reads_losses:
+    if reads_losses and not cfg.probe.held_out:
         raise ConfigError(
             f"--select-windows with --start {cfg.start}: the start plan solves on the table's "
             "values, measured on these calibration windows, so no window is held out from it; "
-            "use --start uniform or cheapest with --select-windows, or no selection windows"
+            "use --start uniform or cheapest with --select-windows, add --probe-held-out, or "
+            "give no selection windows"
         )
-    n_windows = 0 if inputs.windows is None else int(inputs.windows.ids.shape[0])
+    text, what = _probe_text(cfg, inputs)
+    n_windows = 0 if text is None else int(text.shape[0])
     first, n = cfg.probe.probe_windows, cfg.select_windows
     if first + n > n_windows:
+        fix = (
+            "draw more held-out windows"
+            if cfg.probe.held_out
+            else f"give --calib-windows {first + n} or more (and a sensitivity table measured "
+            "on them)"
+        )
         raise ConfigError(
             f"in-context selection: {n} windows after the {first} probe windows do not fit in "
-            f"the {n_windows} calibration windows; give --calib-windows {first + n} or more "
-            "(and a sensitivity table measured on them), or fewer --select-windows"
+            f"the {n_windows} {what} windows; {fix}, or fewer --select-windows"
         )
 
 
@@ -294,7 +335,7 @@ def _selector(cfg: InContext, probe: Any, inputs: Inputs) -> Any:
     (made once per ``inputs``), or None when no selection windows are asked for."""
     if not cfg.select_windows:
         return None
-    ids = inputs.windows.ids
+    ids, _ = _probe_text(cfg, inputs)
     first, n = cfg.probe.probe_windows, cfg.select_windows
     key = ("select", id(probe), first, n)
     if key not in inputs.sessions:

@@ -290,10 +290,12 @@ def run_job(
     return out
 
 
-def text_windows(handle: ModelHandle, cfg: api.TextConfig, *, calibration: bool) -> api.Windows:
+def text_windows(
+    handle: ModelHandle, cfg: api.TextConfig, *, calibration: bool, held_out: int = 0
+) -> api.Windows:
     """:func:`api.text_windows`, stating a default text that replaced a missing option (the
     result records it too: ``source_given`` and ``default_note`` in the text's info)."""
-    windows = api.text_windows(handle, cfg, calibration=calibration)
+    windows = api.text_windows(handle, cfg, calibration=calibration, held_out=held_out)
     if "default_note" in windows.info:
         console.print(f"note: {windows.info['default_note']}")
     return windows

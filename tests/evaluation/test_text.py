@@ -50,6 +50,8 @@ def test_held_out_windows_that_do_not_fit_are_refused():
     ids = torch.arange(700)
     with pytest.raises(DataError, match=r"text x: found \d+ of 20 held-out windows of 64"):
         T.held_out_windows(ids, 64, 20, 0, 8, "text x")
+    # a text with room for one window beside no calibration window gives exactly that one
+    assert torch.equal(T.held_out_windows(torch.arange(64), 64, 1, 0, 0, "t"), ids[None, :64])
 
 
 def test_bos_windows_are_bos_and_consecutive_text():

@@ -334,6 +334,16 @@ CASES: tuple[Case, ...] = (
         ("--workers and --address go with --ray",),
     ),
     Case(
+        "sensitivity-held-out-probe-measuring-nothing",
+        (*S[:-1], "--bits", "4", "--proxies-only", "--probe-held-out"),
+        ("held-out probe windows with --proxies-only", "drop --probe-held-out or --proxies-only"),
+    ),
+    Case(
+        "sensitivity-held-out-windows-that-do-not-fit",
+        (*S[:-1], "--bits", "4", "--probe-held-out", "--probe-windows", "400"),
+        ("found", "of 400 held-out windows of 32", "outside the 2 calibration windows"),
+    ),
+    Case(
         "pareto-ray-no-workers",
         ("pareto", "{model}", "--table", "{table}", "-o", OUT, "--ray", "--workers", "0"),
         ("--workers must be at least 1", "got 0"),

@@ -71,6 +71,34 @@ def test_measured_kl_equals_an_independent_evaluation(llama_table, rt):
             assert table.entry(name, s).kl == pytest.approx(ref, rel=1e-4, abs=2e-7)
 
 
+def test_a_held_out_probe_measures_on_the_held_out_windows(llama_table, rt):
+    """With ``held_out`` the KL is measured on the held-out windows (an independent evaluation
+    there), the proxies still on the calibration windows; without held-out windows it is
+    refused, and so is a held-out probe that measures nothing."""
+    import dataclasses
+
+    handle, calib, table = llama_table
+    model = handle.load_model(rt)
+    held = torch.randint(0, handle.config.vocab_size, (2, 30), generator=torch.Generator())
+    cfg = dataclasses.replace(CFG, held_out=True)
+    name = "model.layers.1.mlp.down_proj"
+    part = dataclasses.replace(cfg, blocks=(1,))
+    other = measure(handle, RTN_MENU, calib, part, runtime=rt, held_out=held)
+    assert other.probe["probe_held_out"] is True and table.probe["probe_held_out"] is False
+    for s, spec in enumerate(RTN_MENU):
+        changed = copy.deepcopy(model)
+        layer = changed.get_submodule(name)
+        layer.weight.data = _rtn(layer, spec)
+        ref = whole_model_kl(model, changed, held[:, : CFG.probe_ctx])
+        assert other.entry(name, s).kl == pytest.approx(ref, rel=1e-4, abs=2e-7)
+        assert other.entry(name, s).kl != table.entry(name, s).kl
+        assert other.entry(name, s).hessian == table.entry(name, s).hessian
+    with pytest.raises(ConfigError, match="probe on held-out windows, but none were drawn"):
+        measure(handle, RTN_MENU, calib, part, runtime=rt)
+    with pytest.raises(ConfigError, match="held-out probe windows with --proxies-only"):
+        dataclasses.replace(cfg, measure=False)
+
+
 def test_fisher_proxies_equal_the_whole_model_fisher(llama_table, rt):
     handle, calib, table = llama_table
     model = handle.load_model(rt)

@@ -47,6 +47,7 @@ def sensitivity(
         on_block=on_block,
         progress=progress,
         bos=calib.bos,
+        held_out=calib.held_out,
     )
 
 

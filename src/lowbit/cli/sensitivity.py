@@ -50,6 +50,15 @@ def sensitivity(
     bos: Bos = "auto",
     probe_windows: Annotated[int, typer.Option(help="Windows for the measured KL.")] = 2,
     probe_ctx: Annotated[int, typer.Option(help="Tokens per probe window.")] = 192,
+    probe_held_out: Annotated[
+        bool,
+        typer.Option(
+            "--probe-held-out/--probe-in-calibration",
+            help="Draw the probe windows from the calibration text where they overlap no "
+            "calibration window, so GPTQ's candidates are not scored on the text they were "
+            "fitted on (default: the first calibration windows).",
+        ),
+    ] = False,
     batch: Annotated[int, typer.Option(help="Specs run together through the model.")] = 4,
     measure: Annotated[
         bool, typer.Option("--measure/--proxies-only", help="Measure KL, or proxies only.")
@@ -98,6 +107,7 @@ def sensitivity(
         batch=batch,
         measure=measure,
         expert_units=expert_units.value,
+        held_out=probe_held_out,
     )
     sensitivity_job(
         model,

@@ -171,24 +171,32 @@ def held_out_windows(
     ids: torch.Tensor, ctx: int, n: int, seed: int, calib_n: int, what: str, bos: int | None = None
 ) -> torch.Tensor:
     """``n`` windows (n, ctx) of the same text as :func:`calibration_windows` (``calib_n``
-    windows, ``seed``) at seeded random offsets whose text overlaps none of those calibration
-    windows' text nor each other's: text the calibration never saw, for scoring what was fitted
-    on it. Deterministic in (text, ctx, n, seed, calib_n); the calibration draw is unchanged."""
+    windows, ``seed``) whose text overlaps none of those calibration windows' text nor each
+    other's: text the calibration never saw, for scoring what was fitted on it. Offsets are
+    drawn uniformly and kept when free; deterministic in (text, ctx, n, seed, calib_n); the
+    calibration draw is unchanged."""
     span = _span(ids, ctx, what, bos)
-    taken = calibration_starts(ids, span, calib_n, seed)
+    free = torch.ones(ids.numel() - span + 1, dtype=torch.bool)  # offsets still allowed
+
+    def take(s: int) -> None:  # no later window may overlap [s, s + span)
+        free[max(s - span + 1, 0) : s + span] = False
+
+    for t in calibration_starts(ids, span, calib_n, seed):
+        take(t)
     gen = torch.Generator().manual_seed(seed + HELD_OUT_SALT)
     chosen: list[int] = []
-    for _ in range(HELD_OUT_TRIES * max(n, 1)):
-        if len(chosen) == n:
+    for _ in range(HELD_OUT_TRIES * n):
+        if len(chosen) == n or not bool(free.any()):
             break
-        s = int(torch.randint(0, ids.numel() - span + 1, (1,), generator=gen))
-        if all(s + span <= t or s >= t + span for t in (*taken, *chosen)):
+        s = int(torch.randint(0, free.numel(), (1,), generator=gen))
+        if free[s]:
             chosen.append(s)
+            take(s)
     if len(chosen) < n:
         raise DataError(
             f"{what}: found {len(chosen)} of {n} held-out windows of {ctx} tokens outside the "
-            f"{calib_n} calibration windows (after {HELD_OUT_TRIES * n} tries); use a longer "
-            "text, fewer calibration or held-out windows, or a smaller --ctx"
+            f"{calib_n} calibration windows; use a longer text, fewer calibration or held-out "
+            "windows, or a smaller --ctx"
         )
     return _with_bos(torch.stack([ids[s : s + span] for s in chosen]), bos)
 

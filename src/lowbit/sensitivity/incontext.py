@@ -37,7 +37,7 @@ from lowbit.models.sources import ModelHandle
 from lowbit.plan import LayerSpec
 from lowbit.runtime import Runtime
 from lowbit.runtime.runner import Activations, Chunk, hidden_of
-from lowbit.sensitivity.measured import KLProbe, reference_windows
+from lowbit.sensitivity.measured import KLProbe, probe_source, reference_windows
 from lowbit.sensitivity.sweep import (
     CountingStore,
     Streams,
@@ -153,26 +153,6 @@ class PlannedStore(CountingStore):
         return block
 
 
-def _probe_text(
-    calib: torch.Tensor, cfg: ContextConfig, held_out: torch.Tensor | None
-) -> torch.Tensor:
-    """The windows the probe's are cut from (calibration or held-out ones), checked."""
-    what = "calibration"
-    if cfg.held_out:
-        if held_out is None:
-            raise ConfigError(
-                "in-context probe on held-out windows, but none were drawn: draw them beside "
-                "the calibration windows (lowbit.api.text_windows(..., held_out=N))"
-            )
-        calib, what = held_out, "held-out"
-    if cfg.probe_windows > calib.shape[0] or cfg.probe_ctx > calib.shape[1]:
-        raise ConfigError(
-            f"in-context probe windows {cfg.probe_windows} × {cfg.probe_ctx} do not fit in "
-            f"the {calib.shape[0]} × {calib.shape[1]} {what} windows; give more or shorter ones"
-        )
-    return calib
-
-
 def _set_weight(block: nn.Module, member: str, W: torch.Tensor) -> None:
     block.get_submodule(member).weight = nn.Parameter(W, requires_grad=False)
 
@@ -193,13 +173,13 @@ class ContextProbe:
         bos: BosChoice = NO_BOS,
         held_out: torch.Tensor | None = None,
     ) -> None:
-        text = _probe_text(calib, cfg, held_out)
+        shape = (cfg.probe_windows, cfg.probe_ctx)
+        ids = probe_source(calib, held_out, cfg.held_out, shape, "in-context probe")
         self.menu, self.cfg, self.handle = menu, cfg, handle
         self.layers = {x.name: x for x in layers}
         self.units = [tuple(u) for u in units]
         lazy = handle.lazy(runtime)
         self.lazy, self.n = lazy, len(lazy)
-        ids = text[: cfg.probe_windows, : cfg.probe_ctx]
         home, _ = plan_memory(
             lazy,
             {"calibration": calib, "probe": ids},

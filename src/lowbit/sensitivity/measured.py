@@ -30,6 +30,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from lowbit.errors import ConfigError
 from lowbit.evaluation.bos import NO_BOS, BosChoice
 from lowbit.evaluation.metrics import write_reference_windows
 from lowbit.evaluation.refcache import (
@@ -242,3 +243,31 @@ def _parent(root: nn.Module, path: str) -> tuple[nn.Module, str]:
         return root, path
     head, attr = path.rsplit(".", 1)
     return root.get_submodule(head), attr
+
+
+def probe_source(
+    calib: torch.Tensor,
+    held_out: torch.Tensor | None,
+    use_held_out: bool,
+    shape: tuple[int, int],
+    who: str,
+) -> torch.Tensor:
+    """The probe's windows, ``shape`` = (windows, ctx): the first calibration windows ``calib``
+    cut, or with ``use_held_out`` the first held-out ones (text outside every calibration
+    window: :func:`lowbit.evaluation.text.held_out_windows`); checked to fit. ``who`` names the
+    probe in errors."""
+    what = "calibration"
+    if use_held_out:
+        if held_out is None:
+            raise ConfigError(
+                f"{who} on held-out windows, but none were drawn: draw them beside the "
+                "calibration windows (lowbit.api.text_windows(..., held_out=N))"
+            )
+        calib, what = held_out, "held-out"
+    n, ctx = shape
+    if n > calib.shape[0] or ctx > calib.shape[1]:
+        raise ConfigError(
+            f"{who} windows {n} × {ctx} do not fit in the {calib.shape[0]} × {calib.shape[1]} "
+            f"{what} windows; give more or shorter ones"
+        )
+    return calib[:n, :ctx]

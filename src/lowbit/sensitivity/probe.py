@@ -55,7 +55,7 @@ from lowbit.runtime import Runtime
 from lowbit.runtime.runner import Activations
 from lowbit.sensitivity.candidates import Row, Unit
 from lowbit.sensitivity.fisher import BlockwiseFisher
-from lowbit.sensitivity.measured import KLProbe, reference_windows
+from lowbit.sensitivity.measured import KLProbe, probe_source, reference_windows
 from lowbit.sensitivity.sweep import (
     CountingStore,
     Recorded,
@@ -77,7 +77,9 @@ from lowbit.sensitivity.units import (
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """``probe_windows`` × ``probe_ctx`` tokens (the first calibration windows, cut) for the
+    """``probe_windows`` × ``probe_ctx`` tokens (the first calibration windows, cut; with
+    ``held_out`` the first held-out windows, text outside every calibration window, so GPTQ's
+    candidates are not scored on what they were fitted on) for the
     measured KL; ``fisher_windows`` × ``fisher_ctx`` for the Fisher estimate; the Hessians use
     every calibration window (``chunk_size`` windows per chunk); ``batch`` candidates share one
     run of a block. ``expert_units``: ``"projection"`` probes one projection of every expert of
@@ -93,6 +95,12 @@ class ProbeConfig:
     fisher: bool = True
     blocks: tuple[int, ...] | None = None  # probe only these blocks (the table is then partial)
     expert_units: ExpertUnits = "projection"
+    held_out: bool = False
+
+    @property
+    def held_out_windows(self) -> int:
+        """Held-out windows to draw beside the calibration ones (the probe's, when held out)."""
+        return self.probe_windows if self.held_out else 0
 
     def __post_init__(self) -> None:
         for name in ("probe_windows", "probe_ctx", "fisher_windows", "fisher_ctx", "batch"):
@@ -102,6 +110,11 @@ class ProbeConfig:
                 )
         if self.probe_ctx < 2 or self.fisher_ctx < 2:
             raise ConfigError("probe and Fisher windows need at least 2 tokens")
+        if self.held_out and not self.measure:
+            raise ConfigError(
+                "held-out probe windows with --proxies-only: no KL is measured on them; drop "
+                "--probe-held-out or --proxies-only"
+            )
         check_expert_units(self.expert_units)
 
 
@@ -120,6 +133,7 @@ def measure(
     on_block: BlockDone | None = None,
     progress: Progress | None = None,
     bos: BosChoice = NO_BOS,
+    held_out: torch.Tensor | None = None,
 ) -> SensitivityTable:
     """The sensitivity table of ``handle`` for ``menu`` on calibration windows ``calib`` (n, ctx),
     cut with the BOS choice ``bos``, run on ``runtime`` one block at a time (see the module's
@@ -127,13 +141,11 @@ def measure(
 
     ``done`` holds entries of an interrupted run: their layers are not probed again.
     ``on_block(i, entries)`` is called after each block, the last block first (to checkpoint);
-    ``progress(blocks done, blocks)``."""
+    ``progress(blocks done, blocks)``. ``held_out``: the windows a ``cfg.held_out`` probe is
+    cut from."""
     check_menu(menu)
-    if cfg.probe_windows > calib.shape[0] or cfg.probe_ctx > calib.shape[1]:
-        raise ConfigError(
-            f"probe windows {cfg.probe_windows} × {cfg.probe_ctx} do not fit in the "
-            f"{calib.shape[0]} × {calib.shape[1]} calibration windows; give more or shorter ones"
-        )
+    shape = (cfg.probe_windows, cfg.probe_ctx)
+    probe_ids = probe_source(calib, held_out, cfg.held_out, shape, "probe")
     t_start = time.perf_counter()
     lazy = handle.lazy(runtime)
     infos = layer_infos(lazy.model, handle.arch, cfg.expert_units)
@@ -142,7 +154,7 @@ def measure(
     for x in infos:
         if _wanted(x, menu, entries, cfg):
             todo.setdefault(x.block, []).append(x)
-    run = _Run(handle, lazy, menu, calib, cfg, bos)
+    run = _Run(handle, lazy, menu, calib, probe_ids, cfg, bos)
     if todo:
         run.prepare(sorted(todo), max(len(x) for x in todo.values()))
     n_blocks = len(lazy)
@@ -173,6 +185,7 @@ class _Run:
     lazy: LazyModel
     menu: tuple[LayerSpec, ...]
     calib: torch.Tensor
+    probe_ids: torch.Tensor
     cfg: ProbeConfig
     bos: BosChoice
     timings: dict[str, float] = field(default_factory=dict)
@@ -191,7 +204,7 @@ class _Run:
         """The reference, the sweep and the Fisher's tail, for the blocks ``todo`` (at most
         ``units`` units to probe in one block)."""
         cfg, calib, runtime = self.cfg, self.calib, self.lazy.runtime
-        probe_ids = calib[: cfg.probe_windows, : cfg.probe_ctx]
+        probe_ids = self.probe_ids
         fisher_ids = calib[: cfg.fisher_windows, : cfg.fisher_ctx]
         per_block = max(units * len(self.menu), 1)
         home, stored = plan_memory(
@@ -338,6 +351,7 @@ def _table(
         "calibration_ctx": int(calib.shape[1]),
         "probe_windows": cfg.probe_windows if cfg.measure else 0,
         "probe_ctx": cfg.probe_ctx,
+        "probe_held_out": cfg.held_out,
         "fisher_windows": cfg.fisher_windows if cfg.fisher else 0,
         "fisher_ctx": cfg.fisher_ctx,
     }

@@ -29,7 +29,8 @@ def _probe_trial(digest: str, config: TrialConfig, artefacts: Path) -> dict[str,
     handle = api.load(config["model"])
     menu = tuple(LayerSpec.from_dict(s) for s in config["menu"])
     probe = api.ProbeConfig(**{**config["probe"], "blocks": tuple(config["probe"]["blocks"])})
-    windows = api.text_windows(handle, api.TextConfig(**config["calibration"]), calibration=True)
+    calib = api.TextConfig(**config["calibration"])
+    windows = api.text_windows(handle, calib, calibration=True, held_out=probe.held_out_windows)
     table = api.sensitivity(handle, menu, windows, probe, rt=rt)
     path = artefacts / f"{digest}.json"
     api.write_result(path, table.to_dict(), overwrite=True)

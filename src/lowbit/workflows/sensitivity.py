@@ -55,7 +55,7 @@ def sensitivity_job(
     api.check_outputs(paths["json"], paths["csv"], paths["html"], overwrite=overwrite)
     rt = api.runtime(execution.runtime)
     handle = api.load(model, allow_pickle=allow_pickle)
-    windows = text_windows(handle, calib, calibration=True)
+    windows = text_windows(handle, calib, calibration=True, held_out=probe.held_out_windows)
     threads = cpu_threads()
     key = {**_run_key(handle, menu, windows, probe), "threads": threads}
     if runner is not None:

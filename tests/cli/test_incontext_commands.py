@@ -126,6 +126,36 @@ def test_a_held_out_probe_with_the_additive_start_and_selection(
     assert "overlapping no calibration window" in text
 
 
+def test_a_table_measured_on_held_out_windows(table, tiny_llama, tmp_path, corpus):
+    """``lowbit sensitivity --probe-held-out`` measures the KL on held-out windows (recorded,
+    with their hash) and the proxies on the calibration windows as before; selection windows
+    that would overlap the table's held-out KL windows are refused with a start fitted on it."""
+    _, ca = corpus
+    out = tmp_path / "held.json"
+    menu = ["--bits", "2", "--bits", "3", "--bits", "8", "--group-size", "16"]
+    run = lowbit(
+        "sensitivity", str(tiny_llama), *menu, "--algorithm", "rtn", "--calib-text", str(ca),
+        *CALIB, "--probe-ctx", "16", "--probe-windows", "2", "--probe-held-out", "-o", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    held, base = json.loads(out.read_text()), json.loads(table.read_text())
+    assert held["probe"]["probe_held_out"] is True and base["probe"]["probe_held_out"] is False
+    info = held["probe"]["calibration"]["held_out"]
+    assert info["windows"] == 2 and len(info["sha256"]) == 16
+    assert held["probe"]["calibration_sha256"] == base["probe"]["calibration_sha256"]
+    hessians = {(e["layer"], e["spec"]): e["hessian"] for e in base["entries"]}
+    assert all(e["kl"] > 0 for e in held["entries"])
+    assert {(e["layer"], e["spec"]): e["hessian"] for e in held["entries"]} == hessians
+    bad = tmp_path / "bad.yaml"
+    args = [*CALIB, *IN_CONTEXT, "--probe-windows", "1", "--probe-ctx", "16", "--probe-held-out"]
+    more = ["--start", "additive", "--metric", "kl", "--select-windows", "1", "--avg-bits", "4"]
+    run = _plan(tiny_llama, out, tmp_path, ca, *args, *more, "-o", str(bad))
+    assert run.returncode == 2, run.stderr
+    assert "the table's KL was measured on the first 2 held-out windows" in run.stderr
+    assert "give --probe-windows 2 or more" in " ".join(run.stderr.split()) and not bad.exists()
+
+
 def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus):
     _, ca = corpus
     recorded = json.loads(table.read_text())["probe"]["calibration_sha256"]
@@ -169,7 +199,7 @@ def test_in_context_bad_input_writes_nothing(table, tiny_llama, tmp_path, corpus
          "--method llamacpp: the llama.cpp-style mix is fixed by rule"),
         (["--select-windows", "2", "--rounds", "4"],
          "--rounds 4, --probe-ctx 24, --select-windows 2: in-context options, which"),
-        (["--probe-held-out"], "--probe-held-out True: in-context options, which"),
+        (["--probe-held-out"], "--probe-held-out: in-context options, which"),
     ]  # fmt: skip
     for args, message in ignored:
         out = tmp_path / "bad.yaml"

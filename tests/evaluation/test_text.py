@@ -46,12 +46,34 @@ def test_held_out_windows_overlap_no_calibration_window(bos):
     assert torch.equal(steps, torch.ones_like(steps))
 
 
+def test_a_window_blocks_exactly_the_offsets_that_would_overlap_it():
+    free = torch.ones(20, dtype=torch.bool)
+    T.block_offsets(free, 5, 4)  # [5, 9): offsets 2..8 overlap it, 1 and 9 are adjacent
+    assert free.nonzero().squeeze(1).tolist() == [0, 1, *range(9, 20)]
+    T.block_offsets(free, 0, 4)
+    assert free.nonzero().squeeze(1).tolist() == list(range(9, 20))
+
+
+def test_held_out_draws_are_prefix_stable():
+    """The first k windows of an n-window draw are the k-window draw (a probe of k windows and
+    selection windows after it come from one draw)."""
+    ids = torch.arange(5000)
+    assert torch.equal(
+        T.held_out_windows(ids, 64, 8, 0, 20, "t")[:3], T.held_out_windows(ids, 64, 3, 0, 20, "t")
+    )
+
+
 def test_held_out_windows_that_do_not_fit_are_refused():
     ids = torch.arange(700)
     with pytest.raises(DataError, match=r"text x: found \d+ of 20 held-out windows of 64"):
         T.held_out_windows(ids, 64, 20, 0, 8, "text x")
     # a text with room for one window beside no calibration window gives exactly that one
     assert torch.equal(T.held_out_windows(torch.arange(64), 64, 1, 0, 0, "t"), ids[None, :64])
+    # one free offset among a million is found (drawn among the free ones after the tries)
+    free = torch.zeros(1_000_000, dtype=torch.bool)
+    free[123_457] = True
+    assert T._draw_free(free, torch.Generator().manual_seed(0)) == 123_457
+    assert T._draw_free(torch.zeros(10, dtype=torch.bool), torch.Generator()) is None
 
 
 def test_bos_windows_are_bos_and_consecutive_text():

@@ -133,3 +133,29 @@ def test_a_held_out_probe_scores_the_held_out_windows(setup):
         ContextProbe(handle, MENU, table.layers, units, calib, cfg, rt)
     with pytest.raises(ConfigError, match="do not fit in the 1 × 28 held-out windows"):
         ContextProbe(handle, MENU, table.layers, units, calib, cfg, rt, held_out=held[:1])
+
+
+def test_the_workflow_probes_and_selects_on_the_held_out_windows(setup):
+    """Through the allocation workflow, a held-out probe measures on the first held-out windows
+    and the selection scores on the ones after them, never on the calibration windows."""
+    from lowbit.api import Windows
+    from lowbit.workflows.incontext import InContext, Inputs, allocate_with, windows_sha256
+
+    handle, rt, calib, table, _problem, _ = setup
+    table = copy.copy(table)
+    table.probe = {**table.probe, "calibration_sha256": windows_sha256(calib)}
+    held = torch.randint(0, handle.config.vocab_size, (3, 30), generator=torch.Generator())
+    windows = Windows(calib, {"held_out": {"selection": "by hand"}}, held_out=held)
+    inputs = Inputs(handle, windows, rt)
+    probe_cfg = ContextConfig(probe_windows=2, probe_ctx=24, batch=2, chunk_size=3, held_out=True)
+    cfg = InContext(rounds=1, boundary=2, probe=probe_cfg, select_windows=1)
+    done = allocate_with(cfg, table, AvgBits(4.0), "exact", {"metric": "hessian"}, inputs)
+    probes = [v for v in inputs.sessions.values() if isinstance(v, ContextProbe)]
+    chosen = next(v for k, v in inputs.sessions.items() if isinstance(k, tuple))
+    main = next(v for v in probes if v is not chosen)
+    assert len(probes) == 2
+    assert torch.equal(main.probe.ids, held[:2, :24])
+    assert torch.equal(chosen.probe.ids, held[2:3, :24])
+    assert done.record["probe"]["held_out"] is True
+    assert done.record["probe_text"] == "held-out windows: by hand"
+    assert set(done.record["selection"]["kl_by_round"]) >= {"0"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,10 @@ def text_windows(
     tokenizer; records the source's fingerprint, the selection and the BOS choice.
     ``held_out`` (calibration only): also that many windows of the same text overlapping no
     calibration window (:func:`lowbit.evaluation.text.held_out_windows`), in ``held_out``."""
+    if held_out < 0:
+        raise ConfigError(
+            f"held_out (windows outside the calibration's) must be 0 or more, got {held_out}"
+        )
     if held_out and not calibration:
         raise ConfigError("held-out windows are drawn beside calibration windows only")
     from lowbit.evaluation import text as T
@@ -130,8 +135,10 @@ def text_windows(
         "source_given": not cfg.defaulted,
     }
     if held_out:
+        assert extra is not None
         info["held_out"] = {
             "windows": held_out,
+            "sha256": hashlib.sha256(extra.numpy().tobytes()).hexdigest()[:16],
             "selection": f"seeded random offsets (seed {cfg.seed} + {T.HELD_OUT_SALT:#x}) "
             "overlapping no calibration window",
         }

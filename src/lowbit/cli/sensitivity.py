@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lowbit.cli import sources
 from lowbit.cli.menu import Algorithm, Bits, Formats, Groups, MenuFile
 from lowbit.cli.options import (
     Address,
@@ -50,15 +51,7 @@ def sensitivity(
     bos: Bos = "auto",
     probe_windows: Annotated[int, typer.Option(help="Windows for the measured KL.")] = 2,
     probe_ctx: Annotated[int, typer.Option(help="Tokens per probe window.")] = 192,
-    probe_held_out: Annotated[
-        bool,
-        typer.Option(
-            "--probe-held-out/--probe-in-calibration",
-            help="Draw the probe windows from the calibration text where they overlap no "
-            "calibration window, so GPTQ's candidates are not scored on the text they were "
-            "fitted on (default: the first calibration windows).",
-        ),
-    ] = False,
+    probe_held_out: sources.ProbeHeldOut = False,
     batch: Annotated[int, typer.Option(help="Specs run together through the model.")] = 4,
     measure: Annotated[
         bool, typer.Option("--measure/--proxies-only", help="Measure KL, or proxies only.")

@@ -43,9 +43,9 @@ ProbeHeldOut = Annotated[
     bool,
     typer.Option(
         "--probe-held-out/--probe-in-calibration",
-        help="In context: draw the probe's (and selection's) windows from the calibration text "
-        "where they overlap no calibration window, so GPTQ's candidates are not scored on the "
-        "text they were fitted on (default: the first calibration windows).",
+        help="Draw the probe's windows (in context also the selection's) from the calibration "
+        "text where they overlap no calibration window, so GPTQ's candidates are not scored on "
+        "the text they were fitted on (default: the first calibration windows).",
     ),
 ]
 SelectWindows = Annotated[

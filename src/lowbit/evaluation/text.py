@@ -164,7 +164,7 @@ def calibration_starts(ids: torch.Tensor, span: int, n: int, seed: int) -> list[
 
 
 HELD_OUT_SALT = 0x6C6F77  # the held-out draw's generator: seed + this, apart from the calibration's
-HELD_OUT_TRIES = 1000  # offsets drawn per window asked for before the text is called too full
+HELD_OUT_TRIES = 1000  # rejected offsets in a row before drawing among the free ones instead
 
 
 def held_out_windows(
@@ -172,33 +172,46 @@ def held_out_windows(
 ) -> torch.Tensor:
     """``n`` windows (n, ctx) of the same text as :func:`calibration_windows` (``calib_n``
     windows, ``seed``) whose text overlaps none of those calibration windows' text nor each
-    other's: text the calibration never saw, for scoring what was fitted on it. Offsets are
-    drawn uniformly and kept when free; deterministic in (text, ctx, n, seed, calib_n); the
-    calibration draw is unchanged."""
+    other's: text the calibration never saw, for scoring what was fitted on it. Each offset is
+    drawn uniformly over the text and kept when free (after :data:`HELD_OUT_TRIES` rejections
+    in a row, drawn among the free ones); deterministic in (text, ctx, n, seed, calib_n), its
+    first k windows those of a k-window draw; the calibration draw is unchanged."""
     span = _span(ids, ctx, what, bos)
     free = torch.ones(ids.numel() - span + 1, dtype=torch.bool)  # offsets still allowed
-
-    def take(s: int) -> None:  # no later window may overlap [s, s + span)
-        free[max(s - span + 1, 0) : s + span] = False
-
     for t in calibration_starts(ids, span, calib_n, seed):
-        take(t)
+        block_offsets(free, t, span)
     gen = torch.Generator().manual_seed(seed + HELD_OUT_SALT)
     chosen: list[int] = []
-    for _ in range(HELD_OUT_TRIES * n):
-        if len(chosen) == n or not bool(free.any()):
-            break
+    while len(chosen) < n:
+        s = _draw_free(free, gen)
+        if s is None:
+            raise DataError(
+                f"{what}: found {len(chosen)} of {n} held-out windows of {ctx} tokens outside "
+                f"the {calib_n} calibration windows (the text has no room for more); use a "
+                "longer text, fewer calibration or held-out windows, or a smaller --ctx"
+            )
+        chosen.append(s)
+        block_offsets(free, s, span)
+    return _with_bos(torch.stack([ids[s : s + span] for s in chosen]), bos)
+
+
+def block_offsets(free: torch.Tensor, s: int, span: int) -> None:
+    """Mark in ``free`` (one flag per window offset) every offset whose ``span`` tokens would
+    overlap the window [s, s + span): s − span + 1 … s + span − 1."""
+    free[max(s - span + 1, 0) : s + span] = False
+
+
+def _draw_free(free: torch.Tensor, gen: torch.Generator) -> int | None:
+    """A free offset: drawn uniformly and kept when free, or after HELD_OUT_TRIES rejections
+    drawn among the free ones; None when none is free."""
+    for _ in range(HELD_OUT_TRIES):
         s = int(torch.randint(0, free.numel(), (1,), generator=gen))
         if free[s]:
-            chosen.append(s)
-            take(s)
-    if len(chosen) < n:
-        raise DataError(
-            f"{what}: found {len(chosen)} of {n} held-out windows of {ctx} tokens outside the "
-            f"{calib_n} calibration windows; use a longer text, fewer calibration or held-out "
-            "windows, or a smaller --ctx"
-        )
-    return _with_bos(torch.stack([ids[s : s + span] for s in chosen]), bos)
+            return s
+    left = free.nonzero().squeeze(1)
+    if left.numel() == 0:
+        return None
+    return int(left[int(torch.randint(0, left.numel(), (1,), generator=gen))])
 
 
 def _with_bos(text: torch.Tensor, bos: int | None) -> torch.Tensor:

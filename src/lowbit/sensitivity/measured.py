@@ -257,6 +257,11 @@ def probe_source(
     window: :func:`lowbit.evaluation.text.held_out_windows`); checked to fit. ``who`` names the
     probe in errors."""
     what = "calibration"
+    if held_out is not None and not use_held_out:
+        raise ConfigError(
+            f"held-out windows given to the {who}, which measures on the calibration windows: "
+            "set held_out=True in its configuration (--probe-held-out), or draw none"
+        )
     if use_held_out:
         if held_out is None:
             raise ConfigError(

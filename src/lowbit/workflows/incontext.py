@@ -152,7 +152,7 @@ def _in_context(
     metric = options.get("metric", "kl") if reads else "hessian"
     problem = build_problem(table, metric, **{"fuse": fuse, "pins": pins, **limits})
     check_reachable(problem, budget)
-    _check_selection(cfg, reads, inputs)
+    _check_selection(cfg, metric if reads else None, table, inputs)
     t0 = time.perf_counter()
     probe = _session(cfg, table, problem, inputs)
     selector = _selector(cfg, probe, inputs) if method == "exact" else None
@@ -253,9 +253,13 @@ def check_method(cfg: Sensitivity, method: str) -> None:
 
 
 def options_given(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
-    """``--name value`` for each of ``values`` other than its default (names as the command
-    line spells them)."""
-    return [f"--{k.replace('_', '-')} {v}" for k, v in values.items() if v != defaults.get(k, v)]
+    """``--name value`` (a flag set: ``--name``) for each of ``values`` other than its default
+    (names as the command line spells them)."""
+    return [
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in values.items()
+        if v != defaults.get(k, v)
+    ]
 
 
 def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
@@ -280,14 +284,19 @@ def _session(cfg: InContext, table: Any, problem: Any, inputs: Inputs) -> Any:
     return inputs.sessions[key]
 
 
-def _probe_text(cfg: InContext, inputs: Inputs) -> tuple[Any, str]:
+DRAW_HELD_OUT = (
+    "draw them beside the calibration windows: lowbit.api.text_windows(handle, calib, "
+    "calibration=True, held_out=config.held_out_windows)"
+)
+
+
+def _probe_text(cfg: InContext, inputs: Inputs) -> tuple[torch.Tensor | None, str]:
     """The windows the probe's and the selection's are cut from, and what they are."""
     if cfg.probe.held_out:
         held = None if inputs.windows is None else inputs.windows.held_out
         if held is None:
             raise ConfigError(
-                "in-context probe on held-out windows, but none were drawn beside the "
-                "calibration windows"
+                f"in-context probe on held-out windows, but none were drawn; {DRAW_HELD_OUT}"
             )
         return held, "held-out"
     return (None if inputs.windows is None else inputs.windows.ids), "calibration"
@@ -297,16 +306,29 @@ def _probe_text_info(cfg: InContext, inputs: Inputs) -> str:
     """Where the probe's windows come from, in words."""
     if not cfg.probe.held_out:
         return "the first calibration windows"
-    return f"held-out windows: {inputs.windows.info['held_out']['selection']}"
+    held = inputs.windows.info.get("held_out", {})
+    return f"held-out windows: {held.get('selection', 'drawn outside the calibration windows')}"
 
 
-def _check_selection(cfg: InContext, reads_losses: bool, inputs: Inputs) -> None:
+def _check_selection(cfg: InContext, metric: str | None, table: Any, inputs: Inputs) -> None:
     """Selection windows must fit after the probe's, and be held out from what the start plan
-    was fitted on: a start that solves on the table's values was fitted on the calibration
-    windows the table was measured on (the Hessian proxy reads all of them), so calibration
-    selection windows are refused with it (held-out ones are not)."""
+    was fitted on (``metric``: the table's values it solves on, or None): the table was
+    measured on the calibration windows (the Hessian proxy reads all of them), so calibration
+    selection windows are refused with such a start; held-out ones are not, unless the table's
+    KL was measured on held-out windows that the selection's would overlap."""
     if not cfg.select_windows:
         return
+    reads_losses = metric is not None
+    table_held = (
+        int(table.probe.get("probe_windows", 0)) if table.probe.get("probe_held_out") else 0
+    )
+    if metric == "kl" and cfg.probe.held_out and cfg.probe.probe_windows < table_held:
+        raise ConfigError(
+            f"--select-windows with --start {cfg.start} --metric kl: the table's KL was measured "
+            f"on the first {table_held} held-out windows, and the selection's begin after the "
+            f"{cfg.probe.probe_windows} probe windows, so they overlap what the start plan was "
+            f"fitted on; give --probe-windows {table_held} or more, or another --metric"
+        )
     if reads_losses and not cfg.probe.held_out:
         raise ConfigError(
             f"--select-windows with --start {cfg.start}: the start plan solves on the table's "
@@ -319,7 +341,7 @@ def _check_selection(cfg: InContext, reads_losses: bool, inputs: Inputs) -> None
     first, n = cfg.probe.probe_windows, cfg.select_windows
     if first + n > n_windows:
         fix = (
-            "draw more held-out windows"
+            DRAW_HELD_OUT.replace("draw them", "draw more")
             if cfg.probe.held_out
             else f"give --calib-windows {first + n} or more (and a sensitivity table measured "
             "on them)"

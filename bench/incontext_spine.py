@@ -22,6 +22,7 @@ Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-w
        [--probe-ctx 128] [--start additive] [--steps 1,2,3] [--only NAME ...] [--smoke]
        [--menu g64|groups] (groups: written to spine-groups/ and spine-gptq-groups.json)
        [--probe-held-out] (the probe's windows outside the calibration's; result *-heldout.json)
+       [--select-windows K] (choose the plan on K windows after the probe's; *-selectK.json)
        .venv/bin/python bench/incontext_spine.py --markdown bench/results/incontext/spine-gptq.json
 """
 
@@ -87,10 +88,11 @@ def plans_step(valid: str, table: Path, args: argparse.Namespace) -> dict:
     tab = api.load_table(table, handle)
     limits = target_constraints(tab, "any", handle)
     probe = ContextConfig(args.probe_windows, args.probe_ctx, held_out=args.probe_held_out)
-    cfg = InContext(args.rounds, args.boundary, probe, args.start)
+    cfg = InContext(args.rounds, args.boundary, probe, args.start, args.select_windows)
     calib = api.TextConfig(valid, 512, WINDOWS["calib"], 0, "auto")
     windows = text_windows(handle, calib, calibration=True, held_out=cfg.held_out_windows)
     label = "in-context held-out" if args.probe_held_out else "in-context"
+    label += f" select{args.select_windows}" if args.select_windows else ""
     inputs = Inputs(handle, windows, api.runtime(DEFAULT_EXECUTION.runtime))
     options = {"metric": "fisher", "fuse": True, "constraints": limits}
     out: dict = {}
@@ -138,6 +140,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="step 3: these models only")
     parser.add_argument("--smoke", action="store_true", help="4 + 2 windows, under /tmp")
     parser.add_argument("--menu", choices=list(MENUS), default="g64")
+    parser.add_argument("--select-windows", type=int, default=0,
+                        help="choose among the start and the rounds on these windows after "
+                        "the probe's (plans named '... selectK B')")  # fmt: skip
     parser.add_argument("--probe-held-out", action="store_true",
                         help="probe windows outside the calibration windows; written to "
                         "*-heldout.json, plans named 'in-context held-out B'")  # fmt: skip
@@ -154,6 +159,8 @@ def main() -> None:
         )
     if args.probe_held_out:  # the table stays the menu's (in OUT)
         RESULT = RESULT.with_stem(f"{RESULT.stem}-heldout")
+    if args.select_windows:
+        RESULT = RESULT.with_stem(f"{RESULT.stem}-select{args.select_windows}")
     if args.smoke:
         OUT, RESULT = Path("/tmp/incontext_spine_smoke"), Path("/tmp/incontext_spine_smoke.json")
         WINDOWS.update(calib=4, eval=2)
@@ -176,7 +183,8 @@ def main() -> None:
             f"in context from the {args.start!r} start (metric of additive plans: the Fisher "
             f"proxy), probe {args.probe_windows} x {args.probe_ctx} "
             f"({'held-out' if args.probe_held_out else 'calibration'} windows), "
-            f"rounds {args.rounds}, boundary {args.boundary}; wall_s of the first plan includes "
+            f"rounds {args.rounds}, boundary {args.boundary}, selection windows "
+            f"{args.select_windows}; wall_s of the first plan includes "
             "building the probe session (GPTQ weights of every unit x spec), later plans reuse "
             "it: compare cost"
         )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -232,6 +233,19 @@ def markdown(path: Path) -> str:
         out.append(f"| {name} | {r['start_plan_kl']:.4f} | {rounds} | {r['best_round']} | "
                    f"{r['cost']['decoder_passes']:.1f} | {r['cost']['measure_s']:.0f} | "
                    f"{p['wall_s']:.0f} |")  # fmt: skip
+    selected = {n: p["record"]["selection"] for n, p in plans.items() if "selection" in p["record"]}
+    if selected:
+        out += ["", "| in-context plan | selection windows × tokens | KL there by round (0: the "
+                "start) | chosen | test KL | ln(test / selection KL) |",
+                "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    for name, s in selected.items():
+        by_round = {int(k): v for k, v in s["kl_by_round"].items()}
+        best = plans[name]["record"]["best_round"]
+        test = models.get(name, {}).get("kl", {}).get("mean")
+        err = f"{math.log(test / by_round[best]):.3f}" if test else "–"
+        out.append(f"| {name} | {s['windows']} × {s['tokens'] // s['windows']} | "
+                   + "; ".join(f"{k}: {v:.4f}" for k, v in sorted(by_round.items()))
+                   + f" | {best} | {f'{test:.4f}' if test else '–'} | {err} |")  # fmt: skip
     return "\n".join(out)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lowbit._io import check_new_output, figures_sha256, write_json
+from lowbit._io import check_new_output, figures_sha256, machine_info, vector_isa, write_json
 from lowbit.errors import ArtefactError, OutputExistsError, OutputPathError
 
 
@@ -44,3 +44,16 @@ def test_figure_hashes_see_figures_not_times():
     b = {"perplexity": 12.5, "seconds": 9.0, "timings_s": {"q": 1.0}, "machine": {"cpus": 16}}
     assert figures_sha256(a) == figures_sha256(b)
     assert figures_sha256(a) != figures_sha256({**a, "perplexity": 12.500001})
+
+
+def test_the_machine_records_its_vector_extensions():
+    two_cpus = (
+        "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_tile\n"
+    )
+    assert vector_isa(two_cpus) == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert vector_isa("flags\t: fpu sse sse2\n") == []
+    assert vector_isa("processor\t: 0\n") == []
+    here = machine_info()["vector_isa"]
+    cpuinfo = Path("/proc/cpuinfo")
+    assert here == (vector_isa(cpuinfo.read_text()) if cpuinfo.exists() else [])

@@ -226,6 +226,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": _cpu_name(),
         "cpus": os.cpu_count(),
+        "vector_isa": vector_isa(),
     }
     with contextlib.suppress(ImportError):
         import psutil
@@ -240,6 +241,27 @@ def _cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+# The CPU's vector extensions that change which float kernels torch runs (and so the last bits
+# of a float32 result, which GPTQ's rounding decisions can amplify): "AMD EPYC" alone names
+# hosts with and without AVX-512.
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def vector_isa(cpuinfo: str | None = None) -> list[str]:
+    """The flags of :data:`_ISA_FLAGS` the first CPU of ``/proc/cpuinfo`` (or ``cpuinfo``)
+    has, in that order; empty where there is no such file."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in _ISA_FLAGS if f in have]
+    return []
 
 
 def peak_rss_bytes() -> int:

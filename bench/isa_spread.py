@@ -1,0 +1,102 @@
+"""How far GPTQ figures move when torch's CPU kernels change (issue 18: figures anyone can
+re-run). The same quantization run on a host with another vector ISA (AVX-512 against AVX2)
+runs other float32 kernels, so its last bits differ; GPTQ's rounding decisions can amplify
+them. ``ATEN_CPU_CAPABILITY`` makes torch run the kernels of a lower ISA on this host, which
+stands in for that other host.
+
+For each capability (default: this host's own and ``default``, torch's plain C++ kernels):
+``lowbit quantize`` of the built-in model on the demo's protocol (built-in calibration text,
+32 × 512 windows, seed 0) with GPTQ at each ``--bits`` (group 64) and with RTN (a control: no
+calibration, expected bit-identical), then ``lowbit eval`` of each GPTQ model under this host's
+own kernels (built-in evaluation text, 40 × 512), so only the quantization differs. Reported:
+the fraction of integer codes that differ from the first capability's and the KL and perplexity
+of each.
+
+Usage: .venv/bin/python bench/isa_spread.py [--bits 4] [--capabilities native default]
+Result: bench/results/isa_spread.json (quantized models under bench/results/isa_spread/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+OUT = RESULTS / "isa_spread"
+RESULT = RESULTS / "isa_spread.json"
+LOWBIT = [sys.executable, "-m", "lowbit.cli.main"]
+
+
+def run(cmd: list[str], capability: str | None) -> float:
+    """Run ``cmd`` with torch's kernels of ``capability`` (None: this host's own); seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    t0 = time.perf_counter()
+    print("$", " ".join(cmd[3:]), f"(ATEN_CPU_CAPABILITY={capability or 'unset'})", flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    return time.perf_counter() - t0
+
+
+def codes_differ(a: Path, b: Path) -> dict:
+    """Integer tensors of two saved models compared element by element."""
+    from safetensors.torch import load_file
+
+    n = diff = 0
+    for f in sorted(a.glob("*.safetensors")):
+        ta, tb = load_file(f), load_file(b / f.name)
+        for k, x in ta.items():
+            if x.dtype.is_floating_point:
+                continue
+            n += x.numel()
+            diff += int((x != tb[k]).sum())
+    return {"elements": n, "differ": diff, "fraction": diff / n if n else None}
+
+
+def quantize(name: str, options: list[str], cap: str | None) -> tuple[Path, float]:
+    d = OUT / name
+    cmd = [*LOWBIT, "quantize", "smollm2-135m", *options, "-o", str(d), "--overwrite"]
+    return d, run(cmd, None if cap == "native" else cap)
+
+
+def evaluate(d: Path) -> dict:
+    out = d.with_suffix(".eval.json")
+    run([*LOWBIT, "eval", str(d), "-o", str(out), "--overwrite"], None)
+    res = json.loads(out.read_text())["results"]["model"]
+    return {"perplexity": res["perplexity"], "kl_mean": res["kl"]["mean"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bits", type=int, nargs="+", default=[4])
+    parser.add_argument("--capabilities", nargs="+", default=["native", "default"])
+    args = parser.parse_args()
+    import torch
+
+    record: dict = {"native_capability": torch.backends.cpu.get_cpu_capability(), "runs": {}}
+    first: dict[str, Path] = {}
+    for cap in args.capabilities:
+        for algo, bits in [("rtn", 4), *(("gptq", b) for b in args.bits)]:
+            key = f"{algo} W{bits} g64"
+            options = ["--bits", str(bits), "--group-size", "64", "--algorithm", algo]
+            options += ["--calib-windows", "32"] if algo == "gptq" else []
+            d, secs = quantize(f"{algo}-w{bits}-{cap}", options, cap)
+            entry = {"capability": cap, "quantize_s": secs}
+            if algo == "gptq":
+                entry |= evaluate(d)
+            if key in first:
+                entry["codes_vs_first"] = codes_differ(first[key], d)
+            first.setdefault(key, d)
+            record["runs"][f"{key} {cap}"] = entry
+            write_result(RESULT, record)
+            print(key, cap, json.dumps(entry), flush=True)
+
+
+if __name__ == "__main__":
+    main()

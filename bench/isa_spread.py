@@ -9,10 +9,11 @@ For each capability (default: this host's own and ``default``, torch's plain C++
 32 × 512 windows, seed 0) with GPTQ at each ``--bits`` (group 64) and with RTN (a control: no
 calibration, expected bit-identical), then ``lowbit eval`` of each GPTQ model under this host's
 own kernels (built-in evaluation text, 40 × 512), so only the quantization differs. Reported:
-the fraction of integer codes that differ from the first capability's and the KL and perplexity
-of each.
+the codes (unpacked) and fp16 scales that differ from the first capability's, and the KL and
+perplexity of each. ``complete`` is false until every run is in.
 
 Usage: .venv/bin/python bench/isa_spread.py [--bits 4] [--capabilities native default]
+       .venv/bin/python bench/isa_spread.py --recount   (compare a finished run's models again)
 Result: bench/results/isa_spread.json (quantized models under bench/results/isa_spread/).
 """
 
@@ -44,19 +45,25 @@ def run(cmd: list[str], capability: str | None) -> float:
     return time.perf_counter() - t0
 
 
-def codes_differ(a: Path, b: Path) -> dict:
-    """Integer tensors of two saved models compared element by element."""
+def codes_differ(a: Path, b: Path, bits: int) -> dict:
+    """The codes (``*.qcodes``, unpacked from ``bits``-bit fields) and the scales (``*.qscale``)
+    of two saved models, compared element by element."""
     from safetensors.torch import load_file
 
-    n = diff = 0
+    from lowbit.formats.packing import unpack
+
+    n = diff = scales = scales_diff = 0
     for f in sorted(a.glob("*.safetensors")):
         ta, tb = load_file(f), load_file(b / f.name)
         for k, x in ta.items():
-            if x.dtype.is_floating_point:
-                continue
-            n += x.numel()
-            diff += int((x != tb[k]).sum())
-    return {"elements": n, "differ": diff, "fraction": diff / n if n else None}
+            if k.endswith(".qcodes"):
+                count = x.numel() * 8 // bits
+                ca, cb = unpack(x, bits, count, False), unpack(tb[k], bits, count, False)
+                n, diff = n + count, diff + int((ca != cb).sum())
+            elif k.endswith(".qscale"):
+                scales, scales_diff = scales + x.numel(), scales_diff + int((x != tb[k]).sum())
+    return {"codes": n, "codes_differ": diff, "fraction": diff / n if n else None,
+            "scales": scales, "scales_differ": scales_diff}  # fmt: skip
 
 
 def quantize(name: str, options: list[str], cap: str | None) -> tuple[Path, float]:
@@ -76,26 +83,53 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bits", type=int, nargs="+", default=[4])
     parser.add_argument("--capabilities", nargs="+", default=["native", "default"])
+    parser.add_argument("--recount", action="store_true",
+                        help="compare the saved models of a finished run again, only")  # fmt: skip
     args = parser.parse_args()
+    caps = list(dict.fromkeys(args.capabilities))  # each once: the first is the reference
+    if args.recount:
+        recount(caps)
+        return
     import torch
 
-    record: dict = {"native_capability": torch.backends.cpu.get_cpu_capability(), "runs": {}}
+    # this process runs with the host's kernels unless ATEN_CPU_CAPABILITY is set here too
+    record: dict = {"native_capability": torch.backends.cpu.get_cpu_capability(), "runs": {},
+                    "complete": False}  # fmt: skip
     first: dict[str, Path] = {}
-    for cap in args.capabilities:
+    for cap in caps:
         for algo, bits in [("rtn", 4), *(("gptq", b) for b in args.bits)]:
             key = f"{algo} W{bits} g64"
             options = ["--bits", str(bits), "--group-size", "64", "--algorithm", algo]
             options += ["--calib-windows", "32"] if algo == "gptq" else []
             d, secs = quantize(f"{algo}-w{bits}-{cap}", options, cap)
-            entry = {"capability": cap, "quantize_s": secs}
+            entry = {"capability": cap, "bits": bits, "dir": d.name, "quantize_s": secs}
             if algo == "gptq":
                 entry |= evaluate(d)
             if key in first:
-                entry["codes_vs_first"] = codes_differ(first[key], d)
+                entry["codes_vs_first"] = codes_differ(first[key], d, bits)
             first.setdefault(key, d)
             record["runs"][f"{key} {cap}"] = entry
             write_result(RESULT, record)
             print(key, cap, json.dumps(entry), flush=True)
+    record["complete"] = True
+    write_result(RESULT, record)
+
+
+def recount(caps: list[str]) -> None:
+    """``codes_vs_first`` of every run of the result file again, from the models under OUT."""
+    record = json.loads(RESULT.read_text())
+    record.pop("provenance", None)
+    first: dict[str, str] = {}
+    for name, entry in record["runs"].items():
+        key = name.rsplit(" ", 1)[0]
+        bits = int(key.split()[1].removeprefix("W"))
+        d = f"{key.split()[0]}-w{bits}-{entry['capability']}"
+        if key in first:
+            entry["codes_vs_first"] = codes_differ(OUT / first[key], OUT / d, bits)
+            print(name, json.dumps(entry["codes_vs_first"]), flush=True)
+        first.setdefault(key, d)
+    record["recounted"] = "codes_vs_first compared again by --recount (codes unpacked)"
+    write_result(RESULT, record)
 
 
 if __name__ == "__main__":

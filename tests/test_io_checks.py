@@ -57,3 +57,12 @@ def test_the_machine_records_its_vector_extensions():
     here = machine_info()["vector_isa"]
     cpuinfo = Path("/proc/cpuinfo")
     assert here == (vector_isa(cpuinfo.read_text()) if cpuinfo.exists() else [])
+    assert set(here) <= {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                         "amx_bf16"}  # fmt: skip
+
+
+def test_the_machine_records_torch_told_to_run_other_kernels(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert "aten_cpu_capability" not in machine_info()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    assert machine_info()["aten_cpu_capability"] == "default"

@@ -7,6 +7,7 @@ the same directory and renamed; directories are built under a temporary name and
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -226,8 +227,10 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": _cpu_name(),
         "cpus": os.cpu_count(),
-        "vector_isa": vector_isa(),
+        "vector_isa": list(_host_isa()),
     }
+    if os.environ.get("ATEN_CPU_CAPABILITY"):  # torch told to run another ISA's kernels
+        info["aten_cpu_capability"] = os.environ["ATEN_CPU_CAPABILITY"]
     with contextlib.suppress(ImportError):
         import psutil
 
@@ -262,6 +265,11 @@ def vector_isa(cpuinfo: str | None = None) -> list[str]:
             have = set(line.split(":", 1)[1].split())
             return [f for f in _ISA_FLAGS if f in have]
     return []
+
+
+@functools.cache
+def _host_isa() -> tuple[str, ...]:
+    return tuple(vector_isa())
 
 
 def peak_rss_bytes() -> int:

@@ -242,10 +242,11 @@ def markdown(path: Path) -> str:
         by_round = {int(k): v for k, v in s["kl_by_round"].items()}
         best = plans[name]["record"]["best_round"]
         test = models.get(name, {}).get("kl", {}).get("mean")
-        err = f"{math.log(test / by_round[best]):.3f}" if test else "–"
+        known = test is not None
+        err = f"{math.log(test / by_round[best]):.3f}" if known else "–"
         out.append(f"| {name} | {s['windows']} × {s['tokens'] // s['windows']} | "
                    + "; ".join(f"{k}: {v:.4f}" for k, v in sorted(by_round.items()))
-                   + f" | {best} | {f'{test:.4f}' if test else '–'} | {err} |")  # fmt: skip
+                   + f" | {best} | {f'{test:.4f}' if known else '–'} | {err} |")  # fmt: skip
     return "\n".join(out)
 
 

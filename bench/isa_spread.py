@@ -66,10 +66,29 @@ def codes_differ(a: Path, b: Path, bits: int) -> dict:
             "scales": scales, "scales_differ": scales_diff}  # fmt: skip
 
 
-def quantize(name: str, options: list[str], cap: str | None) -> tuple[Path, float]:
-    d = OUT / name
+# the sha256 of one float32 matrix product (a linear layer's shape), printed by a child process
+PRODUCT = ("import hashlib, torch; g = torch.Generator().manual_seed(0); "
+           "a, b = torch.randn(512, 576, generator=g), torch.randn(576, 1536, generator=g); "
+           "print(hashlib.sha256((a @ b).numpy().tobytes()).hexdigest()[:16])")  # fmt: skip
+
+
+def product_sha256(cap: str) -> str:
+    """The hash of :data:`PRODUCT` computed with torch's kernels of ``cap``."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if cap != "native":
+        env["ATEN_CPU_CAPABILITY"] = cap
+    run = subprocess.run([sys.executable, "-c", PRODUCT], env=env, check=True,
+                         capture_output=True, text=True)  # fmt: skip
+    return run.stdout.strip()
+
+
+def model_dir(algo: str, bits: int, cap: str) -> Path:
+    return OUT / f"{algo}-w{bits}-{cap}"
+
+
+def quantize(d: Path, options: list[str], cap: str | None) -> float:
     cmd = [*LOWBIT, "quantize", "smollm2-135m", *options, "-o", str(d), "--overwrite"]
-    return d, run(cmd, None if cap == "native" else cap)
+    return run(cmd, None if cap == "native" else cap)
 
 
 def evaluate(d: Path) -> dict:
@@ -84,7 +103,8 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[4])
     parser.add_argument("--capabilities", nargs="+", default=["native", "default"])
     parser.add_argument("--recount", action="store_true",
-                        help="compare the saved models of a finished run again, only")  # fmt: skip
+                        help="compare the saved models of a finished run again (and hash the "
+                        "matrix product under each capability), only")  # fmt: skip
     args = parser.parse_args()
     caps = list(dict.fromkeys(args.capabilities))  # each once: the first is the reference
     if args.recount:
@@ -94,6 +114,7 @@ def main() -> None:
 
     # this process runs with the host's kernels unless ATEN_CPU_CAPABILITY is set here too
     record: dict = {"native_capability": torch.backends.cpu.get_cpu_capability(), "runs": {},
+                    "product_sha256": {c: product_sha256(c) for c in caps},
                     "complete": False}  # fmt: skip
     first: dict[str, Path] = {}
     for cap in caps:
@@ -101,7 +122,8 @@ def main() -> None:
             key = f"{algo} W{bits} g64"
             options = ["--bits", str(bits), "--group-size", "64", "--algorithm", algo]
             options += ["--calib-windows", "32"] if algo == "gptq" else []
-            d, secs = quantize(f"{algo}-w{bits}-{cap}", options, cap)
+            d = model_dir(algo, bits, cap)
+            secs = quantize(d, options, cap)
             entry = {"capability": cap, "bits": bits, "dir": d.name, "quantize_s": secs}
             if algo == "gptq":
                 entry |= evaluate(d)
@@ -119,13 +141,14 @@ def recount(caps: list[str]) -> None:
     """``codes_vs_first`` of every run of the result file again, from the models under OUT."""
     record = json.loads(RESULT.read_text())
     record.pop("provenance", None)
-    first: dict[str, str] = {}
+    record["product_sha256"] = {c: product_sha256(c) for c in caps}
+    first: dict[str, Path] = {}
     for name, entry in record["runs"].items():
-        key = name.rsplit(" ", 1)[0]
-        bits = int(key.split()[1].removeprefix("W"))
-        d = f"{key.split()[0]}-w{bits}-{entry['capability']}"
+        key = name.rsplit(" ", 1)[0]  # "gptq W4 g64"
+        algo, bits = key.split()[0], int(key.split()[1].removeprefix("W"))
+        d = model_dir(algo, bits, entry["capability"])
         if key in first:
-            entry["codes_vs_first"] = codes_differ(OUT / first[key], OUT / d, bits)
+            entry["codes_vs_first"] = codes_differ(first[key], d, bits)
             print(name, json.dumps(entry["codes_vs_first"]), flush=True)
         first.setdefault(key, d)
     record["recounted"] = "codes_vs_first compared again by --recount (codes unpacked)"

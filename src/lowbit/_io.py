@@ -227,7 +227,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": _cpu_name(),
         "cpus": os.cpu_count(),
-        "vector_isa": list(_host_isa()),
+        "vector_isa": vector_isa(),
     }
     if os.environ.get("ATEN_CPU_CAPABILITY"):  # torch told to run another ISA's kernels
         info["aten_cpu_capability"] = os.environ["ATEN_CPU_CAPABILITY"]
@@ -238,11 +238,19 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 
@@ -255,21 +263,11 @@ _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"
 def vector_isa(cpuinfo: str | None = None) -> list[str]:
     """The flags of :data:`_ISA_FLAGS` the first CPU of ``/proc/cpuinfo`` (or ``cpuinfo``)
     has, in that order; empty where there is no such file."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
             have = set(line.split(":", 1)[1].split())
             return [f for f in _ISA_FLAGS if f in have]
     return []
-
-
-@functools.cache
-def _host_isa() -> tuple[str, ...]:
-    return tuple(vector_isa())
 
 
 def peak_rss_bytes() -> int:

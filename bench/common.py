@@ -84,3 +84,9 @@ def median_ms(fn: Callable[[], object], repeat: int = 7) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
+
+
+def calibration_options(algorithm: str, options: list[str]) -> list[str]:
+    """``options`` (the calibration's) for ``lowbit quantize --algorithm algorithm``, or none
+    for RTN, which calibrates nothing and refuses them."""
+    return [] if algorithm.lower() == "rtn" else options

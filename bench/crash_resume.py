@@ -25,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, write_result
+from common import RESULTS, ROOT, calibration_options, write_result
 
 from lowbit.models.files import tensor_digests
 
 
 def quantize_args(out: Path, args: argparse.Namespace) -> list[str]:
-    extra = ["--calib-windows", str(args.windows), "--ctx", str(args.ctx)]
+    calib = ["--calib-windows", str(args.windows), "--ctx", str(args.ctx)]
+    extra = calibration_options(args.algorithm, calib)
     return ["quantize", args.model, "-o", str(out), "--algorithm", args.algorithm, *extra]
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_result
+from common import calibration_options, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "export"
@@ -104,7 +104,7 @@ def main() -> None:
     for algo in ("gptq", "rtn"):
         name = f"{algo}-w4g32"
         q = ["quantize", "smollm2-135m", "-o", name, "--bits", "4", "--group-size", "32"]
-        quant_s = run([*q, "--algorithm", algo, *calib, "--overwrite"])
+        quant_s = run([*q, "--algorithm", algo, *calibration_options(algo, calib), "--overwrite"])
         saved = json.loads((OUT / f"{name}.result.json").read_text())["result"]
         entry = {"quantize_s": quant_s, "predicted_bytes": saved["size_bytes"]}
         entry["evaluated"] = evaluate(name, name, test, False, args.eval_windows)

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_result
+from common import calibration_options, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "gsm8k"
@@ -39,9 +39,10 @@ def quantize(algorithm: str, windows: int) -> tuple[str, float]:
 
     valid = str(data_dir() / "wikitext-2" / "wiki.valid.tokens")
     out = OUT / f"{algorithm}-w4g64"
+    calib = ["--calib-text", valid, "--calib-windows", str(windows), "--ctx", "512", "--seed", "0"]
     cmd = ["quantize", "smollm2-135m", "-o", str(out), "--bits", "4", "--group-size", "64",
-           "--symmetric", "--algorithm", algorithm, "--calib-text", valid, "--calib-windows",
-           str(windows), "--ctx", "512", "--seed", "0", "--overwrite"]  # fmt: skip
+           "--symmetric", "--algorithm", algorithm, *calibration_options(algorithm, calib),
+           "--overwrite"]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lowbit.cli.main", *cmd], check=True)
     return str(out), time.perf_counter() - t0

@@ -18,11 +18,12 @@ what it measured):
     calibration windows) and evaluated by `lowbit eval` (KL against the fp32 model, 40 × 512),
     with uniform GPTQ W4 g128 (the 4.0-bit target's baseline) and W3 g64 (the 3.25-bit one).
 
-Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-windows 2]
+Usage: .venv/bin/python bench/incontext_spine.py [--budgets 4.0 3.25] [--probe-windows 4]
        [--probe-ctx 128] [--start additive] [--steps 1,2,3] [--only NAME ...] [--smoke]
        [--menu g64|groups] (groups: written to spine-groups/ and spine-gptq-groups.json)
        [--probe-held-out] (the probe's windows outside the calibration's; result *-heldout.json)
        [--select-windows K] (choose the plan on K windows after the probe's; *-selectK.json)
+       (a probe other than 4 x 128 tokens: *-probeNxC.json, plans named '... probeNxC B')
        .venv/bin/python bench/incontext_spine.py --markdown bench/results/incontext/spine-gptq.json
 """
 
@@ -94,6 +95,7 @@ def plans_step(valid: str, table: Path, args: argparse.Namespace) -> dict:
     windows = text_windows(handle, calib, calibration=True, held_out=cfg.held_out_windows)
     label = "in-context held-out" if args.probe_held_out else "in-context"
     label += f" select{args.select_windows}" if args.select_windows else ""
+    label += f" {probe_size(args)}" if probe_size(args) else ""
     inputs = Inputs(handle, windows, api.runtime(DEFAULT_EXECUTION.runtime))
     options = {"metric": "fisher", "fuse": True, "constraints": limits}
     out: dict = {}
@@ -129,11 +131,18 @@ def measure(name: str, quantize: list[str], valid: str, test: str) -> dict:
     return entry
 
 
+def probe_size(args: argparse.Namespace) -> str:
+    """The probe's size in result and plan names ("probe8x128"), or "" for the 4 x 128 tokens
+    every committed result before stop 35 used (their names carry no size)."""
+    return "" if (args.probe_windows, args.probe_ctx) == (4, 128) else (
+        f"probe{args.probe_windows}x{args.probe_ctx}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", default="1,2,3")
     parser.add_argument("--budgets", type=float, nargs="+", default=[4.0, 3.25])
-    parser.add_argument("--probe-windows", type=int, default=2)
+    parser.add_argument("--probe-windows", type=int, default=4)
     parser.add_argument("--probe-ctx", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--boundary", type=int, default=16)
@@ -162,6 +171,8 @@ def main() -> None:
         RESULT = RESULT.with_stem(f"{RESULT.stem}-heldout")
     if args.select_windows:
         RESULT = RESULT.with_stem(f"{RESULT.stem}-select{args.select_windows}")
+    if probe_size(args):
+        RESULT = RESULT.with_stem(f"{RESULT.stem}-{probe_size(args)}")
     if args.smoke:
         OUT, RESULT = Path("/tmp/incontext_spine_smoke"), Path("/tmp/incontext_spine_smoke.json")
         WINDOWS.update(calib=4, eval=2)
@@ -254,6 +265,10 @@ def _order(name: str) -> tuple[int, str]:
     """The headline first: in-context 4, its baseline, in-context 3.25, then the rest."""
     first = ["in-context 4", "in-context held-out 4", "uniform GPTQ W4 g128", "in-context 3.25",
              "in-context held-out 3.25", "uniform GPTQ W3 g64"]  # fmt: skip
+    if name not in first and name.startswith("in-context"):  # "... select8 probe8x128 3.25"
+        budget = name.rsplit(" ", 1)[1]
+        return (first.index(f"in-context held-out {budget}") if budget in ("4", "3.25")
+                else len(first), name)  # fmt: skip
     return (first.index(name) if name in first else len(first), name)
 
 

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_result
+from common import calibration_options, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "tasks"
@@ -227,7 +227,8 @@ def main() -> None:
             continue
         d = f"{algo}-w{bits}g64"
         q = ["quantize", "smollm2-135m", "-o", d, "--bits", str(bits), "--group-size", "64"]
-        entry = {"quantize_s": run([*q, "--algorithm", algo, *calib, "--overwrite"])}
+        entry = {"quantize_s": run([*q, "--algorithm", algo, *calibration_options(algo, calib),
+                                    "--overwrite"])}  # fmt: skip
         for part, (tasks, limit) in sets.items():
             text = ["--eval-text", test, "--windows", "40"] if part == "main" else []
             args_ = ["eval", d, "--tasks", tasks, "--limit", str(limit), *text]

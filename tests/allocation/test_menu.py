@@ -52,6 +52,12 @@ def test_the_integer_menu_is_the_one_the_options_built(algorithm, symmetric):
     assert build_menu(MenuConfig(("int",), (2, 3, 4, 8), (32, 64), algorithm, symmetric)) == old
 
 
+def test_format_and_algorithm_names_are_case_insensitive():
+    """As the registries read them (``--format INT`` used to end in a TypeError)."""
+    upper = api.spec_from_options(3, 64, True, "GPTQ", damp=0.05, fmt="INT")
+    assert upper == api.spec_from_options(3, 64, True, "gptq", damp=0.05, fmt="int")
+
+
 def test_each_format_takes_the_options_it_uses():
     menu = build_menu(MenuConfig(("nf4", "nvfp4", "int"), (3,), (64, 128), "rtn"))
     assert [s.describe() for s in menu] == [

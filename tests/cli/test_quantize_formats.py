@@ -16,7 +16,8 @@ CALIB = ("--calib-windows", "4", "--ctx", "64")
 @pytest.mark.parametrize(
     ("args", "bits"),
     [
-        (("--format", "nf4", "--algorithm", "rtn", "--clipping", "mse"), 4 + 16 / 32),
+        (("--format", "nf4", "--group-size", "32", "--algorithm", "rtn", "--clipping", "mse"),
+         4 + 16 / 32),
         (("--format", "mxfp4", "--group-size", "32", "--algorithm", "gptq"), 4 + 8 / 32),
         (("--format", "lut", "--bits", "3", "--granularity", "channel",
           "--algorithm", "squeezellm"), None),
@@ -25,8 +26,8 @@ CALIB = ("--calib-windows", "4", "--ctx", "64")
     ],
 )  # fmt: skip
 def test_formats_from_the_command_line(tiny_llama, tmp_path, args, bits):
-    run = lowbit("quantize", str(tiny_llama), "-o", "q", "--group-size", "32", *args, *CALIB,
-                 cwd=tmp_path)  # fmt: skip
+    calib = () if "rtn" in args else CALIB  # RTN refuses calibration options (it would ignore them)
+    run = lowbit("quantize", str(tiny_llama), "-o", "q", *args, *calib, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "q.result.json").read_text())["result"]
     if bits is not None:

@@ -89,7 +89,16 @@ def observe(model: Path, root: Path) -> dict[str, object]:
     seen: dict[str, object] = {}
     for name, options in QUANTIZE.items():
         out = root / name
-        lowbit("quantize", str(model), "-o", str(out), *options, *calib, cwd=root)
+        calibrates = "rtn" not in options  # RTN refuses calibration options it would ignore
+        lowbit(
+            "quantize",
+            str(model),
+            "-o",
+            str(out),
+            *options,
+            *(calib if calibrates else []),
+            cwd=root,
+        )
         seen[f"quantize/{name}"] = tensor_hashes(out)
     result = root / "eval.json"
     lowbit(

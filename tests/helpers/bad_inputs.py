@@ -118,6 +118,44 @@ CASES: tuple[Case, ...] = (
         ("windows", "positive"),
     ),
     Case("damp-negative", ("quantize", "{model}", "-o", OUT, "--damp", "-1"), ("damp", "-1")),
+    # options the run would ignore (found as a new user: they used to be accepted silently)
+    Case(
+        "rtn-with-calibration-options",
+        (*Q, "--calib-windows", "4", "--seed", "1"),
+        ("--calib-windows, --seed", "needs no calibration", "--algorithm gptq"),
+    ),
+    Case(
+        "rtn-with-gptq-options",
+        (*Q, "--damp", "0.1", "--act-order", "off"),
+        ("--act-order, --damp", "--algorithm rtn would ignore", "use --algorithm gptq"),
+    ),
+    Case(
+        "fixed-width-format-with-bits",
+        (*Q, "--format", "nf4", "--bits", "3"),
+        ("--bits", "--format nf4 has its own code width", "--format int or lut"),
+    ),
+    Case(
+        "channel-scales-with-group-size",
+        (*Q, "--granularity", "channel", "--group-size", "32"),
+        ("--group-size", "--granularity channel has no groups", "--granularity group"),
+    ),
+    Case(
+        "int-choice-with-another-format",
+        (*Q, "--format", "nf4", "--asymmetric"),
+        ("--symmetric/--asymmetric", "only --format int", "use --format int"),
+    ),
+    Case(
+        "rtn-plan-with-calibration-options",
+        (*QP, "{in}/p.json"),
+        ("--calib-windows, --ctx", "needs no calibration", "give the plan's specs an algorithm"),
+        setup=plan("p.json", plan_doc()),
+    ),
+    Case(
+        "plan-with-spec-options",
+        ("quantize", "{model}", "-o", OUT, "--plan", "{in}/p.json", "--bits", "3"),
+        ("--bits with --plan {in}/p.json", "write them into the plan"),
+        setup=plan("p.json", {"lowbit_plan_version": 1, "default": RTN_W8}),
+    ),
     Case(
         "tp-does-not-divide",
         ("perf", "{model}", "--tp", "3", "-o", OUT),
@@ -256,8 +294,8 @@ CASES: tuple[Case, ...] = (
         setup=plan("p.json", {"lowbit_plan_version": 1, "default": None, "rules": []}),
     ),
     Case(
-        "plan-unknown-exact-layer",
-        (*QP, "{in}/p.json"),
+        "plan-unknown-exact-layer",  # an RTN plan: no calibration options (they are refused)
+        ("quantize", "{model}", "-o", OUT, "--plan", "{in}/p.json"),
         ("model.layers.0.self_attn.q_prj", "did you mean"),
         setup=plan(
             "p.json", plan_doc(rules=[{"target": "model.layers.0.self_attn.q_prj", "spec": None}])

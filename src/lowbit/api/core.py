@@ -233,6 +233,7 @@ def spec_from_options(
     from lowbit.formats import FORMATS, IntFormat, PerChannel, PerGroup, PerTensor
     from lowbit.formats.clipping import MinMax, MSEClip, Percentile
 
+    fmt = fmt.lower()  # registered names are case-insensitive
     grans = {"group": lambda: PerGroup(group_size), "channel": PerChannel, "tensor": PerTensor}
     if granularity not in grans:
         raise ConfigError(f"unknown granularity {granularity!r}; use group, channel or tensor")

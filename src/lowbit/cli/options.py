@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -204,3 +205,21 @@ def ray_runner_of(use: bool, workers: int, address: str | None, store: Path, **k
     from lowbit.sweep.points import ray_runner
 
     return ray_runner(store, address, workers, **kw)
+
+
+def given_options(context: typer.Context, names: Iterable[str]) -> list[str]:
+    """How the command line spells each of ``names`` (parameters of ``context``'s command)
+    that the user set, on the command line or through the environment, in the command's
+    order; a default left alone is not listed. (Sources are compared by name: typer carries
+    its own copy of click, whose enum is not ``click.core.ParameterSource``.)"""
+    wanted = set(names)
+    return [
+        "/".join([p.opts[0], *p.secondary_opts[:1]])  # a flag pair: --symmetric/--asymmetric
+        for p in context.command.params
+        if p.name in wanted and _source(context, p.name) in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+
+
+def _source(context: typer.Context, name: str) -> str | None:
+    source = context.get_parameter_source(name)
+    return None if source is None else source.name

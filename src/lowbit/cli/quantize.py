@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,9 +22,13 @@ from lowbit.cli.options import (
     OffloadOption,
     Overwrite,
     Seed,
+    given_options,
     runtime_config,
 )
 from lowbit.models.pipeline import ExpertCalibration, Propagation
+
+if TYPE_CHECKING:
+    from lowbit.plan import Plan
 
 
 class ExpertPolicy(str, Enum):
@@ -38,7 +42,25 @@ class Granularity(str, Enum):
     tensor = "tensor"
 
 
+# options that only some plans read: what sets the one spec (a --plan file sets every layer's),
+# GPTQ's own, and those of the calibration pass (a plan of RTN alone runs none)
+SPEC_OPTIONS = ("bits", "granularity", "group_size", "symmetric", "fmt", "clipping", "algorithm")
+GPTQ_OPTIONS = ("act_order", "damp")
+CALIBRATION_OPTIONS = (
+    "calib_text",
+    "calib_windows",
+    "ctx",
+    "seed",
+    "bos",
+    "chunk_size",
+    "propagation",
+    "expert_calibration",
+    "expert_min_tokens",
+)
+
+
 def quantize(
+    context: typer.Context,
     model: Model,
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to create.")],
     bits: Annotated[int, typer.Option(help="Bits per code, 2 to 8.")] = 4,
@@ -112,6 +134,7 @@ def quantize(
     from lowbit.workflows import quantize_job
     from lowbit.workflows.spine import Execution
 
+    _refuse_spec_options(context, plan, algorithm, fmt, granularity.value)
     the_plan = (
         Plan.load(plan)
         if plan
@@ -129,6 +152,7 @@ def quantize(
             )
         )
     )
+    _refuse_calibration_options(context, the_plan, from_file=plan is not None)
     quantize_job(
         model,
         the_plan,
@@ -144,3 +168,61 @@ def quantize(
         resume=resume,
         allow_pickle=allow_pickle,
     )
+
+
+def _refuse_spec_options(
+    context: typer.Context, plan: Path | None, algorithm: str, fmt: str, granularity: str
+) -> None:
+    """Options the run would ignore are refused: with ``--plan`` those of the one spec (the
+    plan sets every layer's); else each option the chosen algorithm, format or granularity
+    does not read."""
+    from lowbit.errors import ConfigError
+
+    if plan is not None:
+        given = given_options(context, (*SPEC_OPTIONS, *GPTQ_OPTIONS))
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} with --plan {plan}: the plan file sets every layer's format "
+                "and algorithm, so these would be ignored; drop them, or write them into the plan"
+            )
+        return
+    from lowbit.algorithms import ALGORITHMS, GPTQConfig
+    from lowbit.formats import FORMATS
+
+    FORMATS.get(fmt)  # an unknown name is told as such (with suggestions) first
+    gptq, fmt = ALGORITHMS.get(algorithm) is GPTQConfig, fmt.lower()
+    unread = (
+        (GPTQ_OPTIONS, not gptq, f"GPTQ options, which --algorithm {algorithm} would ignore; "
+         "drop them, or use --algorithm gptq"),
+        (("bits",), fmt not in ("int", "lut"), f"--format {fmt} has its own code width, so "
+         "--bits would be ignored; drop it, or use --format int or lut"),
+        (("symmetric",), fmt != "int", f"only --format int takes --symmetric/--asymmetric "
+         f"(--format {fmt} would ignore it); drop it, or use --format int"),
+        (("group_size",), granularity != "group", f"--granularity {granularity} has no groups, "
+         "so --group-size would be ignored; drop it, or use --granularity group"),
+    )  # fmt: skip
+    for names, ignored, why in unread:
+        given = given_options(context, names)
+        if given and ignored:
+            raise ConfigError(f"{', '.join(given)}: {why}")
+
+
+def _refuse_calibration_options(context: typer.Context, plan: Plan, from_file: bool) -> None:
+    """A plan that needs no calibration (RTN alone) runs no calibration pass, so options of
+    that pass are refused rather than ignored (a plan that quantizes nothing is refused later,
+    naming what it lacks)."""
+    from lowbit.errors import ConfigError
+
+    given = given_options(context, CALIBRATION_OPTIONS)
+    specs = (plan.default, *(rule.spec for rule in plan.rules))
+    does_something = any(s is not None for s in specs) or plan.uses_runtime_options
+    if given and does_something and not plan.needs_calibration():
+        fix = (
+            "give the plan's specs an algorithm that calibrates (gptq, awq)"
+            if from_file
+            else "quantize with an algorithm that calibrates (--algorithm gptq or awq)"
+        )
+        raise ConfigError(
+            f"{', '.join(given)}: calibration options, but this plan needs no calibration (RTN "
+            f"rounds each weight on its own), so they would be ignored; drop them, or {fix}"
+        )
